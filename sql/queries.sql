@@ -1,0 +1,175 @@
+-- Every query bgjobs runs, as named blocks loaded by server/queries.py.
+-- Each block starts with `-- name: NAME` and a one-line purpose. Values are bound parameters.
+
+-- name: insert_job
+-- Enqueue one job; an idempotency-key replay inserts nothing and returns no row.
+INSERT INTO background_jobs
+    (job_type, user_id, params, priority, run_after, max_attempts, idempotency_key, exclusive_key)
+VALUES (%(job_type)s, %(user_id)s, %(params)s, %(priority)s, coalesce(%(run_after)s, now()),
+        %(max_attempts)s, %(idempotency_key)s, %(exclusive_key)s)
+ON CONFLICT (user_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+RETURNING *
+
+-- name: get_job_by_idempotency_key
+-- The job an earlier enqueue with the same user and key created.
+SELECT * FROM background_jobs
+WHERE user_id IS NOT DISTINCT FROM %(user_id)s AND idempotency_key = %(idempotency_key)s
+
+-- name: get_active_exclusive
+-- The pending or running job that holds a user's exclusive slot.
+SELECT * FROM background_jobs
+WHERE user_id IS NOT DISTINCT FROM %(user_id)s AND exclusive_key = %(exclusive_key)s
+  AND status IN ('pending', 'running')
+
+-- name: get_job
+-- One job, optionally only if it belongs to the given user.
+SELECT * FROM background_jobs
+WHERE id = %(id)s AND (%(user_id)s::int IS NULL OR user_id = %(user_id)s)
+
+-- name: get_jobs
+-- Several jobs by id (listeners re-reading rows after a reconnect).
+SELECT * FROM background_jobs WHERE id = ANY(%(ids)s::uuid[])
+
+-- name: list_jobs
+-- Jobs newest first, filtered, after a (created_at, id) cursor.
+SELECT * FROM background_jobs
+WHERE (%(user_id)s::int IS NULL OR user_id = %(user_id)s)
+  AND (%(status)s::text IS NULL OR status = %(status)s)
+  AND (%(job_type)s::text IS NULL OR job_type = %(job_type)s)
+  AND (%(before_created)s::timestamptz IS NULL
+       OR (created_at, id) < (%(before_created)s::timestamptz, %(before_id)s::uuid))
+ORDER BY created_at DESC, id DESC
+LIMIT %(limit)s
+
+-- name: claim_jobs
+-- Claim up to `limit` due pending jobs of the given types, by priority then age.
+WITH next AS (
+    SELECT id FROM background_jobs
+    WHERE status = 'pending'
+      AND run_after <= coalesce(%(now)s::timestamptz, now())
+      AND job_type = ANY(%(types)s::text[])
+    ORDER BY priority, created_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE background_jobs j
+SET status = 'running',
+    worker_id = %(worker_id)s,
+    attempts = j.attempts + 1,
+    lease_seconds = %(lease_seconds)s,
+    started_at = coalesce(%(now)s::timestamptz, now()),
+    heartbeat_at = coalesce(%(now)s::timestamptz, now())
+FROM next
+WHERE j.id = next.id
+RETURNING j.*
+
+-- name: next_run_after
+-- When the soonest not-yet-due pending job becomes due (workers sleep until then).
+SELECT min(run_after) FROM background_jobs
+WHERE status = 'pending' AND job_type = ANY(%(types)s::text[])
+
+-- name: heartbeat_jobs
+-- Refresh the heartbeat of running attempts this worker still owns; returns those it owns.
+UPDATE background_jobs j SET heartbeat_at = now()
+FROM unnest(%(ids)s::uuid[], %(worker_ids)s::text[], %(attempts)s::int[]) AS d(id, worker_id, attempt)
+WHERE j.id = d.id AND j.status = 'running' AND j.worker_id = d.worker_id AND j.attempts = d.attempt
+RETURNING j.id
+
+-- name: progress_jobs
+-- Record progress of owned running attempts (fenced); returns the ids still owned.
+UPDATE background_jobs j SET progress = d.progress, heartbeat_at = now()
+FROM unnest(%(ids)s::uuid[], %(worker_ids)s::text[], %(attempts)s::int[], %(progress)s::jsonb[])
+    AS d(id, worker_id, attempt, progress)
+WHERE j.id = d.id AND j.status = 'running' AND j.worker_id = d.worker_id AND j.attempts = d.attempt
+RETURNING j.id
+
+-- name: complete_jobs
+-- Finish owned running attempts as complete (fenced); returns the ids still owned.
+UPDATE background_jobs j
+SET status = 'complete', result = d.result, heartbeat_at = NULL,
+    progress = coalesce(d.progress, j.progress)
+FROM unnest(%(ids)s::uuid[], %(worker_ids)s::text[], %(attempts)s::int[], %(results)s::jsonb[],
+            %(progress)s::jsonb[])
+    AS d(id, worker_id, attempt, result, progress)
+WHERE j.id = d.id AND j.status = 'running' AND j.worker_id = d.worker_id AND j.attempts = d.attempt
+RETURNING j.id
+
+-- name: fail_jobs
+-- End failed attempts (fenced): back to pending after `delay` while retryable and attempts
+-- remain, else error with the given result. Returns the ids still owned and their new status.
+UPDATE background_jobs j
+SET status = CASE WHEN d.retryable AND j.attempts < j.max_attempts THEN 'pending' ELSE 'error' END,
+    run_after = CASE WHEN d.retryable AND j.attempts < j.max_attempts
+                     THEN now() + make_interval(secs => d.delay) ELSE j.run_after END,
+    result = d.error, worker_id = NULL, heartbeat_at = NULL
+FROM unnest(%(ids)s::uuid[], %(worker_ids)s::text[], %(attempts)s::int[], %(errors)s::jsonb[],
+            %(retryable)s::bool[], %(delays)s::float8[])
+    AS d(id, worker_id, attempt, error, retryable, delay)
+WHERE j.id = d.id AND j.status = 'running' AND j.worker_id = d.worker_id AND j.attempts = d.attempt
+RETURNING j.id, j.status
+
+-- name: release_jobs
+-- Hand owned running attempts back to pending without spending an attempt (shutdown).
+UPDATE background_jobs j
+SET status = 'pending', run_after = now(), worker_id = NULL, heartbeat_at = NULL,
+    max_attempts = j.max_attempts + 1
+FROM unnest(%(ids)s::uuid[], %(worker_ids)s::text[], %(attempts)s::int[]) AS d(id, worker_id, attempt)
+WHERE j.id = d.id AND j.status = 'running' AND j.worker_id = d.worker_id AND j.attempts = d.attempt
+RETURNING j.id
+
+-- name: cancel_job
+-- Cancel a pending or running job, optionally only the given user's.
+SELECT * FROM bgjobs_cancel(%(id)s, %(user_id)s::int)
+
+-- name: job_owner
+-- Whose job this is (to tell a missing job from another user's before cancelling).
+SELECT user_id FROM background_jobs WHERE id = %(id)s
+
+-- name: requeue_job
+-- Run a job again from the start.
+SELECT * FROM bgjobs_requeue(%(id)s)
+
+-- name: reap_stale
+-- Take back jobs of dead workers, if no other reaper is at it right now.
+SELECT r.* FROM (SELECT pg_try_advisory_xact_lock(hashtext('bgjobs.reaper'))) AS l(got),
+     LATERAL (SELECT * FROM bgjobs_reap(coalesce(%(now)s::timestamptz, now()))) AS r
+WHERE l.got
+
+-- name: purge_finished
+-- Delete jobs that finished more than the interval ago.
+SELECT bgjobs_purge(%(older_than)s::interval, coalesce(%(now)s::timestamptz, now()))
+
+-- name: summary
+-- Jobs by type and status (metrics, CLI).
+SELECT job_type, status, jobs, extract(epoch FROM oldest_pending_age)::float8 AS oldest_pending_seconds
+FROM bgjobs_summary ORDER BY job_type, status
+
+-- name: insert_user
+-- A new user.
+INSERT INTO users (name) VALUES (%(name)s) RETURNING id, name, created_at
+
+-- name: get_user_by_name
+-- A user by name.
+SELECT id, name, created_at FROM users WHERE name = %(name)s
+
+-- name: insert_token
+-- Store the hash of a new API token.
+INSERT INTO api_tokens (user_id, token_hash) VALUES (%(user_id)s, %(token_hash)s) RETURNING id
+
+-- name: user_for_token
+-- The user a live (unrevoked) token belongs to.
+SELECT u.id, u.name, u.created_at, t.id AS token_id
+FROM api_tokens t JOIN users u ON u.id = t.user_id
+WHERE t.token_hash = %(token_hash)s AND t.revoked_at IS NULL
+
+-- name: token_is_live
+-- Whether a token (by id) still belongs to the user and is not revoked (session checks).
+SELECT u.id, u.name, u.created_at, t.id AS token_id
+FROM api_tokens t JOIN users u ON u.id = t.user_id
+WHERE t.id = %(token_id)s AND t.user_id = %(user_id)s AND t.revoked_at IS NULL
+
+-- name: revoke_tokens
+-- Revoke every live token of a user.
+UPDATE api_tokens SET revoked_at = now()
+WHERE user_id = %(user_id)s AND revoked_at IS NULL
+RETURNING id

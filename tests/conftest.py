@@ -1,0 +1,120 @@
+"""Test fixtures: a real Postgres (DATABASE_URL's server, or the embedded cluster), one
+migrated database per test session, clean tables per test."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator
+
+import psycopg
+import pytest
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from server import config, embedded, migrate
+from server.db import make_pool
+from server.store import Store
+
+_started_cluster: embedded.Cluster | None = None
+
+
+def _server_url() -> str:
+    """A URL to the server's maintenance database."""
+    global _started_cluster
+    url = os.environ.get("DATABASE_URL")
+    if url:
+        return make_conninfo(url, dbname="postgres")
+    cluster = embedded.Cluster(config.load().data_dir)
+    if cluster.ensure_running():
+        _started_cluster = cluster
+    return cluster.url("postgres")
+
+
+@pytest.fixture(scope="session")
+def server_url() -> Iterator[str]:
+    url = _server_url()
+    yield url
+    if _started_cluster is not None:
+        _started_cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def database_url(server_url: str) -> Iterator[str]:
+    """A fresh database for this session, migrated once, dropped at the end."""
+    name = f"bgjobs_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = make_conninfo(server_url, dbname=name)
+    with psycopg.connect(url) as conn:
+        migrate.apply(conn)
+    yield url
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def truncate(url: str) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("TRUNCATE background_jobs, api_tokens, users RESTART IDENTITY CASCADE")
+
+
+@pytest.fixture
+def db_url(database_url: str) -> str:
+    """The session database with empty tables."""
+    truncate(database_url)
+    return database_url
+
+
+@pytest.fixture
+def conn(db_url: str) -> Iterator[psycopg.Connection]:
+    with psycopg.connect(db_url, autocommit=True) as c:
+        yield c
+
+
+@pytest.fixture
+def store(db_url: str) -> Iterator[Store]:
+    pool = make_pool(db_url, min_size=1, max_size=10, open_wait=True)
+    try:
+        yield Store(pool)
+    finally:
+        pool.close()
+
+
+@pytest.fixture
+def new_database(server_url: str) -> Iterator[Callable[[], str]]:
+    """Makes empty, unmigrated databases (for migration tests); drops them afterwards."""
+    made: list[str] = []
+
+    def make() -> str:
+        name = f"bgjobs_test_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(server_url, autocommit=True) as c:
+            c.execute(f'CREATE DATABASE "{name}"')
+        made.append(name)
+        return make_conninfo(server_url, dbname=name)
+
+    yield make
+    with psycopg.connect(server_url, autocommit=True) as c:
+        for name in made:
+            c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.05,
+             message: str = "condition") -> object:
+    """Poll ``predicate`` until it returns something truthy, or fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(interval)
+
+
+def url_env(url: str) -> dict[str, str]:
+    """An environment for a child process that points it at ``url``."""
+    return {**os.environ, "DATABASE_URL": url, "PYTHONUNBUFFERED": "1"}
+
+
+def dbname(url: str) -> str:
+    return conninfo_to_dict(url)["dbname"]
