@@ -118,3 +118,14 @@ def url_env(url: str) -> dict[str, str]:
 
 def dbname(url: str) -> str:
     return conninfo_to_dict(url)["dbname"]
+
+
+@pytest.fixture
+def private_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[embedded.Cluster]:
+    """A throwaway Postgres of this test's own, migrated, for tests that stop or restart it."""
+    cluster = embedded.Cluster(tmp_path_factory.mktemp("pg"))
+    cluster.ensure_running()
+    with psycopg.connect(cluster.url()) as c:
+        migrate.apply(c)
+    yield cluster
+    cluster.stop()

@@ -1,0 +1,88 @@
+"""Real processes for tests: start, wait until ready, stop; free ports."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+BGJOBS = str(Path(sys.executable).parent / "bgjobs")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Proc:
+    """A child process whose output goes to a log file the test can read on failure."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], log_path: Path) -> None:
+        self.argv = argv
+        self.log_path = log_path
+        self._log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
+        self.popen = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=self._log,
+                                      stderr=subprocess.STDOUT, start_new_session=True)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def output(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text()
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def signal(self, sig: int) -> None:
+        if self.alive():
+            os.kill(self.popen.pid, sig)
+
+    def stop(self, timeout: float = 15.0) -> int:
+        """SIGTERM, then SIGKILL the whole group if it does not exit in time."""
+        if self.alive():
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait(5)
+        else:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, signal.SIGKILL)  # orphans of a crashed parent
+        self._log.close()
+        return self.popen.returncode
+
+
+def wait_until(predicate: Callable[[], object], timeout: float, what: str,
+               proc: Proc | None = None) -> object:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = predicate()
+        except Exception:  # noqa: BLE001 - not ready yet
+            value = None
+        if value:
+            return value
+        if proc is not None and not proc.alive():
+            raise AssertionError(f"{what}: process exited early:\n{proc.output()[-3000:]}")
+        if time.monotonic() > deadline:
+            tail = proc.output()[-3000:] if proc else ""
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{tail}")
+        time.sleep(0.05)
+
+
+def wait_http(url: str, proc: Proc | None = None, timeout: float = 30.0) -> None:
+    """Wait until ``url`` answers at all (any status)."""
+    wait_until(lambda: httpx.get(url, timeout=2) is not None, timeout, f"GET {url}", proc)
