@@ -18,6 +18,7 @@ from typing import Any, NewType
 from uuid import UUID
 
 import psycopg
+from psycopg.pq import TransactionStatus
 from psycopg.rows import class_row, dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
@@ -186,6 +187,10 @@ class Store:
             "exclusive_key": job_type if exclusive else None,
         }
         with self.connection(conn) as c:
+            if not c.autocommit and c.info.transaction_status == TransactionStatus.IDLE:
+                # Open the caller's transaction first: c.transaction() on an idle connection
+                # would BEGIN and COMMIT on its own instead of making a savepoint in theirs.
+                c.execute("SELECT 1")
             try:
                 with c.transaction(), c.cursor(row_factory=class_row(Job)) as cur:
                     row = cur.execute(q("insert_job"), args).fetchone()
