@@ -1,0 +1,76 @@
+"""Pieces of the foundation that need no database."""
+
+from __future__ import annotations
+
+import pytest
+
+from server import auth, config, queries
+from server.migrate import discover
+from server.store import User
+from worker.registry import InvalidParams, Param, Task
+
+
+def test_query_blocks_parse_with_their_names():
+    parsed = queries.parse("-- name: a\n-- purpose\nSELECT 1\n\n-- name: b\nSELECT 2 -- trailing\n")
+    assert parsed == {"a": "SELECT 1", "b": "SELECT 2 -- trailing"}
+    with pytest.raises(ValueError, match="twice"):
+        queries.parse("-- name: a\nSELECT 1\n-- name: a\nSELECT 2\n")
+
+
+def test_every_named_query_is_loaded_and_non_empty():
+    loaded = queries.load()
+    assert {"claim_jobs", "complete_jobs", "fail_jobs", "heartbeat_jobs"} <= set(loaded)
+    assert all(sql.strip() for sql in loaded.values())
+
+
+def test_migrations_are_numbered_in_order():
+    versions = [m.version for m in discover()]
+    assert versions == sorted(versions) and versions[0] == 1
+
+
+def test_param_validation_messages():
+    t = Task("t", lambda ctx: None, {
+        "n": Param(int, default=3, min=1, max=10),
+        "x": Param(float, default=0.5),
+        "mode": Param(str, default="a", choices=("a", "b")),
+    })
+    assert t.validate({}) == {"n": 3, "x": 0.5, "mode": "a"}
+    assert t.validate({"x": 2}) == {"n": 3, "x": 2.0, "mode": "a"}
+    for bad, message in [({"n": 0}, "at least 1"), ({"n": 11}, "at most 10"),
+                         ({"n": "3"}, "an integer"), ({"n": True}, "an integer"),
+                         ({"mode": "c"}, "one of"), ({"zzz": 1}, "unknown param"),
+                         ([1], "JSON object")]:
+        with pytest.raises(InvalidParams, match=message):
+            t.validate(bad)
+
+
+def test_session_cookie_round_trip_and_tampering():
+    user = User(id=7, name="u", created_at=None, token_id=3)  # type: ignore[arg-type]
+    value = auth.make_session("secret", user)
+    assert auth.read_session("secret", value) == (7, 3)
+    assert auth.read_session("other-secret", value) is None
+    assert auth.read_session("secret", value[:-2] + "xx") is None
+    assert auth.read_session("secret", "garbage") is None
+
+
+@pytest.mark.parametrize(("header", "token"), [
+    ("Bearer abc", "abc"), ("bearer  abc ", "abc"), ("Basic abc", None), ("Bearer", None),
+    (None, None), ("", None),
+])
+def test_bearer_token_parsing(header, token):
+    assert auth.bearer_token(header) == token
+
+
+def test_config_rejects_a_non_numeric_setting(monkeypatch):
+    monkeypatch.setenv("BGJOBS_API_WORKERS", "many")
+    with pytest.raises(SystemExit, match="BGJOBS_API_WORKERS"):
+        config.load()
+
+
+def test_dev_secret_key_is_generated_once(tmp_path, monkeypatch):
+    monkeypatch.delenv("BGJOBS_SECRET_KEY", raising=False)
+    monkeypatch.setenv("BGJOBS_DATA_DIR", str(tmp_path))
+    first = config.load().secret_key()
+    assert len(first) > 40 and config.load().secret_key() == first
+    monkeypatch.setenv("BGJOBS_SECRET_KEY", "from-env")
+    assert config.load().secret_key() == "from-env"
