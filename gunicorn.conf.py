@@ -4,6 +4,7 @@
 (no preload), so every worker makes its own connection pool.
 """
 
+import logging
 import os
 
 service = os.environ.get("BGJOBS_SERVICE", "api")
@@ -25,12 +26,33 @@ else:
     wsgi_app = "server.api:create_app()"
     worker_class = "gthread"
     bind = [os.environ.get("BGJOBS_API_BIND", "127.0.0.1:8000")]
-    workers = _int("BGJOBS_API_WORKERS", 2)
+    # Defaults match server.config (2-4 workers by CPU count, 4 threads each).
+    workers = _int("BGJOBS_API_WORKERS", min(4, max(2, os.cpu_count() or 2)))
     threads = _int("BGJOBS_API_THREADS", 4)
+    # A request waits at most ~5 s for a pooled connection (then 503), so 30 s is generous.
     timeout = 30
     keepalive = 5
+    # The worker pid in each line shows which process answered.
+    access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms %(p)s'
+
+    def post_fork(server, worker):
+        # Library loggers (server.*) go where gunicorn's error log goes; the handler is made
+        # here, after fork, so no worker shares a lock with the master.
+        logging.basicConfig(level=os.environ.get("BGJOBS_LOG_LEVEL", "info").upper(),
+                            format="%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s")
+
+    def worker_exit(server, worker):
+        # Close the worker's connection pool so Postgres sees clean disconnects.
+        app = getattr(worker, "wsgi", None)
+        if app is not None:
+            from server.api import close
+
+            close(app)
 
 preload_app = False
+# gunicorn 27's control socket defaults to one path per user ($HOME/.gunicorn/gunicorn.ctl):
+# the API, the events service and test instances would fight over it. bgjobs needs none.
+control_socket_disable = True
 graceful_timeout = _int("BGJOBS_GRACEFUL_TIMEOUT", 10)
 accesslog = os.environ.get("BGJOBS_ACCESS_LOG", "-")
 errorlog = "-"

@@ -23,6 +23,8 @@ class Config:
     pool_max: int
     cors_origins: tuple[str, ...]
     max_body_bytes: int
+    #: Mark the session cookie Secure (BGJOBS_COOKIE_SECURE=1) when served over HTTPS.
+    cookie_secure: bool = False
 
     @property
     def embedded(self) -> bool:
@@ -69,4 +71,5 @@ def load() -> Config:
         pool_max=_int("BGJOBS_POOL_MAX", 8),
         cors_origins=tuple(o.strip() for o in origins.split(",") if o.strip()),
         max_body_bytes=_int("BGJOBS_MAX_BODY_BYTES", 256 * 1024),
+        cookie_secure=os.environ.get("BGJOBS_COOKIE_SECURE", "") not in ("", "0", "false", "no"),
     )

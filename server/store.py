@@ -391,6 +391,18 @@ class Store:
         with self.connection() as c:
             return len(c.execute(q("revoke_tokens"), {"user_id": user.id}).fetchall())
 
+    # API -------------------------------------------------------------------------------------
+
+    def ping(self) -> None:
+        """Raise DatabaseUnavailable unless a pooled connection answers (health checks)."""
+        with self.connection() as c:
+            c.execute(q("ping")).fetchone()
+
+    def finished_recently(self, seconds: int) -> list[dict[str, Any]]:
+        """Jobs that finished in the last ``seconds``, by type and status, with run times."""
+        with self.connection() as c, c.cursor(row_factory=dict_row) as cur:
+            return cur.execute(q("finished_recently"), {"seconds": seconds}).fetchall()
+
 
 def _attempt_arrays(attempts: Sequence[Attempt]) -> dict[str, list[Any]]:
     return {

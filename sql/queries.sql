@@ -173,3 +173,19 @@ WHERE t.id = %(token_id)s AND t.user_id = %(user_id)s AND t.revoked_at IS NULL
 UPDATE api_tokens SET revoked_at = now()
 WHERE user_id = %(user_id)s AND revoked_at IS NULL
 RETURNING id
+
+-- API ------------------------------------------------------------------------------------------
+
+-- name: ping
+-- Is the database answering (health checks).
+SELECT 1
+
+-- name: finished_recently
+-- Jobs finished in the last `seconds`, by type and status, with their summed run time (metrics).
+SELECT job_type, status, count(*) AS jobs,
+       coalesce(sum(extract(epoch FROM finished_at - coalesce(started_at, created_at))), 0)::float8
+           AS run_seconds
+FROM background_jobs
+WHERE status IN ('complete', 'error', 'cancelled')
+  AND finished_at >= now() - make_interval(secs => %(seconds)s)
+GROUP BY job_type, status ORDER BY job_type, status

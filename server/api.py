@@ -1,0 +1,221 @@
+"""The HTTP API: a stateless Flask app, safe to run as many gunicorn workers with threads.
+
+Every request reads and writes Postgres through the store; nothing about jobs is kept in
+process memory, so any request can land on any worker. Errors are mapped in http_errors.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from flask import Flask, Response, g, jsonify, request
+
+from server import api_input, auth, dashboard, http_errors, metrics, openapi
+from server import config as config_mod
+from server.db import database_url, make_pool
+from server.http_errors import ApiError
+from server.store import Conflict, Job, Store, User
+from worker import registry
+
+log = logging.getLogger(__name__)
+
+STORE_KEY = "bgjobs_store"
+SEED_TYPES = ("validation", "optimization", "rescoring")
+SEED_ANY = ", ".join(SEED_TYPES)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def create_app(store: Store | None = None, config: config_mod.Config | None = None) -> Flask:
+    """The API app; without ``store`` it makes its own lazy pool (call it after fork)."""
+    config = config or config_mod.load()
+    owns_pool = store is None
+    if store is None:
+        url = database_url(config)
+        store = Store(make_pool(url, min_size=1, max_size=config.pool_max, name="bgjobs-api"))
+    registry.load_tasks()  # import failures in host task modules show at start, not per request
+
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.extensions[STORE_KEY] = store
+    app.extensions["bgjobs_owns_pool"] = owns_pool
+    secret = config.secret_key()
+    cookie_secure = config.cookie_secure
+    http_errors.register(app)
+    app.register_blueprint(dashboard.bp)
+
+    def login_required(view: F) -> F:
+        @functools.wraps(view)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            g.user = _authenticate(store, secret)
+            return view(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    @app.after_request
+    def _headers(response: Response) -> Response:
+        # Which worker process answered: lets tests (and operators) see the load spread.
+        response.headers["X-Served-By"] = str(os.getpid())
+        if request.path.startswith("/api/"):
+            response.headers.setdefault("Cache-Control", "no-store")
+        return response
+
+    # Health, metrics, description ---------------------------------------------------------
+
+    @app.get("/healthz")
+    def healthz() -> Response:
+        store.ping()
+        return jsonify({"status": "ok", "database": "ok"})
+
+    @app.get("/metrics")
+    def metrics_page() -> Response:
+        return Response(metrics.render(store), content_type=metrics.CONTENT_TYPE)
+
+    @app.get("/api/openapi.json")
+    def openapi_spec() -> Response:
+        return jsonify(openapi.spec())
+
+    # Identity -----------------------------------------------------------------------------
+
+    @app.post("/api/session")
+    def sign_in() -> Response:
+        body = api_input.json_body(request)
+        token = body.get("token")
+        if not isinstance(token, str) or not token:
+            raise ApiError(422, "invalid_request", "send {\"token\": \"<your API token>\"}")
+        user = store.user_for_token(token)
+        if user is None:
+            raise http_errors.unauthorized("invalid or revoked token")
+        response = jsonify({"user": _user_json(user)})
+        response.set_cookie(auth.SESSION_COOKIE, auth.make_session(secret, user),
+                            max_age=auth.SESSION_MAX_AGE, path="/", httponly=True,
+                            samesite="Lax", secure=cookie_secure)
+        log.info("user %s signed in (token %s)", user.id, user.token_id)
+        return response
+
+    @app.delete("/api/session")
+    def sign_out() -> Response:
+        response = Response(status=204)
+        response.delete_cookie(auth.SESSION_COOKIE, path="/", httponly=True, samesite="Lax",
+                               secure=cookie_secure)
+        return response
+
+    @app.get("/api/me")
+    @login_required
+    def me() -> Response:
+        return jsonify({"user": _user_json(g.user)})
+
+    @app.get("/api/types")
+    @login_required
+    def types() -> Response:
+        tasks = registry.load_tasks()
+        return jsonify({"types": [tasks[name].describe() for name in sorted(tasks)]})
+
+    # Jobs ---------------------------------------------------------------------------------
+
+    def create(job_type: str, params: Any, priority: int = 0,
+               run_after: Any = None) -> tuple[Job, bool]:
+        task = registry.get(job_type)
+        checked = task.validate(params)
+        key = api_input.idempotency_key(request)
+        job, created = store.create_job(
+            task.name, checked, user_id=g.user.id, priority=priority, run_after=run_after,
+            max_attempts=task.max_attempts, idempotency_key=key, exclusive=task.exclusive)
+        if not created and (job.job_type != task.name or job.params != checked):
+            raise Conflict("Idempotency-Key was already used for a different request", job.id)
+        if created:
+            log.info("job %s created: type=%s user=%s", job.id, job.job_type, g.user.id)
+        return job, created
+
+    @app.post("/api/jobs")
+    @login_required
+    def create_job() -> tuple[Response, int]:
+        req = api_input.job_request(api_input.json_body(request))
+        job, created = create(req.job_type, req.params, req.priority, req.run_after)
+        return _accepted(job.to_json(), job, created)
+
+    @app.get("/api/jobs")
+    @login_required
+    def list_jobs() -> Response:
+        query = api_input.list_query(request.args)
+        # One extra row tells whether another page exists without a count query.
+        jobs = store.list_jobs(user_id=g.user.id, status=query.status, job_type=query.job_type,
+                               limit=query.limit + 1, before=query.before)
+        page, more = jobs[:query.limit], len(jobs) > query.limit
+        last = page[-1] if page else None
+        cursor = (api_input.encode_cursor(last.created_at, last.id)
+                  if more and last is not None and last.created_at is not None else None)
+        return jsonify({"jobs": [j.to_json() for j in page], "next_cursor": cursor})
+
+    @app.get("/api/jobs/<raw_id>")
+    @login_required
+    def get_job(raw_id: str) -> Response:
+        return jsonify(store.get_job(api_input.job_id(raw_id), g.user.id).to_json())
+
+    @app.post("/api/jobs/<raw_id>/cancel")
+    @login_required
+    def cancel_job(raw_id: str) -> Response:
+        job = store.cancel(api_input.job_id(raw_id), g.user.id)
+        log.info("job %s cancelled by user %s", job.id, g.user.id)
+        return jsonify(job.to_json())
+
+    # The seed front end's routes, kept working on top of the same jobs --------------------
+
+    @app.post(f"/api/<any({SEED_ANY}):job_type>/run")
+    @login_required
+    def seed_run(job_type: str) -> tuple[Response, int]:
+        # The seed posted the task's params as the whole body (possibly empty).
+        job, created = create(job_type, api_input.json_body(request, required=False))
+        return _accepted(_seed_json(job.to_json()), job, created)
+
+    @app.get(f"/api/<any({SEED_ANY}):job_type>/progress/<raw_id>")
+    @login_required
+    def seed_progress(job_type: str, raw_id: str) -> Response:
+        job = store.get_job(api_input.job_id(raw_id), g.user.id)
+        if job.job_type != job_type:
+            raise ApiError(404, "not_found", f"no {job_type} job {raw_id}")
+        return jsonify(_seed_json(job.to_json()))
+
+    return app
+
+
+def _authenticate(store: Store, secret: str) -> User:
+    header = request.headers.get("Authorization")
+    cookie = request.cookies.get(auth.SESSION_COOKIE)
+    if not header and not cookie:
+        raise http_errors.unauthorized(
+            "sign in: send Authorization: Bearer <token>, or POST /api/session for a cookie")
+    user = auth.authenticate(store, secret, header, cookie)
+    if user is None:
+        raise http_errors.unauthorized(
+            "invalid or revoked token" if header else "session expired or revoked; sign in again")
+    return user
+
+
+def _user_json(user: User) -> dict[str, Any]:
+    return {"id": user.id, "name": user.name}
+
+
+def _seed_json(job: dict[str, Any]) -> dict[str, Any]:
+    """The job as /api/jobs/<id> shows it, plus the field names the seed front end read."""
+    return {**job, "job_id": job["id"]}
+
+
+def _accepted(body: dict[str, Any], job: Job, created: bool) -> tuple[Response, int]:
+    """202 with the job; a replayed Idempotency-Key says so in a header."""
+    response = jsonify(body)
+    response.headers["Location"] = f"/api/jobs/{job.id}"
+    if not created:
+        response.headers["Idempotent-Replayed"] = "true"
+    return response, 202
+
+
+def close(app: Flask) -> None:
+    """Close the pool the app made for itself (gunicorn worker exit)."""
+    store = app.extensions.get(STORE_KEY)
+    if store is not None and app.extensions.get("bgjobs_owns_pool"):
+        store.pool.close()

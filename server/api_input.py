@@ -1,0 +1,204 @@
+"""What the API accepts: JSON bodies, job requests, list queries and cursors, checked strictly.
+
+Status codes (documented in docs/api.md): a request that cannot be read (wrong content type
+415, malformed JSON or a body that is not an object 400, bad query parameter 400) is refused
+before anything else; a readable request whose content is wrong (unknown type, bad params,
+priority, run_after, unknown field) is a 422.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from flask import Request
+
+from server.http_errors import ApiError
+from server.store import Status
+
+PRIORITY_MIN, PRIORITY_MAX = -1000, 1000
+LIMIT_DEFAULT, LIMIT_MAX = 50, 200
+IDEMPOTENCY_KEY_MAX = 255
+# Deep enough for any real params; shallow enough that nothing downstream hits a recursion limit.
+MAX_JSON_DEPTH = 64
+JOB_FIELDS = frozenset({"type", "params", "priority", "run_after"})
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    job_type: str
+    params: Any
+    priority: int
+    run_after: datetime | None
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text} is out of range")
+    return value
+
+
+def _depth_ok(value: Any, depth: int = 0) -> bool:
+    if depth > MAX_JSON_DEPTH:
+        return False
+    if isinstance(value, dict):
+        return all(_depth_ok(v, depth + 1) for v in value.values())
+    if isinstance(value, list):
+        return all(_depth_ok(v, depth + 1) for v in value)
+    return True
+
+
+def json_body(request: Request, *, required: bool = True) -> dict[str, Any]:
+    """The request body as a JSON object; ``{}`` for an empty body when not ``required``."""
+    data = request.get_data(cache=True)  # raises 413 over MAX_CONTENT_LENGTH
+    if not data and not required:
+        return {}
+    if not request.mimetype or not (request.mimetype == "application/json"
+                                    or request.mimetype.endswith("+json")):
+        raise ApiError(415, "unsupported_media_type",
+                       f"send the body as application/json (got {request.mimetype or 'none'})")
+    if not data:
+        raise ApiError(400, "bad_request", "the request body is empty; send a JSON object")
+    try:
+        value = json.loads(data.decode("utf-8"), parse_constant=_reject_constant,
+                           parse_float=_finite_float)
+    except UnicodeDecodeError:
+        raise ApiError(400, "malformed_json", "the request body is not UTF-8") from None
+    except RecursionError:
+        raise ApiError(400, "malformed_json", "the JSON body is nested too deeply") from None
+    except ValueError as exc:
+        raise ApiError(400, "malformed_json",
+                       f"the request body is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise ApiError(400, "bad_request", "the request body must be a JSON object")
+    if not _depth_ok(value):
+        raise ApiError(400, "malformed_json",
+                       f"the JSON body is nested more than {MAX_JSON_DEPTH} levels deep")
+    return value
+
+
+def job_request(body: dict[str, Any]) -> JobRequest:
+    """The fields of ``POST /api/jobs``, checked (params are the task's to check)."""
+    unknown = sorted(set(body) - JOB_FIELDS)
+    if unknown:
+        raise _invalid(f"unknown field(s): {', '.join(unknown)}; allowed: "
+                       f"{', '.join(sorted(JOB_FIELDS))}")
+    job_type = body.get("type")
+    if not isinstance(job_type, str) or not job_type:
+        raise _invalid("type is required: the name of a job type (see GET /api/types)")
+    params = body.get("params", {})
+    if params is None:
+        params = {}
+    if not isinstance(params, dict):
+        raise ApiError(422, "invalid_params", "params must be a JSON object")
+    return JobRequest(job_type, params, priority(body.get("priority", 0)),
+                      run_after(body.get("run_after")))
+
+
+def priority(value: Any) -> int:
+    if value is None:
+        return 0
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise _invalid(f"priority must be a whole number, got {value!r}")
+    if not PRIORITY_MIN <= value <= PRIORITY_MAX:
+        raise _invalid(f"priority must be between {PRIORITY_MIN} and {PRIORITY_MAX} "
+                       f"(lower runs first), got {value}")
+    return value
+
+
+def run_after(value: Any) -> datetime | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise _invalid("run_after must be an ISO 8601 time with a timezone, as a string")
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        raise _invalid(f"run_after is not an ISO 8601 time: {value!r}") from None
+    if when.tzinfo is None:
+        raise _invalid(f"run_after needs a timezone (e.g. 'Z' or '+00:00'): {value!r}")
+    return when
+
+
+def idempotency_key(request: Request) -> str | None:
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    if not key or len(key) > IDEMPOTENCY_KEY_MAX or not key.isprintable():
+        raise ApiError(400, "bad_request",
+                       f"Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_MAX} printable characters")
+    return key
+
+
+def job_id(raw: str) -> uuid.UUID:
+    """A job id from the URL; a non-UUID names no job, so it is a 404 like a missing one."""
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        raise ApiError(404, "not_found", f"no job {raw!r}: job ids are UUIDs") from None
+
+
+@dataclass(frozen=True)
+class ListQuery:
+    status: str | None
+    job_type: str | None
+    limit: int
+    before: tuple[datetime, uuid.UUID] | None
+
+
+def list_query(args: Any) -> ListQuery:
+    unknown = sorted(set(args) - {"status", "type", "limit", "cursor"})
+    if unknown:
+        raise _bad_query(f"unknown query parameter(s): {', '.join(unknown)}")
+    status = args.get("status") or None
+    if status is not None and status not in {s.value for s in Status}:
+        raise _bad_query(f"status must be one of {', '.join(s.value for s in Status)}")
+    job_type = args.get("type") or None
+    if job_type is not None and len(job_type) > 50:
+        raise _bad_query("type is at most 50 characters")
+    raw_limit = args.get("limit")
+    try:
+        limit = LIMIT_DEFAULT if raw_limit in (None, "") else int(raw_limit)
+    except ValueError:
+        raise _bad_query(f"limit must be a whole number, got {raw_limit!r}") from None
+    if not 1 <= limit <= LIMIT_MAX:
+        raise _bad_query(f"limit must be between 1 and {LIMIT_MAX}, got {limit}")
+    cursor = args.get("cursor") or None
+    return ListQuery(status, job_type, limit, decode_cursor(cursor) if cursor else None)
+
+
+def encode_cursor(created_at: datetime, id_: uuid.UUID) -> str:
+    """An opaque cursor: the (created_at, id) of the last job of a page."""
+    raw = json.dumps([created_at.isoformat(), str(id_)]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        created, id_ = json.loads(raw)
+        when = datetime.fromisoformat(created)
+        if when.tzinfo is None:
+            raise ValueError("naive time")
+        return when, uuid.UUID(id_)
+    except (binascii.Error, ValueError, TypeError, UnicodeDecodeError):
+        raise _bad_query("cursor is not one this API returned (use next_cursor as is)") from None
+
+
+def _invalid(message: str) -> ApiError:
+    return ApiError(422, "invalid_request", message)
+
+
+def _bad_query(message: str) -> ApiError:
+    return ApiError(400, "bad_query", message)

@@ -1,0 +1,183 @@
+"""The OpenAPI 3.1 description of the API, served at ``GET /api/openapi.json``.
+
+A test checks that every route of the app appears here, so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from server.api_input import LIMIT_DEFAULT, LIMIT_MAX, PRIORITY_MAX, PRIORITY_MIN
+
+_STATUSES = ["pending", "running", "complete", "error", "cancelled"]
+_SEED = ["validation", "optimization", "rescoring"]
+_TS = {"type": ["string", "null"], "format": "date-time"}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _err(description: str) -> dict[str, Any]:
+    return {"$ref": f"#/components/responses/{description}"}
+
+
+def _op(summary: str, responses: dict[str, Any], *, auth: bool = True, **extra: Any) -> dict:
+    op: dict[str, Any] = {"summary": summary, "responses": responses, **extra}
+    if not auth:
+        op["security"] = []
+    else:
+        responses.setdefault("401", _err("Unauthorized"))
+    responses.setdefault("503", _err("Unavailable"))
+    return op
+
+
+_JOB_ID = {"name": "id", "in": "path", "required": True,
+           "description": "The job's UUID; anything else answers 404.",
+           "schema": {"type": "string", "format": "uuid"}}
+_IDEMPOTENCY = {"name": "Idempotency-Key", "in": "header", "required": False,
+                "description": "Retrying with the same key returns the same job (per user).",
+                "schema": {"type": "string", "minLength": 1, "maxLength": 255}}
+_SEED_TYPE = {"name": "job_type", "in": "path", "required": True,
+              "schema": {"type": "string", "enum": _SEED}}
+
+
+def spec() -> dict[str, Any]:
+    job_202 = _json(_ref("Job"), "The job (new, or the earlier one on an Idempotency-Key replay, "
+                                 "which carries the header Idempotent-Replayed: true).")
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "bgjobs API", "version": "1",
+                 "description": "Postgres-native background jobs. Errors are "
+                                "{\"error\": {\"code\", \"message\"}}; see docs/api.md."},
+        "security": [{"bearer": []}, {"session": []}],
+        "paths": {
+            "/healthz": {"get": _op("Database reachable?", {
+                "200": _json({"type": "object"}, "Postgres answers.")}, auth=False)},
+            "/metrics": {"get": _op("Prometheus metrics, read from Postgres", {
+                "200": {"description": "Prometheus text format",
+                        "content": {"text/plain": {"schema": {"type": "string"}}}}},
+                auth=False)},
+            "/api/openapi.json": {"get": _op("This document", {
+                "200": _json({"type": "object"}, "OpenAPI 3.1")}, auth=False)},
+            "/api/session": {
+                "post": _op("Sign in with a token; sets the HttpOnly session cookie", {
+                    "200": _json(_ref("Me"), "Signed in; Set-Cookie: bgjobs_session=..."),
+                    "401": _err("Unauthorized"), "415": _err("BadRequest"),
+                    "422": _err("Invalid")}, auth=False,
+                    requestBody={"required": True, "content": {"application/json": {"schema": {
+                        "type": "object", "required": ["token"],
+                        "properties": {"token": {"type": "string"}}}}}}),
+                "delete": _op("Sign out (clears the cookie)", {
+                    "204": {"description": "Signed out"}}, auth=False),
+            },
+            "/api/me": {"get": _op("Who am I", {"200": _json(_ref("Me"), "The caller")})},
+            "/api/types": {"get": _op("Registered job types and their params", {
+                "200": _json({"type": "object", "properties": {"types": {
+                    "type": "array", "items": {"type": "object"}}}}, "Job types")})},
+            "/api/jobs": {
+                "post": _op("Enqueue a job", {
+                    "202": job_202, "400": _err("BadRequest"), "409": _err("Conflict"),
+                    "413": _err("BadRequest"), "415": _err("BadRequest"),
+                    "422": _err("Invalid")},
+                    parameters=[_IDEMPOTENCY],
+                    requestBody={"required": True, "content": {
+                        "application/json": {"schema": _ref("NewJob")}}}),
+                "get": _op("The caller's jobs, newest first", {
+                    "200": _json(_ref("JobList"), "A page of jobs"),
+                    "400": _err("BadRequest")},
+                    parameters=[
+                        {"name": "status", "in": "query",
+                         "schema": {"type": "string", "enum": _STATUSES}},
+                        {"name": "type", "in": "query", "schema": {"type": "string"}},
+                        {"name": "limit", "in": "query", "schema": {
+                            "type": "integer", "minimum": 1, "maximum": LIMIT_MAX,
+                            "default": LIMIT_DEFAULT}},
+                        {"name": "cursor", "in": "query", "schema": {"type": "string"},
+                         "description": "next_cursor of the previous page"}]),
+            },
+            "/api/jobs/{id}": {"get": _op("One of the caller's jobs", {
+                "200": _json(_ref("Job"), "The job"), "404": _err("NotFound")},
+                parameters=[_JOB_ID])},
+            "/api/jobs/{id}/cancel": {"post": _op("Cancel a pending or running job", {
+                "200": _json(_ref("Job"), "The cancelled job"), "404": _err("NotFound"),
+                "409": _err("Conflict")}, parameters=[_JOB_ID])},
+            "/api/{job_type}/run": {"post": _op(
+                "Seed-compatible: enqueue a job of that type; the body is its params", {
+                    "202": _json(_ref("SeedJob"), "The job, plus job_id"),
+                    "400": _err("BadRequest"), "409": _err("Conflict"),
+                    "415": _err("BadRequest"), "422": _err("Invalid")},
+                parameters=[_SEED_TYPE, _IDEMPOTENCY],
+                requestBody={"required": False, "content": {
+                    "application/json": {"schema": {"type": "object"}}}})},
+            "/api/{job_type}/progress/{id}": {"get": _op(
+                "Seed-compatible: a job of that type, as /api/jobs/{id} shows it", {
+                    "200": _json(_ref("SeedJob"), "The job, plus job_id"),
+                    "404": _err("NotFound")}, parameters=[_SEED_TYPE, _JOB_ID])},
+        },
+        "components": {
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer",
+                           "description": "A token from `bgjobs user create NAME`."},
+                "session": {"type": "apiKey", "in": "cookie", "name": "bgjobs_session",
+                            "description": "Set by POST /api/session."},
+            },
+            "schemas": _schemas(),
+            "responses": {
+                name: _json(_ref("Error"), text) for name, text in [
+                    ("BadRequest", "Unreadable request: malformed JSON, wrong content type, "
+                                   "bad query parameter, body too large (413)"),
+                    ("Unauthorized", "Missing, invalid or revoked credentials"),
+                    ("NotFound", "No such job for this user (or not a UUID)"),
+                    ("Conflict", "The job has finished, or an exclusive job is active "
+                                 "(error.job_id names it)"),
+                    ("Invalid", "Unknown type, bad params, priority or run_after"),
+                    ("Unavailable", "The database is unreachable; retry"),
+                ]
+            },
+        },
+    }
+
+
+def _schemas() -> dict[str, Any]:
+    return {
+        "Job": {"type": "object", "properties": {
+            "id": {"type": "string", "format": "uuid"},
+            "type": {"type": "string"},
+            "status": {"type": "string", "enum": _STATUSES},
+            "progress": {"type": "object",
+                         "description": "{current, total, stage, ...} as the task reports it"},
+            "result": {"description": "Output when complete; {error, message} on error"},
+            "params": {"type": "object"},
+            "priority": {"type": "integer"},
+            "attempts": {"type": "integer"},
+            "max_attempts": {"type": "integer"},
+            "user_id": {"type": ["integer", "null"]},
+            "version": {"type": "integer", "description": "Bumped on every change (SSE id)"},
+            "created_at": _TS, "updated_at": _TS, "run_after": _TS,
+            "started_at": _TS, "finished_at": _TS}},
+        "SeedJob": {"allOf": [_ref("Job"), {"type": "object", "properties": {
+            "job_id": {"type": "string", "format": "uuid"}}}]},
+        "NewJob": {"type": "object", "required": ["type"], "additionalProperties": False,
+                   "properties": {
+                       "type": {"type": "string", "description": "See GET /api/types"},
+                       "params": {"type": "object", "default": {}},
+                       "priority": {"type": "integer", "minimum": PRIORITY_MIN,
+                                    "maximum": PRIORITY_MAX, "default": 0,
+                                    "description": "Lower runs first"},
+                       "run_after": {"type": "string", "format": "date-time",
+                                     "description": "ISO 8601 with a timezone"}}},
+        "JobList": {"type": "object", "properties": {
+            "jobs": {"type": "array", "items": _ref("Job")},
+            "next_cursor": {"type": ["string", "null"]}}},
+        "Me": {"type": "object", "properties": {"user": {"type": "object", "properties": {
+            "id": {"type": "integer"}, "name": {"type": "string"}}}}},
+        "Error": {"type": "object", "properties": {"error": {
+            "type": "object", "required": ["code", "message"], "properties": {
+                "code": {"type": "string"}, "message": {"type": "string"},
+                "job_id": {"type": "string", "format": "uuid"}}}}},
+    }
