@@ -41,8 +41,12 @@ def connect(url: str, **kwargs) -> psycopg.Connection:
 
 
 def make_pool(url: str, *, min_size: int = 1, max_size: int = 8, name: str = "bgjobs",
-              open_wait: bool = False) -> ConnectionPool:
-    """A pool that opens lazily and survives Postgres restarts (connections are checked)."""
+              open_wait: bool = False, check: bool = True) -> ConnectionPool:
+    """A pool that opens lazily and survives Postgres restarts.
+
+    ``check`` tests each connection as it is lent (one round trip) so a request after a
+    restart does not fail on a dead connection; hot loops that handle errors turn it off.
+    """
     pool = ConnectionPool(
         url,
         min_size=min_size,
@@ -51,7 +55,7 @@ def make_pool(url: str, *, min_size: int = 1, max_size: int = 8, name: str = "bg
         open=False,
         timeout=5,
         reconnect_timeout=0,  # keep trying for ever; requests meanwhile get 503
-        check=ConnectionPool.check_connection,
+        check=ConnectionPool.check_connection if check else None,
         kwargs={"autocommit": True, "connect_timeout": 5},
     )
     pool.open(wait=open_wait)
