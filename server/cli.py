@@ -357,7 +357,7 @@ def _redact(url: str) -> str:
         return "(set)"
     if "password" in parts:
         parts["password"] = "***"
-    return make_conninfo(**parts)
+    return make_conninfo("", **parts)
 
 
 if __name__ == "__main__":
