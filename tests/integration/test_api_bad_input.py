@@ -1,0 +1,159 @@
+"""A table of bad requests: each gets its 4xx JSON error, and the database is left as it was."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import pytest
+
+from tests.api_task_fixtures import EXCLUSIVE, Api, api_fixture, snapshot  # noqa: F401
+
+JSON = {"Content-Type": "application/json"}
+LIMIT = 256 * 1024
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    method: str
+    path: str
+    status: int
+    code: str
+    body: bytes | None = None
+    headers: dict[str, str] = field(default_factory=lambda: dict(JSON))
+    auth: bool = True
+
+
+def _json(value: object) -> bytes:
+    return json.dumps(value).encode()
+
+
+def _nested(depth: int) -> bytes:
+    return b'{"type": "noop", "params": {"echo": ' + b"[" * depth + b"]" * depth + b"}}"
+
+
+CASES = [
+    # Unreadable bodies.
+    Case("no-content-type", "POST", "/api/jobs", 415, "unsupported_media_type",
+         _json({"type": "noop"}), headers={}),
+    Case("text-plain", "POST", "/api/jobs", 415, "unsupported_media_type",
+         _json({"type": "noop"}), headers={"Content-Type": "text/plain"}),
+    Case("form-encoded", "POST", "/api/jobs", 415, "unsupported_media_type", b"type=noop",
+         headers={"Content-Type": "application/x-www-form-urlencoded"}),
+    Case("malformed-json", "POST", "/api/jobs", 400, "malformed_json", b'{"type": "noop",'),
+    Case("empty-body", "POST", "/api/jobs", 400, "bad_request", b""),
+    Case("json-array", "POST", "/api/jobs", 400, "bad_request", b'[{"type": "noop"}]'),
+    Case("json-string", "POST", "/api/jobs", 400, "bad_request", b'"noop"'),
+    Case("not-utf8", "POST", "/api/jobs", 400, "malformed_json", b'{"type": "\xff\xfe"}'),
+    Case("nan", "POST", "/api/jobs", 400, "malformed_json",
+         b'{"type": "noop", "params": {"echo": NaN}}'),
+    Case("huge-float", "POST", "/api/jobs", 400, "malformed_json",
+         b'{"type": "noop", "params": {"echo": 1e999}}'),
+    Case("nested-too-deep", "POST", "/api/jobs", 400, "malformed_json", _nested(100)),
+    Case("nested-past-recursion-limit", "POST", "/api/jobs", 400, "malformed_json",
+         _nested(50_000)),
+    Case("too-large", "POST", "/api/jobs", 413, "payload_too_large",
+         _json({"type": "noop", "params": {"echo": "x" * LIMIT}})),
+    # Readable, but wrong.
+    Case("missing-type", "POST", "/api/jobs", 422, "invalid_request", _json({"params": {}})),
+    Case("type-not-string", "POST", "/api/jobs", 422, "invalid_request", _json({"type": 7})),
+    Case("unknown-type", "POST", "/api/jobs", 422, "unknown_type", _json({"type": "nope"})),
+    Case("unknown-field", "POST", "/api/jobs", 422, "invalid_request",
+         _json({"type": "noop", "user_id": 2})),
+    Case("params-not-object", "POST", "/api/jobs", 422, "invalid_params",
+         _json({"type": "noop", "params": [1]})),
+    Case("unknown-param", "POST", "/api/jobs", 422, "invalid_params",
+         _json({"type": "noop", "params": {"bogus": 1}})),
+    Case("param-wrong-type", "POST", "/api/jobs", 422, "invalid_params",
+         _json({"type": EXCLUSIVE, "params": {"n": "three"}})),
+    Case("param-out-of-range", "POST", "/api/jobs", 422, "invalid_params",
+         _json({"type": EXCLUSIVE, "params": {"n": 1000}})),
+    Case("nul-in-params", "POST", "/api/jobs", 422, "invalid_input",
+         _json({"type": "noop", "params": {"echo": "a\u0000b"}})),
+    Case("priority-string", "POST", "/api/jobs", 422, "invalid_request",
+         _json({"type": "noop", "priority": "high"})),
+    Case("priority-bool", "POST", "/api/jobs", 422, "invalid_request",
+         _json({"type": "noop", "priority": True})),
+    Case("priority-float", "POST", "/api/jobs", 422, "invalid_request",
+         _json({"type": "noop", "priority": 1.5})),
+    Case("priority-huge", "POST", "/api/jobs", 422, "invalid_request",
+         _json({"type": "noop", "priority": 10**30})),
+    Case("run-after-garbage", "POST", "/api/jobs", 422, "invalid_request",
+         _json({"type": "noop", "run_after": "tomorrow"})),
+    Case("run-after-naive", "POST", "/api/jobs", 422, "invalid_request",
+         _json({"type": "noop", "run_after": "2030-01-01T00:00:00"})),
+    Case("run-after-number", "POST", "/api/jobs", 422, "invalid_request",
+         _json({"type": "noop", "run_after": 1700000000})),
+    Case("idempotency-key-too-long", "POST", "/api/jobs", 400, "bad_request",
+         _json({"type": "noop"}), headers={**JSON, "Idempotency-Key": "k" * 256}),
+    Case("exclusive-already-active", "POST", "/api/jobs", 409, "conflict",
+         _json({"type": EXCLUSIVE})),
+    Case("seed-run-exclusive-active", "POST", "/api/validation/run", 409, "conflict",
+         _json({})),
+    Case("seed-run-malformed", "POST", "/api/optimization/run", 400, "malformed_json", b"{"),
+    Case("seed-run-text", "POST", "/api/optimization/run", 415, "unsupported_media_type",
+         b"x=1", headers={"Content-Type": "text/plain"}),
+    # Ids that are not UUIDs, jobs that cannot be cancelled.
+    Case("get-not-uuid", "GET", "/api/jobs/not-a-uuid", 404, "not_found"),
+    Case("get-sql-ish-id", "GET", "/api/jobs/1%27%20OR%20%271%27=%271", 404, "not_found"),
+    Case("cancel-not-uuid", "POST", "/api/jobs/123/cancel", 404, "not_found"),
+    Case("progress-not-uuid", "GET", "/api/validation/progress/abc", 404, "not_found"),
+    Case("cancel-finished", "POST", "/api/jobs/{cancelled}/cancel", 409, "conflict"),
+    Case("cancel-missing", "POST",
+         "/api/jobs/00000000-0000-4000-8000-000000000000/cancel", 404, "not_found"),
+    # Query strings.
+    Case("limit-zero", "GET", "/api/jobs?limit=0", 400, "bad_query"),
+    Case("limit-too-big", "GET", "/api/jobs?limit=201", 400, "bad_query"),
+    Case("limit-not-number", "GET", "/api/jobs?limit=ten", 400, "bad_query"),
+    Case("status-unknown", "GET", "/api/jobs?status=done", 400, "bad_query"),
+    Case("cursor-garbage", "GET", "/api/jobs?cursor=%%%", 400, "bad_query"),
+    Case("cursor-wrong-shape", "GET", "/api/jobs?cursor=WzFd", 400, "bad_query"),
+    Case("query-unknown", "GET", "/api/jobs?user_id=2", 400, "bad_query"),
+    # Routes and methods.
+    Case("unknown-api-route", "GET", "/api/nothing-here", 404, "not_found"),
+    Case("unknown-route", "GET", "/admin.php", 404, "not_found", auth=False),
+    Case("unknown-seed-type", "POST", "/api/screening/run", 404, "not_found"),
+    Case("trailing-slash", "GET", "/api/jobs/", 404, "not_found"),
+    Case("delete-jobs", "DELETE", "/api/jobs", 405, "method_not_allowed"),
+    Case("put-job", "PUT", "/api/jobs/{pending}", 405, "method_not_allowed"),
+    Case("get-cancel", "GET", "/api/jobs/{pending}/cancel", 405, "method_not_allowed"),
+    Case("post-healthz", "POST", "/healthz", 405, "method_not_allowed", auth=False),
+    Case("sign-in-text", "POST", "/api/session", 415, "unsupported_media_type", b"token",
+         headers={"Content-Type": "text/plain"}, auth=False),
+    Case("sign-in-malformed", "POST", "/api/session", 400, "malformed_json", b"{", auth=False),
+]
+
+
+@pytest.fixture
+def existing(api: Api) -> dict[str, str]:
+    """Jobs already stored before each bad request: none of them may change."""
+    def post(path: str, body: dict) -> str:
+        r = api.client.post(path, json=body, headers=api.alice.headers)
+        assert r.status_code == 202, r.json
+        return r.json["id"]
+
+    ids = {
+        "pending": post("/api/jobs", {"type": "noop", "params": {"echo": "keep me"}}),
+        "cancelled": post("/api/jobs", {"type": "noop"}),
+        "exclusive": post("/api/jobs", {"type": EXCLUSIVE}),
+        "validation": post("/api/validation/run", {}),
+    }
+    api.client.post(f"/api/jobs/{ids['cancelled']}/cancel", headers=api.alice.headers)
+    return ids
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input(api: Api, existing: dict[str, str], case: Case) -> None:
+    before = snapshot(api.url)
+    headers = {**case.headers, **(api.alice.headers if case.auth else {})}
+    r = api.client.open(case.path.format(**existing), method=case.method, data=case.body,
+                        headers=headers)
+    assert r.status_code == case.status, r.get_data(as_text=True)[:500]
+    assert r.mimetype == "application/json"
+    error = r.json["error"]
+    assert error["code"] == case.code and error["message"], error
+    assert "Traceback" not in error["message"] and "<html" not in r.get_data(as_text=True)
+    if case.status == 405:
+        assert case.method not in r.headers["Allow"]
+    assert snapshot(api.url) == before
