@@ -21,6 +21,10 @@ class UnknownTask(LookupError):
     """No task is registered under that name."""
 
 
+class NonRetryable(Exception):
+    """Raise (or subclass) in a handler to end the job in error at once, without retries."""
+
+
 @dataclass(frozen=True)
 class Param:
     """One parameter a task takes: its type, default and bounds."""
@@ -58,6 +62,14 @@ class Task:
     description: str = ""
     #: Accept params not declared in ``params`` (as they are), instead of rejecting them.
     open_params: bool = False
+    #: Seconds before the first retry; each later retry waits twice as long (plus jitter).
+    retry_delay: float = 2.0
+    #: Exception classes that end the job at once instead of being retried.
+    non_retryable: tuple[type[BaseException], ...] = ()
+
+    def retryable(self, exc: BaseException) -> bool:
+        """Whether a failed attempt with ``exc`` may be retried."""
+        return not isinstance(exc, (NonRetryable, *self.non_retryable))
 
     def validate(self, params: Any) -> dict[str, Any]:
         """Checked params with defaults filled in; InvalidParams says what is wrong."""
@@ -101,6 +113,8 @@ def task(
     exclusive: bool = False,
     max_attempts: int = 3,
     open_params: bool = False,
+    retry_delay: float = 2.0,
+    non_retryable: tuple[type[BaseException], ...] = (),
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register ``handler(ctx)`` as job type ``name``; its return value becomes the result."""
     if not name or len(name) > 50:
@@ -111,7 +125,8 @@ def task(
             raise ValueError(f"task {name!r} is registered twice")
         doc = (handler.__doc__ or "").strip().splitlines()
         _TASKS[name] = Task(name, handler, dict(params or {}), exclusive, max_attempts,
-                            doc[0] if doc else "", open_params)
+                            doc[0] if doc else "", open_params, retry_delay,
+                            tuple(non_retryable))
         return handler
 
     return register

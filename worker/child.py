@@ -1,0 +1,184 @@
+"""A worker child process: runs the jobs its supervisor hands it, one at a time.
+
+Started by the supervisor as ``python -m worker.child FD PARENT_PID``; FD is its end of a
+socket pair carrying pickled tuples (see worker/protocol.py). The child never touches the
+database: the supervisor makes every write, fenced, in batches. A reader thread takes messages
+while the handler runs, so a cancellation reaches even a handler busy in a CPU loop.
+"""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import json
+import logging
+import os
+import random
+import signal
+import sys
+import threading
+import time
+import traceback
+from multiprocessing.connection import Connection
+from typing import Any
+
+from worker import protocol
+from worker.context import JobCancelled, JobContext, ProgressThrottle
+from worker.registry import NonRetryable, Task, load_tasks
+
+log = logging.getLogger(__name__)
+
+#: Finished jobs are reported in batches, at least this often (seconds) while busy.
+FLUSH_INTERVAL = 0.01
+PR_SET_PDEATHSIG = 1
+
+
+class Child:
+    def __init__(self, conn: Connection, tasks: dict[str, Task]) -> None:
+        self.conn = conn
+        self.tasks = tasks
+        self.queue: collections.deque[protocol.JobSpec] = collections.deque()
+        self.cond = threading.Condition()
+        self.cancelled: set[str] = set()
+        self.send_lock = threading.Lock()
+        self.outbox: list[protocol.Done] = []
+        self.last_flush = time.monotonic()
+
+    def send(self, msg: tuple[Any, ...]) -> None:
+        with self.send_lock:
+            self.conn.send(msg)
+
+    def read_loop(self) -> None:
+        """Take the supervisor's messages; exit at once when it is gone (it is the only writer)."""
+        try:
+            while True:
+                self.handle(self.conn.recv())
+        except (EOFError, OSError):
+            os._exit(0)
+
+    def handle(self, msg: tuple[Any, ...]) -> None:
+        kind = msg[0]
+        if kind == protocol.JOBS:
+            with self.cond:
+                self.queue.extend(msg[1])
+                self.cond.notify()
+        elif kind == protocol.CANCEL:
+            job_id = msg[1]
+            self.cancelled.add(job_id)
+            with self.cond:
+                queued = [j for j in self.queue if j[0] == job_id]
+                for job in queued:
+                    self.queue.remove(job)
+            if queued:  # never started: nothing to stop, just say so
+                self.cancelled.discard(job_id)
+                self.send((protocol.CANCELLED, job_id, None))
+        elif kind == protocol.DROP:
+            with self.cond:
+                ids = [j[0] for j in self.queue]
+                self.queue.clear()
+            self.send((protocol.DROPPED, ids))
+        else:
+            log.error("unknown message from the supervisor: %r", kind)
+
+    def run(self) -> None:
+        while True:
+            with self.cond:
+                job = self.queue.popleft() if self.queue else None
+            if job is None:
+                self.flush()
+                with self.cond:
+                    while not self.queue:
+                        self.cond.wait()
+                continue
+            self.run_one(job)
+            if time.monotonic() - self.last_flush >= FLUSH_INTERVAL:
+                self.flush()
+
+    def flush(self) -> None:
+        self.last_flush = time.monotonic()
+        if self.outbox:
+            batch, self.outbox = self.outbox, []
+            self.send((protocol.DONE, batch))
+
+    def run_one(self, job: protocol.JobSpec) -> None:
+        job_id, job_type, params, attempt = job
+        if job_id in self.cancelled:
+            self.cancelled.discard(job_id)
+            self.send((protocol.CANCELLED, job_id, None))
+            return
+        task = self.tasks.get(job_type)
+
+        def send_progress(state: dict[str, Any]) -> None:
+            _check_json(state, "progress")
+            self.send((protocol.PROGRESS, job_id, state))
+
+        throttle = ProgressThrottle(send_progress)
+        ctx = JobContext(job_id, job_type, params, attempt, throttle, self.cancelled)
+        start = time.perf_counter()
+        try:
+            if task is None:
+                raise NonRetryable(f"this worker has no task {job_type!r}")
+            result = task.handler(ctx)
+            _check_json(result, "result")
+        except JobCancelled:
+            self.send((protocol.CANCELLED, job_id, time.perf_counter() - start))
+        except Exception as exc:  # noqa: BLE001 - any handler error ends the attempt, recorded
+            retryable = task.retryable(exc) if task and not isinstance(exc, BadOutput) else False
+            base = task.retry_delay if task else 0.0
+            delay = base * 2 ** (attempt - 1) * random.uniform(1.0, 1.25)
+            error = {"error": type(exc).__name__, "message": _clean(str(exc))}
+            self.flush()  # earlier jobs' results first, so the log reads in order
+            self.send((protocol.FAILED, job_id, error, retryable, delay, traceback.format_exc(),
+                       time.perf_counter() - start, throttle.unsent()))
+        else:
+            self.outbox.append((job_id, result, throttle.unsent(), time.perf_counter() - start))
+        finally:
+            self.cancelled.discard(job_id)
+
+
+class BadOutput(TypeError):
+    """A handler returned or reported something Postgres cannot store as JSON."""
+
+
+def _check_json(value: Any, what: str) -> None:
+    # psycopg would happily send NaN or \u0000, which jsonb rejects for the whole batch.
+    try:
+        text = json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise BadOutput(f"{what} is not JSON: {exc}") from None
+    if "\\u0000" in text:
+        raise BadOutput(f"{what} contains a NUL character, which Postgres cannot store")
+
+
+def _clean(message: str) -> str:
+    return message.replace("\x00", "")[:2000]
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Ask Linux to SIGKILL us when the supervisor dies, even mid-CPU-loop."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            log.warning("prctl(PR_SET_PDEATHSIG) failed: errno %s", ctypes.get_errno())
+    if os.getppid() != parent_pid:  # the supervisor died before prctl took effect
+        os._exit(1)
+
+
+def main(argv: list[str]) -> int:
+    fd, parent_pid = int(argv[0]), int(argv[1])
+    _die_with_parent(parent_pid)
+    # The supervisor decides when children stop; a Ctrl-C to the process group must not.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    logging.basicConfig(level=os.environ.get("BGJOBS_LOG_LEVEL", "INFO").upper(),
+                        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
+    conn = Connection(fd)
+    child = Child(conn, load_tasks())
+    child.send((protocol.HELLO, os.getpid(), sorted(child.tasks)))
+    threading.Thread(target=child.read_loop, name="supervisor-reader", daemon=True).start()
+    child.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

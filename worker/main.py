@@ -1,0 +1,98 @@
+"""``bgjobs worker`` / ``python -m worker``: run one supervisor and its worker processes."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import sys
+from collections.abc import Sequence
+
+from server import config as config_mod
+from server.db import DatabaseUnavailable, database_url
+from worker import registry
+from worker.supervisor import Settings, Supervisor
+
+log = logging.getLogger(__name__)
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m)?\s*$")
+
+
+def duration(text: str) -> float:
+    """Seconds from '30', '30s', '500ms' or '2m'."""
+    match = _DURATION.match(text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 30s, 500ms, 2m)")
+    value, unit = float(match[1]), match[2] or "s"
+    return value * {"ms": 0.001, "s": 1.0, "m": 60.0}[unit]
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="bgjobs worker",
+        description="Run a worker supervisor and its processes: one LISTEN connection for the "
+                    "machine, N processes each running one job at a time. SIGTERM or Ctrl-C "
+                    "stops gracefully; a second signal stops at once. DATABASE_URL picks the "
+                    "database (unset: the embedded cluster, which must be running).",
+    )
+    p.add_argument("--concurrency", type=positive_int, default=os.cpu_count() or 1,
+                   help="worker processes, each running one job at a time "
+                        "(default: CPUs, %(default)s)")
+    p.add_argument("--types", default="",
+                   help="comma-separated job types to run (default: every registered type)")
+    p.add_argument("--lease", type=duration, default=30.0,
+                   help="a running job whose heartbeat is older than this is taken back by the "
+                        "reaper; heartbeats go out every lease/3 (default 30s)")
+    p.add_argument("--poll-interval", type=duration, default=5.0,
+                   help="fallback poll when no notification arrives (default 5s)")
+    p.add_argument("--cancel-grace", type=duration, default=10.0,
+                   help="how long a cancelled handler may keep running before its process is "
+                        "killed and replaced (default 10s)")
+    p.add_argument("--shutdown-grace", type=duration, default=30.0,
+                   help="on SIGTERM/SIGINT, how long running jobs may take to finish before "
+                        "they are handed back to pending (default 30s)")
+    p.add_argument("--max-batch", type=positive_int, default=100,
+                   help="most jobs handed to one process at once when jobs are very short "
+                        "(default 100)")
+    p.add_argument("--log-level", default=os.environ.get("BGJOBS_LOG_LEVEL", "INFO"),
+                   help="DEBUG, INFO, WARNING or ERROR (default INFO or BGJOBS_LOG_LEVEL)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    level = args.log_level.upper()
+    logging.basicConfig(level=level, force=True,
+                        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
+    os.environ["BGJOBS_LOG_LEVEL"] = level  # children log at the same level
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # BGJOBS_TASK_MODULES resolve as under `python -m`
+    known = registry.load_tasks()
+    types = tuple(t.strip() for t in args.types.split(",") if t.strip())
+    unknown = sorted(set(types) - set(known))
+    if unknown:
+        print(f"bgjobs worker: unknown job type(s): {', '.join(unknown)}; known: "
+              f"{', '.join(sorted(known))}", file=sys.stderr)
+        return 2
+    try:
+        url = database_url(config_mod.load())
+    except DatabaseUnavailable as exc:
+        print(f"bgjobs worker: {exc}", file=sys.stderr)
+        return 1
+    settings = Settings(
+        concurrency=args.concurrency, types=types or None, lease=max(1, round(args.lease)),
+        poll_interval=args.poll_interval, cancel_grace=args.cancel_grace,
+        shutdown_grace=args.shutdown_grace, max_batch=args.max_batch,
+    )
+    return Supervisor(url, settings).run()
