@@ -24,7 +24,7 @@ from typing import Any
 
 from worker import protocol
 from worker.context import JobCancelled, JobContext, ProgressThrottle
-from worker.registry import NonRetryable, Task, load_tasks
+from worker.registry import InvalidParams, NonRetryable, Task, load_tasks
 
 log = logging.getLogger(__name__)
 
@@ -113,17 +113,20 @@ class Child:
             self.send((protocol.PROGRESS, job_id, state))
 
         throttle = ProgressThrottle(send_progress)
-        ctx = JobContext(job_id, job_type, params, attempt, throttle, self.cancelled)
         start = time.perf_counter()
         try:
             if task is None:
                 raise NonRetryable(f"this worker has no task {job_type!r}")
+            # Rows enqueued with plain SQL skipped the API's check: fill defaults, reject junk.
+            ctx = JobContext(job_id, job_type, task.validate(params), attempt, throttle,
+                             self.cancelled)
             result = task.handler(ctx)
             _check_json(result, "result")
         except JobCancelled:
             self.send((protocol.CANCELLED, job_id, time.perf_counter() - start))
         except Exception as exc:  # noqa: BLE001 - any handler error ends the attempt, recorded
-            retryable = task.retryable(exc) if task and not isinstance(exc, BadOutput) else False
+            retryable = (task is not None and not isinstance(exc, BadOutput | InvalidParams)
+                         and task.retryable(exc))
             base = task.retry_delay if task else 0.0
             delay = base * 2 ** (attempt - 1) * random.uniform(1.0, 1.25)
             error = {"error": type(exc).__name__, "message": _clean(str(exc))}

@@ -56,7 +56,7 @@ class Backoff:
     """Retry timing for one connection, logging once when it goes down and once when back."""
 
     def __init__(self, what: str) -> None:
-        self.what = what
+        self.what = what  # e.g. "LISTEN connection": "... lost: why" / "... restored after 2.0s"
         self.down_since: float | None = None
         self.delay = 0.0
         self.retry_at = 0.0
@@ -67,13 +67,14 @@ class Backoff:
     def failed(self, exc: BaseException, now: float) -> None:
         if self.down_since is None:
             self.down_since = now
-            log.warning("%s: %s; retrying with backoff", self.what, exc)
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            log.warning("%s lost: %s; reconnecting with backoff", self.what, first)
         self.delay = min(MAX_BACKOFF, self.delay * 2 or 0.25)
         self.retry_at = now + self.delay
 
     def ok(self, now: float) -> None:
         if self.down_since is not None:
-            log.info("%s: back after %.1fs", self.what, now - self.down_since)
+            log.info("%s restored after %.1fs", self.what, now - self.down_since)
         self.down_since, self.delay, self.retry_at = None, 0.0, 0.0
 
 
@@ -89,9 +90,10 @@ class Supervisor:
         self.children: dict[int, ChildProcess] = {}
         self.running: dict[str, Running] = {}
         self.types: tuple[str, ...] = settings.types or ()
-        self.db_state = Backoff("database unavailable for writes")
-        self.listen_state = Backoff("LISTEN connection lost")
+        self.db_state = Backoff("database connection")
+        self.listen_state = Backoff("LISTEN connection")
         self.listening = False
+        self.listen_fd = -1
         now = time.monotonic()
         self.wake = True  # claim at start: jobs may be waiting
         self.more = False
@@ -321,6 +323,8 @@ class Supervisor:
             if not self.settings.types:
                 self.types = tuple(msg[2])
             log.debug("process %s ready with tasks %s", msg[1], ", ".join(msg[2]))
+            if all(c.ready for c in self.children.values()):
+                log.info("%d worker processes ready", len(self.children))
 
     def _finish(self, child: ChildProcess, job_id: str, duration: float | None) -> Running | None:
         child.jobs.pop(job_id, None)
@@ -419,7 +423,8 @@ class Supervisor:
         except DatabaseUnavailable as exc:
             self.listen_state.failed(exc, now)
             return
-        self.selector.register(self.listener.fileno(), selectors.EVENT_READ, self._on_notify)
+        self.listen_fd = self.listener.fileno()  # psycopg cannot tell it once the link is lost
+        self.selector.register(self.listen_fd, selectors.EVENT_READ, self._on_notify)
         self.listening = True
         self.listen_state.ok(now)
         # Notifications sent while we were not listening are lost: re-read the table.
@@ -428,7 +433,7 @@ class Supervisor:
         log.info("listening for jobs (%s)", ", ".join(self.settings.types or ("all types",)))
 
     def _listener_lost(self, exc: BaseException) -> None:
-        self.selector.unregister(self.listener.fileno())
+        self.selector.unregister(self.listen_fd)
         self.listener.close()
         self.listening = False
         self.listen_state.failed(exc, time.monotonic())

@@ -1,0 +1,65 @@
+"""Job types for tests only, loaded with BGJOBS_TASK_MODULES=tests.task_fixtures."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from worker.registry import NonRetryable, Param, task
+
+
+@task("record", params={"path": Param(str, required=True)})
+def record(ctx: Any) -> Any:
+    """Append the job id to a file, so a test can count how often each job ran."""
+    with open(ctx.params["path"], "a") as f:
+        f.write(f"{ctx.job_id}\n")
+    return {"ok": True}
+
+
+@task("slow", params={"seconds": Param(float, default=5.0), "step": Param(float, default=0.05)})
+def slow(ctx: Any) -> Any:
+    """Sleep in small steps, reporting progress (and so checking for cancellation) each step."""
+    steps = max(1, int(ctx.params["seconds"] / ctx.params["step"]))
+    for i in range(steps):
+        ctx.progress(i, steps, stage="sleeping", pid=os.getpid(), attempt=ctx.attempt)
+        time.sleep(ctx.params["step"])
+    return {"pid": os.getpid(), "attempt": ctx.attempt}
+
+
+@task("spin", params={"seconds": Param(float, default=5.0)})
+def spin(ctx: Any) -> Any:
+    """A CPU loop that never reports progress or checks for cancellation after it starts."""
+    ctx.progress(0, 1, stage="spinning", pid=os.getpid())
+    end = time.monotonic() + ctx.params["seconds"]
+    n = 0
+    while time.monotonic() < end:
+        n += 1
+    return {"pid": os.getpid(), "loops": n}
+
+
+@task("fail", retry_delay=0.2)
+def fail(ctx: Any) -> Any:
+    """Always raises: retried with backoff until max_attempts."""
+    raise RuntimeError(f"boom on attempt {ctx.attempt}")
+
+
+@task("fatal", non_retryable=(ValueError,))
+def fatal(ctx: Any) -> Any:
+    """Raises an error its task declares not retryable."""
+    raise ValueError("bad input, retrying will not help")
+
+
+@task("fatal_explicit")
+def fatal_explicit(ctx: Any) -> Any:
+    """Raises NonRetryable."""
+    raise NonRetryable("give up now")
+
+
+@task("chatty", params={"calls": Param(int, default=100_000)})
+def chatty(ctx: Any) -> Any:
+    """Calls progress in a tight loop."""
+    n = ctx.params["calls"]
+    for i in range(n):
+        ctx.progress(i + 1, n)
+    return {"calls": n}
