@@ -157,3 +157,35 @@ def test_bad_input(api: Api, existing: dict[str, str], case: Case) -> None:
     if case.status == 405:
         assert case.method not in r.headers["Allow"]
     assert snapshot(api.url) == before
+
+
+def test_unexpected_errors_are_a_generic_json_500_and_logged(api: Api, caplog) -> None:
+    @api.app.get("/api/boom")
+    def boom() -> None:
+        raise RuntimeError("secret internals")
+
+    r = api.client.get("/api/boom")
+    assert r.status_code == 500 and r.mimetype == "application/json"
+    assert r.json == {"error": {"code": "internal_error",
+                                "message": "internal server error (logged)"}}
+    assert "secret internals" in caplog.text
+
+
+def test_unreachable_database_is_a_503(api: Api) -> None:
+    from server.api import create_app
+    from server.db import make_pool
+    from server.store import Store
+    from tests.procs import free_port
+
+    pool = make_pool(f"postgresql://postgres@127.0.0.1:{free_port()}/nothing", max_size=2)
+    pool.timeout = 1  # how long a request waits for a connection before its 503
+    try:
+        client = create_app(store=Store(pool)).test_client()
+        for r in (client.get("/healthz"), client.get("/api/jobs", headers=api.alice.headers),
+                  client.get("/metrics")):
+            assert r.status_code == 503 and r.headers["Retry-After"] == "5"
+            assert r.json["error"]["code"] == "database_unavailable"
+        # Credentials are checked against the database, but their absence is not.
+        assert client.get("/api/jobs").status_code == 401
+    finally:
+        pool.close()
