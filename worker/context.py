@@ -42,7 +42,7 @@ class ProgressThrottle:
 
     def unsent(self) -> dict[str, Any] | None:
         """The latest state if it was never written (to send with the result)."""
-        return None if self.latest is self._last_sent else self.latest
+        return None if self.latest == self._last_sent else self.latest
 
     def _due(self, state: dict[str, Any], elapsed: float) -> bool:
         last = self._last_sent

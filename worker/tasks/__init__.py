@@ -1,3 +1,3 @@
 """The product's job types. Importing this package registers them."""
 
-from worker.tasks import noop  # noqa: F401
+from worker.tasks import noop, optimization, rescoring, validation  # noqa: F401
