@@ -30,6 +30,7 @@ class Running:
     attempt: Attempt
     job_type: str
     max_attempts: int
+    version: int  # the row's version right after our claim
     child: ChildProcess
     claimed_at: float
     #: set once the handler was asked to stop; past it the child process is killed

@@ -8,6 +8,7 @@ children. Only the supervisor talks to Postgres: one LISTEN connection, one writ
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import selectors
@@ -245,7 +246,7 @@ class Supervisor:
               specs: list[protocol.JobSpec]) -> None:
         job_id = str(job.id)
         r = Running(job_id, Attempt(job.id, self.worker_id, job.attempts), job.job_type,
-                    job.max_attempts, child, now)
+                    job.max_attempts, job.version, child, now)
         self.running[job_id] = r
         child.jobs[job_id] = None
         specs.append((job_id, job.job_type, job.params, job.attempts))
@@ -410,10 +411,16 @@ class Supervisor:
             r = self.running.get(job_id) if job_id else None
             if r is None or '"status" : "running"' in payload:
                 continue
-            if '"status" : ' in payload:
-                self._lost({r.id}, "notification")
-            else:
+            try:
+                data = json.loads(payload)
+            except ValueError:
+                log.warning("dropped an unreadable notification: %.200s", payload)
+                continue
+            if "status" not in data:
                 self.outbox.check[r.id] = r  # id-only payload: re-read the row
+            elif isinstance(data.get("version"), int) and data["version"] > r.version:
+                # Older payloads (the insert's, queued behind our claim) say nothing new.
+                self._lost({r.id}, "notification")
 
     # Connections -------------------------------------------------------------------------
 

@@ -1,0 +1,113 @@
+"""Worker throughput: how fast `bgjobs worker --concurrency 2` drains K no-op jobs.
+
+``run(url)`` makes a scratch database on the server of ``url``, starts one worker supervisor
+with two processes, then several times: enqueue K noop jobs in one INSERT ... SELECT
+generate_series, and time from that commit until every job is complete. Returns the median.
+Run it alone with ``python -m tests.bench_workers [URL]`` (default: DATABASE_URL or the
+embedded cluster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from typing import Any
+
+import psycopg
+from psycopg.conninfo import make_conninfo
+
+from server import migrate
+from tests.procs import BGJOBS, ROOT
+
+
+def run(url: str, jobs: int = 20_000, runs: int = 5, concurrency: int = 2) -> dict[str, Any]:
+    """Median no-op jobs/s over ``runs`` drains of ``jobs`` jobs each."""
+    name = f"bgjobs_bench_{uuid.uuid4().hex[:10]}"
+    server = make_conninfo(url, dbname="postgres")
+    with psycopg.connect(server, autocommit=True) as c:
+        c.execute(f'CREATE DATABASE "{name}"')
+    db = make_conninfo(url, dbname=name)
+    try:
+        with psycopg.connect(db) as c:
+            migrate.apply(c)
+        rates = _drain_runs(db, jobs, runs, concurrency)
+    finally:
+        with psycopg.connect(server, autocommit=True) as c:
+            c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    return {
+        "benchmark": "worker_noop_drain",
+        "jobs_per_run": jobs,
+        "concurrency": concurrency,
+        "runs": [round(r) for r in rates],
+        "median_jobs_per_s": round(statistics.median(rates)),
+    }
+
+
+def _drain_runs(db: str, jobs: int, runs: int, concurrency: int) -> list[float]:
+    env = {**os.environ, "DATABASE_URL": db, "PYTHONUNBUFFERED": "1"}
+    with tempfile.TemporaryFile("w+") as log:
+        worker = subprocess.Popen(
+            [BGJOBS, "worker", "--concurrency", str(concurrency), "--log-level", "warning"],
+            env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            rates = []
+            with psycopg.connect(db, autocommit=True) as c:
+                _drain(c, 200, worker)  # warm up: children started, connections open
+                for _ in range(runs):
+                    rates.append(jobs / _drain(c, jobs, worker))
+                    c.execute("TRUNCATE background_jobs")
+            return rates
+        except BaseException:
+            log.seek(0)
+            sys.stderr.write(log.read()[-3000:])
+            raise
+        finally:
+            worker.terminate()
+            worker.wait(30)
+
+
+def _drain(c: psycopg.Connection, jobs: int, worker: subprocess.Popen[Any]) -> float:
+    c.execute("INSERT INTO background_jobs (job_type) SELECT 'noop' FROM generate_series(1, %s)",
+              [jobs])
+    start = time.perf_counter()
+    deadline = start + max(60.0, jobs / 500)
+    while True:
+        left = c.execute("SELECT count(*) FROM background_jobs WHERE status <> 'complete'"
+                         ).fetchone()[0]
+        if left == 0:
+            return time.perf_counter() - start
+        if worker.poll() is not None:
+            raise RuntimeError(f"the worker exited with {worker.returncode}")
+        if time.perf_counter() > deadline:
+            raise RuntimeError(f"{left} of {jobs} jobs still not complete")
+        time.sleep(0.02)  # the drain itself is what we time; this only samples it
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("url", nargs="?", default=os.environ.get("DATABASE_URL"))
+    p.add_argument("--jobs", type=int, default=20_000)
+    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--concurrency", type=int, default=2)
+    args = p.parse_args()
+    url = args.url
+    if not url:
+        from server import config, embedded
+
+        cluster = embedded.Cluster(config.load().data_dir)
+        cluster.ensure_running()
+        url = cluster.url()
+    print(json.dumps(run(url, args.jobs, args.runs, args.concurrency), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
