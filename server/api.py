@@ -119,9 +119,9 @@ def create_app(store: Store | None = None, config: config_mod.Config | None = No
 
     def create(job_type: str, params: Any, priority: int = 0,
                run_after: Any = None) -> tuple[Job, bool]:
+        key = api_input.idempotency_key(request)
         task = registry.get(job_type)
         checked = task.validate(params)
-        key = api_input.idempotency_key(request)
         job, created = store.create_job(
             task.name, checked, user_id=g.user.id, priority=priority, run_after=run_after,
             max_attempts=task.max_attempts, idempotency_key=key, exclusive=task.exclusive)

@@ -230,3 +230,26 @@ def test_database_down_gives_503_and_the_api_recovers_by_itself(start_api, priva
         assert created.status_code == 202
     # The same master and the same workers throughout: nothing was restarted.
     assert server.proc.alive() and server.workers() == workers, server.tail()
+
+
+def test_errors_are_json_through_gunicorn_too(start_api, db_url: str) -> None:
+    """What the Flask tests check, once more through gunicorn's own request handling."""
+    [token] = _users(db_url, ["carol"])
+    server = start_api(db_url)
+    json_headers = {"Content-Type": "application/json"}
+    with server.client(token) as client:
+        cases = [
+            (client.post("/api/jobs", content=b'{"type": "noop", "params": {"echo": "'
+                         + b"x" * 1_000_000 + b'"}}', headers=json_headers), 413),
+            (client.post("/api/jobs", content=b"{", headers=json_headers), 400),
+            (client.post("/api/jobs", content=b"type=noop"), 415),
+            (client.post("/api/jobs", json={"type": "nope"}), 422),
+            (client.get("/api/jobs/not-a-uuid"), 404),
+            (client.get("/no/such/page"), 404),
+            (client.delete("/api/jobs"), 405),
+        ]
+        for response, status in cases:
+            assert response.status_code == status, response.text
+            assert response.headers["Content-Type"] == "application/json"
+            assert response.json()["error"]["message"]
+        assert client.get("/api/jobs").json() == {"jobs": [], "next_cursor": None}
