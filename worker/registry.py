@@ -10,7 +10,7 @@ import importlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 
 class InvalidParams(ValueError):
@@ -43,6 +43,7 @@ class Param:
             value = float(value)
         if not isinstance(value, self.type) or (self.type is not bool and isinstance(value, bool)):
             raise InvalidParams(f"{name} must be {_type_name(self.type)}, got {value!r}")
+        value = cast(Any, value)  # isinstance above narrowed it to object
         if self.min is not None and value < self.min:
             raise InvalidParams(f"{name} must be at least {self.min}, got {value!r}")
         if self.max is not None and value > self.max:

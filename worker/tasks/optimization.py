@@ -41,7 +41,7 @@ def optimization(ctx: Any) -> dict[str, Any]:
     ranked: list[tuple[Any, ...]] = []
     for gen in range(p["generations"]):
         if ranked:  # breed the next generation from the last one, keeping its two best
-            children = []
+            children: list[tuple[Any, ...]] = []
             while len(children) + 2 < p["population"]:
                 a, b = _pick(rng, ranked, fitness), _pick(rng, ranked, fitness)
                 child = tuple(x if rng.random() < 0.5 else y for x, y in zip(a, b, strict=True))

@@ -26,7 +26,7 @@ def rescoring(ctx: Any) -> dict[str, Any]:
     days = p["years"] * TRADING_DAYS
     names = universe(p["seed"])[: p["tickers"]]
     rng = random.Random(f"{p['seed']}:rescoring")
-    raw = []
+    raw: list[dict[str, Any]] = []
     for i, ticker in enumerate(names):
         closes = prices(p["seed"], ticker, days)
         rets = log_returns(closes)

@@ -1,0 +1,33 @@
+"""Retry timing for a connection, logging once when it goes down and once when it is back."""
+
+from __future__ import annotations
+
+import logging
+
+log = logging.getLogger(__name__)
+
+MAX_BACKOFF = 10.0
+
+
+class Backoff:
+    def __init__(self, what: str) -> None:
+        self.what = what  # e.g. "LISTEN connection": "... lost: why" / "... restored after 2.0s"
+        self.down_since: float | None = None
+        self.delay = 0.0
+        self.retry_at = 0.0
+
+    def ready(self, now: float) -> bool:
+        return now >= self.retry_at
+
+    def failed(self, exc: BaseException, now: float) -> None:
+        if self.down_since is None:
+            self.down_since = now
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            log.warning("%s lost: %s; reconnecting with backoff", self.what, first)
+        self.delay = min(MAX_BACKOFF, self.delay * 2 or 0.25)
+        self.retry_at = now + self.delay
+
+    def ok(self, now: float) -> None:
+        if self.down_since is not None:
+            log.info("%s restored after %.1fs", self.what, now - self.down_since)
+        self.down_since, self.delay, self.retry_at = None, 0.0, 0.0
