@@ -22,6 +22,20 @@ if service == "events":
     # SSE streams live for minutes: no worker timeout on idle streams.
     timeout = 0
     keepalive = 75
+    # The app has a lifespan (the LISTEN connection, the pool); failing to start it is fatal.
+    asgi_lifespan = "on"
+    worker_connections = _int("BGJOBS_EVENTS_CONNECTIONS", 2000)
+
+    def post_fork(server, worker):
+        # Library loggers (server.*: listener reconnects, dropped payloads) go to the error log.
+        logging.basicConfig(level=os.environ.get("BGJOBS_LOG_LEVEL", "info").upper(),
+                            format="%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s")
+
+    def post_worker_init(worker):
+        # On SIGTERM, end the open streams at once instead of waiting out graceful_timeout.
+        from server.events import drain_on_sigterm
+
+        drain_on_sigterm(worker)
 else:
     wsgi_app = "server.api:create_app()"
     worker_class = "gthread"

@@ -189,3 +189,17 @@ FROM background_jobs
 WHERE status IN ('complete', 'error', 'cancelled')
   AND finished_at >= now() - make_interval(secs => %(seconds)s)
 GROUP BY job_type, status ORDER BY job_type, status
+
+-- Events ------------------------------------------------------------------------------------
+
+-- name: events_user_jobs_since
+-- After a LISTEN reconnect: the watched users' jobs that are active or changed since `since`.
+SELECT * FROM background_jobs
+WHERE user_id = ANY(%(user_ids)s::int[])
+  AND (status IN ('pending', 'running') OR updated_at >= %(since)s::timestamptz)
+ORDER BY updated_at DESC
+LIMIT %(limit)s
+
+-- name: events_db_now
+-- The database's clock (what `since` above is measured against).
+SELECT clock_timestamp()

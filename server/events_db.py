@@ -1,0 +1,101 @@
+"""The events service's database reads, async, through the store's named queries.
+
+The API's Store is synchronous; the events service lives on one event loop and must not block
+it, so it reads the same rows with the same SQL over an AsyncConnectionPool.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from datetime import datetime
+from uuid import UUID
+
+import psycopg
+from psycopg.rows import class_row
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from server.auth import bearer_token, read_session
+from server.db import DatabaseUnavailable
+from server.queries import q
+from server.store import Job, User, hash_token
+
+POOL_APPLICATION_NAME = "bgjobs-events"
+
+
+def make_pool(url: str, max_size: int) -> AsyncConnectionPool:
+    """A lazily opened pool that outlives Postgres restarts (connections are checked)."""
+    return AsyncConnectionPool(
+        url,
+        min_size=1,
+        max_size=max_size,
+        name="bgjobs-events",
+        open=False,
+        timeout=10,
+        reconnect_timeout=0,  # keep trying for ever; requests meanwhile get 503
+        check=AsyncConnectionPool.check_connection,
+        kwargs={"autocommit": True, "connect_timeout": 5,
+                "application_name": POOL_APPLICATION_NAME},
+    )
+
+
+class EventsDb:
+    """Job and session reads for the events service."""
+
+    def __init__(self, pool: AsyncConnectionPool) -> None:
+        self.pool = pool
+
+    @asynccontextmanager
+    async def _conn(self) -> AsyncIterator[psycopg.AsyncConnection]:
+        try:
+            async with self.pool.connection() as conn:
+                yield conn
+        except PoolTimeout as exc:
+            raise DatabaseUnavailable("no database connection available") from exc
+        except psycopg.OperationalError as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise DatabaseUnavailable(f"database unavailable: {first}") from exc
+
+    async def get_job(self, job_id: UUID, user_id: int | None) -> Job | None:
+        """The job, if it exists and (with ``user_id``) belongs to that user."""
+        async with self._conn() as conn, conn.cursor(row_factory=class_row(Job)) as cur:
+            await cur.execute(q("get_job"), {"id": job_id, "user_id": user_id})
+            return await cur.fetchone()
+
+    async def get_jobs(self, job_ids: Iterable[UUID]) -> list[Job]:
+        ids = list(job_ids)
+        if not ids:
+            return []
+        async with self._conn() as conn, conn.cursor(row_factory=class_row(Job)) as cur:
+            await cur.execute(q("get_jobs"), {"ids": ids})
+            return await cur.fetchall()
+
+    async def user_jobs_since(self, user_ids: Iterable[int], since: datetime,
+                              limit: int = 1000) -> list[Job]:
+        users = list(user_ids)
+        if not users:
+            return []
+        async with self._conn() as conn, conn.cursor(row_factory=class_row(Job)) as cur:
+            await cur.execute(q("events_user_jobs_since"),
+                              {"user_ids": users, "since": since, "limit": limit})
+            return await cur.fetchall()
+
+    async def authenticate(self, secret: str, authorization: str | None,
+                           cookie: str | None) -> User | None:
+        """Same rule as ``server.auth.authenticate``: a bearer token wins over the cookie."""
+        if authorization:
+            token = bearer_token(authorization)
+            if not token:
+                return None
+            return await self._user("user_for_token", {"token_hash": hash_token(token)})
+        if cookie:
+            session = read_session(secret, cookie)
+            if session:
+                return await self._user("token_is_live",
+                                        {"user_id": session[0], "token_id": session[1]})
+        return None
+
+    async def _user(self, query: str, args: dict[str, object]) -> User | None:
+        async with self._conn() as conn, conn.cursor(row_factory=class_row(User)) as cur:
+            await cur.execute(q(query), args)
+            return await cur.fetchone()
