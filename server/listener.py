@@ -54,19 +54,18 @@ def parse_payload(raw: str) -> ProgressPayload | None:
     """The payload as a ProgressPayload, or None if it is not one."""
     try:
         data = json.loads(raw)
-        payload = ProgressPayload(id=UUID(data["id"]))
+        job_id = UUID(data["id"])
     except (ValueError, TypeError, KeyError):
         return None
     if len(data) == 1:
-        return payload
+        return ProgressPayload(id=job_id)
     user_id, status, version = data.get("user_id"), data.get("status"), data.get("version")
     progress = data.get("progress")
     if (not (user_id is None or type(user_id) is int) or status not in _STATUSES
             or type(version) is not int or not (progress is None or isinstance(progress, dict))):
         return None
-    payload.update(user_id=user_id, status=status, version=version, progress=progress,
-                   job_type=str(data.get("job_type", "")))
-    return payload
+    return ProgressPayload(id=job_id, user_id=user_id, status=status, version=version,
+                           progress=progress, job_type=str(data.get("job_type", "")))
 
 
 class Subscription:
