@@ -25,6 +25,9 @@ class Config:
     max_body_bytes: int
     #: Mark the session cookie Secure (BGJOBS_COOKIE_SECURE=1) when served over HTTPS.
     cookie_secure: bool = False
+    #: Where browsers reach the events service (BGJOBS_EVENTS_URL): a base URL, or "/" for the
+    #: API's own origin behind a proxy. None: the page's host on BGJOBS_EVENTS_BIND's port.
+    events_url: str | None = None
 
     @property
     def embedded(self) -> bool:
@@ -72,4 +75,5 @@ def load() -> Config:
         cors_origins=tuple(o.strip() for o in origins.split(",") if o.strip()),
         max_body_bytes=_int("BGJOBS_MAX_BODY_BYTES", 256 * 1024),
         cookie_secure=os.environ.get("BGJOBS_COOKIE_SECURE", "") not in ("", "0", "false", "no"),
+        events_url=os.environ.get("BGJOBS_EVENTS_URL") or None,
     )
