@@ -1,13 +1,63 @@
-"""The browser dashboard, served by the API at ``/`` (placeholder until the events issue)."""
+"""The browser dashboard, served by the API at ``/``: plain HTML, CSS and JavaScript.
+
+The page signs in with an API token (the API's session cookie), lists the caller's jobs, starts
+and cancels them, and follows them live through one EventSource on the events service. It never
+polls. The events service's URL is rendered into the page (BGJOBS_EVENTS_URL, else this host on
+BGJOBS_EVENTS_BIND's port).
+"""
 
 from __future__ import annotations
 
-from flask import Blueprint
+import hashlib
+from functools import cache
+from pathlib import Path
+from urllib.parse import urlsplit
 
-bp = Blueprint("dashboard", __name__)
+from flask import Blueprint, Response, render_template_string, request, url_for
+
+from server import config as config_mod
+
+STATIC = Path(__file__).resolve().parent / "static"
+
+bp = Blueprint("dashboard", __name__, static_folder="static",
+               static_url_path="/dashboard/static")
 
 
 @bp.get("/")
-def index() -> tuple[str, int, dict[str, str]]:
-    return "<!doctype html><title>bgjobs</title><p>bgjobs dashboard</p>", 200, {
-        "Content-Type": "text/html; charset=utf-8"}
+def index() -> Response:
+    html = render_template_string(
+        _template(),
+        events_url=events_base(config_mod.load()),
+        css=_asset("dashboard.css"),
+        js=_asset("dashboard.js"),
+    )
+    return Response(html, content_type="text/html; charset=utf-8",
+                    headers={"Cache-Control": "no-cache"})
+
+
+def events_base(cfg: config_mod.Config) -> str:
+    """The events service's base URL as the browser should use it ("" for this origin)."""
+    if cfg.events_url:
+        return cfg.events_url.rstrip("/")
+    port = cfg.events_bind.rpartition(":")[2]
+    # The host the browser used, not the bind address: the session cookie belongs to that
+    # name, and 0.0.0.0 is no address a browser can reach.
+    host = urlsplit(request.host_url).hostname or "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{request.scheme}://{host}:{port}"
+
+
+@cache
+def _template() -> str:
+    return (STATIC / "index.html").read_text()
+
+
+def _asset(name: str) -> str:
+    """The asset's URL with a content hash, so a new version is never served from cache."""
+    return url_for("dashboard.static", filename=name, v=_digest(name))
+
+
+@cache
+def _digest(name: str) -> str:
+    return hashlib.sha256((STATIC / name).read_bytes()).hexdigest()[:12]

@@ -1,0 +1,369 @@
+// The bgjobs dashboard. Live updates come from ONE EventSource on the events service; the page
+// never polls. It reads the job list once per (re)connection of the stream (the stream carries
+// changes only) and otherwise makes requests only when the user clicks.
+"use strict";
+
+const EVENTS = document.querySelector('meta[name="bgjobs-events"]').content;
+const MAX_JOBS = 50;
+const FINISHED = new Set(["complete", "error", "cancelled"]);
+const CONN_TEXT = { connecting: "Connecting…", live: "Live", reconnecting: "Reconnecting…" };
+
+const jobs = new Map(); // id -> newest job seen
+const cards = new Map(); // id -> <li>
+let stream = null;
+let retryTimer = null;
+let retryDelay = 1000;
+
+const $ = (selector, root = document) => root.querySelector(selector);
+
+class ApiError extends Error {
+  constructor(status, body) {
+    super((body && body.error && body.error.message) || `HTTP ${status}`);
+    this.status = status;
+    this.jobId = body && body.error && body.error.job_id;
+  }
+}
+
+async function api(method, path, body) {
+  const init = { method, credentials: "same-origin", headers: { Accept: "application/json" } };
+  if (body !== undefined) {
+    init.headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  const response = await fetch(path, init);
+  const data = response.status === 204 ? null : await response.json().catch(() => null);
+  if (!response.ok) throw new ApiError(response.status, data);
+  return data;
+}
+
+// Session ---------------------------------------------------------------------------------
+
+async function boot() {
+  $("#sign-in-form").addEventListener("submit", signIn);
+  $("#sign-out").addEventListener("click", signOut);
+  for (const button of document.querySelectorAll("[data-start]")) {
+    button.addEventListener("click", () => startJob(button.dataset.start, button));
+  }
+  try {
+    const me = await api("GET", "/api/me");
+    signedIn(me.user);
+  } catch (err) {
+    signedOut(err.status === 401 ? "" : err.message);
+  }
+}
+
+async function signIn(event) {
+  event.preventDefault();
+  const input = $("#token");
+  $("#sign-in-error").textContent = "";
+  try {
+    const data = await api("POST", "/api/session", { token: input.value.trim() });
+    input.value = "";
+    signedIn(data.user);
+  } catch (err) {
+    $("#sign-in-error").textContent =
+      err.status === 401 ? "That token is not valid (or was revoked)." : err.message;
+  }
+}
+
+async function signOut() {
+  try {
+    await api("DELETE", "/api/session");
+  } finally {
+    signedOut("");
+  }
+}
+
+function signedIn(user) {
+  $("#who").textContent = user.name;
+  $("#sign-out").hidden = false;
+  $("#sign-in").hidden = true;
+  $("#app").hidden = false;
+  document.body.dataset.state = "connecting";
+  connect();
+}
+
+function signedOut(message) {
+  disconnect();
+  jobs.clear();
+  cards.clear();
+  $("#jobs").replaceChildren();
+  $("#who").textContent = "";
+  $("#sign-out").hidden = true;
+  $("#app").hidden = true;
+  $("#sign-in").hidden = false;
+  $("#sign-in-error").textContent = message || "";
+  setConn("");
+  document.body.dataset.state = "signed-out";
+}
+
+// The stream ------------------------------------------------------------------------------
+
+function connect() {
+  disconnect();
+  setConn(jobs.size ? "reconnecting" : "connecting");
+  const es = new EventSource(`${EVENTS}/events/jobs`, { withCredentials: true });
+  stream = es;
+  es.onopen = () => {
+    retryDelay = 1000;
+    setConn("live");
+    catchUp();
+  };
+  es.onmessage = (event) => upsert(JSON.parse(event.data));
+  es.onerror = () => {
+    if (es !== stream) return;
+    setConn("reconnecting");
+    document.body.dataset.state = "reconnecting";
+    // CONNECTING: the browser retries by itself. CLOSED: it gave up (an HTTP error such as
+    // 401 or 503), so find out whether we are still signed in, then retry with backoff.
+    if (es.readyState === EventSource.CLOSED) recover();
+  };
+}
+
+function disconnect() {
+  clearTimeout(retryTimer);
+  if (stream) stream.close();
+  stream = null;
+}
+
+async function recover() {
+  try {
+    await api("GET", "/api/me");
+  } catch (err) {
+    if (err.status === 401) {
+      signedOut("Your session has ended: sign in again.");
+      return;
+    }
+  }
+  retryTimer = setTimeout(connect, retryDelay);
+  retryDelay = Math.min(retryDelay * 2, 30000);
+}
+
+async function catchUp() {
+  // Once per (re)connection: whatever changed while the stream was down is in the list.
+  try {
+    const data = await api("GET", `/api/jobs?limit=${MAX_JOBS}`);
+    data.jobs.forEach(upsert);
+    $("#empty").hidden = jobs.size > 0;
+    document.body.dataset.state = "live";
+  } catch (err) {
+    if (err.status === 401) signedOut("Your session has ended: sign in again.");
+    else notice(`Could not load your jobs: ${err.message}`);
+  }
+}
+
+function setConn(state) {
+  const pill = $("#conn");
+  pill.dataset.conn = state || "idle";
+  pill.textContent = CONN_TEXT[state] || "";
+}
+
+// Actions ---------------------------------------------------------------------------------
+
+async function startJob(type, button) {
+  button.disabled = true;
+  notice("");
+  try {
+    upsert(await api("POST", "/api/jobs", { type, params: {} }));
+  } catch (err) {
+    if (err.status === 401) signedOut("Your session has ended: sign in again.");
+    else if (err.status === 409) {
+      notice(`A ${type} job is already pending or running: one at a time.`);
+      flash(err.jobId);
+    } else notice(err.message);
+  } finally {
+    button.disabled = false;
+  }
+}
+
+async function cancelJob(id, button) {
+  button.disabled = true;
+  try {
+    upsert(await api("POST", `/api/jobs/${id}/cancel`));
+  } catch (err) {
+    notice(err.status === 409 ? "That job had already finished." : err.message);
+    button.disabled = false;
+  }
+}
+
+function notice(text) {
+  $("#notice").textContent = text;
+}
+
+function flash(id) {
+  const card = id && cards.get(id);
+  if (!card) return;
+  card.scrollIntoView({ block: "nearest", behavior: "smooth" });
+  card.animate([{ outline: "2px solid #f79009" }, { outline: "2px solid transparent" }], 1500);
+}
+
+// Rendering -------------------------------------------------------------------------------
+
+function upsert(job) {
+  const known = jobs.get(job.id);
+  if (known && known.version >= job.version) return;
+  jobs.set(job.id, job);
+  render(job, known);
+  $("#empty").hidden = true;
+}
+
+function render(job, previous) {
+  let card = cards.get(job.id);
+  if (!card) {
+    card = $("#job-template").content.firstElementChild.cloneNode(true);
+    card.dataset.jobId = job.id;
+    const cancel = $(".cancel", card);
+    cancel.addEventListener("click", () => cancelJob(job.id, cancel));
+    place(card, job);
+    cards.set(job.id, card);
+  }
+  card.dataset.status = job.status;
+  $(".type", card).textContent = job.type;
+  const badge = $(".status", card);
+  badge.textContent = job.status;
+  badge.dataset.status = job.status;
+  $(".jid", card).textContent = job.id;
+  $(".when", card).textContent = when(job);
+
+  const p = job.progress || {};
+  const total = Number(p.total);
+  const current = Number(p.current) || 0;
+  let pct = total > 0 ? Math.min(100, Math.max(0, (current / total) * 100)) : 0;
+  if (job.status === "complete") pct = 100;
+  $(".fill", card).style.width = `${pct}%`;
+  $(".bar", card).setAttribute("aria-valuenow", String(Math.round(pct)));
+  $(".count", card).textContent = total > 0 ? `${current} / ${total}` : "";
+  $(".stage", card).textContent = stageText(job, p);
+
+  const cancel = $(".cancel", card);
+  cancel.hidden = FINISHED.has(job.status);
+  if (!cancel.hidden && (!previous || FINISHED.has(previous.status))) cancel.disabled = false;
+
+  const result = $(".result", card);
+  result.hidden = !FINISHED.has(job.status);
+  if (FINISHED.has(job.status)) result.replaceChildren(resultView(job));
+}
+
+function place(card, job) {
+  const list = $("#jobs");
+  const before = [...list.children].find((other) => {
+    const known = jobs.get(other.dataset.jobId);
+    return known && known.created_at < job.created_at;
+  });
+  list.insertBefore(card, before || null);
+  while (list.children.length > MAX_JOBS) {
+    const last = list.lastElementChild;
+    cards.delete(last.dataset.jobId);
+    jobs.delete(last.dataset.jobId);
+    last.remove();
+  }
+}
+
+function stageText(job, p) {
+  if (job.status === "pending") return job.attempts ? "waiting to retry" : "waiting for a worker";
+  const parts = p.stage ? [p.stage] : [];
+  for (const [key, value] of Object.entries(p)) {
+    if (["current", "total", "stage"].includes(key)) continue;
+    if (value === null || typeof value === "object") continue;
+    parts.push(key === "ticker" ? String(value) : `${label(key)} ${fmt(value)}`);
+  }
+  return parts.join(" · ");
+}
+
+function when(job) {
+  const created = new Date(job.created_at);
+  const text = created.toLocaleString();
+  if (!job.started_at || !job.finished_at) return text;
+  const seconds = (new Date(job.finished_at) - new Date(job.started_at)) / 1000;
+  return `${text} · took ${seconds.toFixed(1)} s`;
+}
+
+function resultView(job) {
+  const r = job.result;
+  if (job.status === "error") {
+    const p = el("p", "error");
+    p.textContent = r && r.message ? `${r.error || "Error"}: ${r.message}` : "Failed.";
+    return p;
+  }
+  if (job.status === "cancelled") return el("p", "muted", "Cancelled.");
+  return value(r, 0);
+}
+
+function value(v, depth, key = "") {
+  if (v === null || v === undefined) return document.createTextNode("—");
+  if (Array.isArray(v)) {
+    if (v.length && v.every((x) => x && typeof x === "object" && !Array.isArray(x))) {
+      return table(v);
+    }
+    if (v.length > 8 && v.every((x) => typeof x === "number")) {
+      const ends = `${fmt(v[0], key)} → ${fmt(v[v.length - 1], key)}`;
+      return document.createTextNode(`${v.length} values: ${ends}`);
+    }
+    return document.createTextNode(v.map((x) => fmt(x, key)).join(", "));
+  }
+  if (typeof v === "object") {
+    if (depth > 0) return document.createTextNode(inline(v));
+    const dl = el("dl", "kv");
+    // Plain values first, then nested objects, then lists and tables.
+    const entries = Object.entries(v).sort(([, a], [, b]) => rank(a) - rank(b));
+    for (const [k, inner] of entries) {
+      dl.append(el("dt", "", label(k)));
+      const dd = el("dd");
+      dd.append(value(inner, depth + 1, k));
+      dl.append(dd);
+    }
+    return dl;
+  }
+  return document.createTextNode(fmt(v, key));
+}
+
+function rank(v) {
+  if (v === null || typeof v !== "object") return 0;
+  return Array.isArray(v) ? 2 : 1;
+}
+
+function inline(obj) {
+  return Object.entries(obj).map(([k, v]) => `${label(k)} ${fmt(v, k)}`).join(" · ");
+}
+
+function table(rows) {
+  const keys = [...new Set(rows.flatMap((row) => Object.keys(row)))];
+  const t = el("table", "rows");
+  const head = el("tr");
+  keys.forEach((key) => head.append(el("th", "", label(key))));
+  t.append(head);
+  for (const row of rows.slice(0, 10)) {
+    const tr = el("tr");
+    keys.forEach((key) => tr.append(el("td", "", fmt(row[key], key))));
+    t.append(tr);
+  }
+  return t;
+}
+
+// Returns, shares and drawdowns are fractions: show them as percentages.
+const PERCENT = /(return|share|drawdown)$/;
+
+function fmt(v, key = "") {
+  if (typeof v === "number") {
+    if (PERCENT.test(key) && Math.abs(v) <= 100) return `${(v * 100).toFixed(1)}%`;
+    return Number.isInteger(v) ? v.toLocaleString() : v.toLocaleString(undefined, {
+      maximumFractionDigits: Math.abs(v) < 1 ? 4 : 2,
+    });
+  }
+  if (v === null || v === undefined) return "—";
+  return typeof v === "object" ? (Array.isArray(v) ? v.map((x) => fmt(x)).join(", ")
+    : inline(v)) : String(v);
+}
+
+function label(key) {
+  return key.replace(/_/g, " ");
+}
+
+function el(tag, className = "", text = "") {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text) node.textContent = text;
+  return node;
+}
+
+boot();
