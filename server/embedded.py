@@ -135,6 +135,10 @@ class Cluster:
         kwargs: dict = {}
         if owner is not None:
             kwargs = {"user": owner.pw_uid, "group": owner.pw_gid, "extra_groups": []}
+            # A parent may have been closed since init (pytest makes its temp root 0700 each
+            # time a session starts): without this, status/stop/start fail on a live cluster.
+            if self.data_dir.exists():
+                _allow_traverse(self.data_dir)
         done = subprocess.run(argv, capture_output=True, text=True, cwd=self.data_dir,
                               env={**os.environ, "LC_ALL": "C"}, **kwargs)
         if check and done.returncode != 0:

@@ -4,9 +4,12 @@ migrated database per test session, clean tables per test."""
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -121,11 +124,17 @@ def dbname(url: str) -> str:
 
 
 @pytest.fixture
-def private_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[embedded.Cluster]:
+def private_cluster() -> Iterator[embedded.Cluster]:
     """A throwaway Postgres of this test's own, migrated, for tests that stop or restart it."""
-    cluster = embedded.Cluster(tmp_path_factory.mktemp("pg"))
-    cluster.ensure_running()
-    with psycopg.connect(cluster.url()) as c:
-        migrate.apply(c)
-    yield cluster
-    cluster.stop()
+    # Not under pytest's temp root: every new pytest session (another one running alongside)
+    # resets that root to 0700, which locks the cluster's system user out mid-test.
+    path = Path(tempfile.mkdtemp(prefix="bgjobs-test-pg-"))
+    cluster = embedded.Cluster(path)
+    try:
+        cluster.ensure_running()
+        with psycopg.connect(cluster.url()) as c:
+            migrate.apply(c)
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(path, ignore_errors=True)
