@@ -18,7 +18,6 @@ from typing import Any
 from uuid import UUID
 
 from sse_starlette import EventSourceResponse, ServerSentEvent
-from sse_starlette.sse import AppStatus
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -108,8 +107,8 @@ async def _job_stream(sub: Subscription, first: Job | None) -> AsyncIterator[Ser
         yield _event(first, retry=RETRY_MS)
         if first.status in FINISHED:
             return
-    while True:
-        for job in await sub.next():
+    while jobs := await sub.next():
+        for job in jobs:
             yield _event(job)
             if job.status in FINISHED:
                 return
@@ -126,8 +125,8 @@ async def user_events(request: Request) -> Response:
 async def _user_stream(sub: Subscription) -> AsyncIterator[ServerSentEvent]:
     # A first comment sends the headers now, so the browser's `open` fires at once.
     yield ServerSentEvent(comment="subscribed", retry=RETRY_MS)
-    while True:
-        for job in await sub.next():
+    while jobs := await sub.next():
+        for job in jobs:
             yield _event(job)
 
 
@@ -265,12 +264,14 @@ def drain_on_sigterm(worker: Any) -> None:
     """gunicorn ``post_worker_init`` hook: end the SSE streams when the worker is told to stop.
 
     The asgi worker waits up to graceful_timeout for open connections, and SSE streams never
-    end by themselves; sse-starlette closes them when ``AppStatus.should_exit`` is set, and
-    browsers then reconnect to a live worker.
+    end by themselves. Closing the subscriptions ends each stream properly (its last chunk
+    sent), and browsers reconnect to a live worker.
     """
 
     def on_sigterm() -> None:
-        AppStatus.should_exit = True
+        listener = getattr(worker.asgi.state, "listener", None)
+        if listener is not None:
+            listener.close_all()
         worker.handle_exit_signal()
 
     worker.loop.add_signal_handler(signal.SIGTERM, on_sigterm)

@@ -77,6 +77,7 @@ class Subscription:
         self._latest: dict[UUID, Job] = {}
         self._seen: dict[UUID, int] = {}  # highest version sent or waiting, per job
         self._ready = asyncio.Event()
+        self.closed = False
 
     @property
     def pending(self) -> int:
@@ -98,9 +99,17 @@ class Subscription:
         if waiting is not None and waiting.version <= job.version:
             del self._latest[job.id]
 
+    def close(self) -> None:
+        """No more news: ``next`` returns what waits, then an empty list."""
+        self.closed = True
+        self._ready.set()
+
     async def next(self) -> list[Job]:
-        """Wait for news; the waiting states (one per job, in the order the jobs first changed)."""
-        while not self._latest:
+        """Wait for news; the waiting states (one per job, in the order the jobs first changed).
+
+        An empty list means the subscription was closed (the service is stopping).
+        """
+        while not self._latest and not self.closed:
             self._ready.clear()
             await self._ready.wait()
         jobs = list(self._latest.values())
@@ -124,12 +133,15 @@ class Listener:
         # applied to it instead of re-reading the row.
         self._rows: dict[UUID, Job] = {}
         self._alive_at: datetime | None = None
+        self._closing = False
 
     # Subscriptions ---------------------------------------------------------------------------
 
     def subscribe(self, job_ids: frozenset[UUID] = frozenset(),
                   user_id: int | None = None) -> Subscription:
         sub = Subscription(job_ids, user_id)
+        if self._closing:
+            sub.close()
         self._subs.add(sub)
         for job_id in job_ids:
             self._by_job.setdefault(job_id, set()).add(sub)
@@ -150,6 +162,12 @@ class Listener:
             row = self._rows.get(job_id)
             if row is not None and not self._watched(row):
                 del self._rows[job_id]
+
+    def close_all(self) -> None:
+        """The process is stopping: end every stream (now and to come) after what it holds."""
+        self._closing = True
+        for sub in self._subs:
+            sub.close()
 
     def stats(self) -> dict[str, Any]:
         return {

@@ -96,6 +96,7 @@ class Reader:
         self.status: int | None = None
         self.ended = threading.Event()
         self.error: BaseException | None = None
+        self.clean_end = False  # the server ended the body (last chunk), not a dropped socket
         self._sock = socket.create_connection((parsed.host, parsed.port or 80), timeout=120)
         lines = [f"GET {parsed.raw_path.decode()} HTTP/1.1", f"Host: {parsed.netloc.decode()}",
                  "Accept: text/event-stream", *(f"{k}: {v}" for k, v in headers.items())]
@@ -109,7 +110,7 @@ class Reader:
                 self.status = int(body.readline().split()[1])
                 while body.readline() not in (b"\r\n", b""):
                     pass
-                for event in sse_events(_chunked_lines(body)):
+                for event in sse_events(_chunked_lines(body, self)):
                     self.events.append(event)
         except (OSError, ValueError) as exc:
             self.error = exc
@@ -148,12 +149,15 @@ class Reader:
         self._sock.close()
 
 
-def _chunked_lines(body: Any) -> Iterator[str]:
+def _chunked_lines(body: Any, reader: Reader) -> Iterator[str]:
     """The lines of a chunked HTTP body, until its last chunk (or the connection closes)."""
     pending = b""
     while True:
         size_line = body.readline()
-        if not size_line or int(size_line.split(b";")[0], 16) == 0:
+        if not size_line:
+            return
+        if int(size_line.split(b";")[0], 16) == 0:
+            reader.clean_end = True
             return
         pending += body.read(int(size_line.split(b";")[0], 16))
         body.readline()
@@ -345,6 +349,17 @@ def test_user_stream_sees_changes_to_all_own_jobs_including_new_ones(
     assert {e["data"]["user_id"] for e in received} == {alice.id}
     reader.close()
     events.wait_stats(lambda s: s["subscriptions"] == 0, "the user stream freed")
+
+
+def test_sigterm_ends_open_streams_cleanly_and_the_service_exits(db_url: str, store: Store,
+                                                                 tmp_path: Path) -> None:
+    service = start_events(db_url, tmp_path / "events.log")
+    _, token = store.create_user("alice")
+    reader = Reader(f"{service.base}/events/jobs", auth(token))
+    service.wait_stats(lambda s: s["subscriptions"] == 1, "the stream subscribed")
+    assert service.proc.stop() == 0
+    reader.join()
+    assert reader.clean_end, "the stream was cut, not ended"
 
 
 def test_postgres_restart_mid_stream_the_client_still_gets_the_final_state(
