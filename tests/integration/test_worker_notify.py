@@ -1,0 +1,50 @@
+"""Batched worker writes notify once per changed row, as single-row writes do (002_workers)."""
+
+from __future__ import annotations
+
+import json
+
+import psycopg
+import pytest
+
+from server.store import Attempt
+
+
+@pytest.fixture
+def listener(db_url):
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("LISTEN background_jobs_new")
+        conn.execute("LISTEN background_jobs_progress")
+        yield conn
+
+
+def drain(conn: psycopg.Connection) -> list[tuple[str, str]]:
+    return [(n.channel, n.payload) for n in conn.notifies(timeout=0.5, stop_after=None)]
+
+
+def test_batches_notify_every_row_and_heartbeats_stay_silent(listener, store, conn):
+    conn.execute("INSERT INTO background_jobs (job_type) SELECT 'noop' FROM generate_series(1, 5)")
+    notes = drain(listener)
+    assert notes.count(("background_jobs_new", "noop")) == 1  # same payload: Postgres folds them
+    assert len([p for ch, p in notes if ch == "background_jobs_progress"]) == 5
+
+    jobs = store.claim("w", ["noop"], limit=5)
+    attempts = [Attempt(j.id, "w", j.attempts) for j in jobs]
+    claimed = [json.loads(p) for _, p in drain(listener)]
+    assert sorted(p["id"] for p in claimed) == sorted(str(j.id) for j in jobs)
+    assert {(p["status"], p["version"]) for p in claimed} == {("running", 2)}
+
+    store.heartbeat(attempts)
+    assert drain(listener) == []
+
+    store.report_progress([(a, {"current": 1, "total": 2}) for a in attempts[:2]])
+    store.complete([(a, {"ok": True}, None) for a in attempts[:3]])
+    store.fail([(attempts[3], {"error": "E", "message": "m"}, True, 0.0),
+                (attempts[4], {"error": "E", "message": "m"}, False, 0.0)])
+    notes = drain(listener)
+    assert notes.count(("background_jobs_new", "noop")) == 1  # the retried job is claimable
+    payloads = [json.loads(p) for ch, p in notes if ch == "background_jobs_progress"]
+    assert sorted(p["status"] for p in payloads) == ["complete"] * 3 + ["error", "pending"] + [
+        "running"] * 2
+    assert all(p["version"] == store.get_job(p["id"]).version or p["status"] == "running"
+               for p in payloads)
