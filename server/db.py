@@ -54,7 +54,9 @@ def make_pool(url: str, *, min_size: int = 1, max_size: int = 8, name: str = "bg
         name=name,
         open=False,
         timeout=5,
-        reconnect_timeout=0,  # keep trying for ever; requests meanwhile get 503
+        # Give up a failed reconnection quickly: the next request that needs a connection
+        # starts a new attempt, and requests meanwhile get a 503 instead of piling up.
+        reconnect_timeout=0,
         check=ConnectionPool.check_connection if check else None,
         kwargs={"autocommit": True, "connect_timeout": 5},
     )
