@@ -13,6 +13,7 @@ const cards = new Map(); // id -> <li>
 let stream = null;
 let retryTimer = null;
 let retryDelay = 1000;
+let listedWhileDown = false; // the list was read once because the stream would not open
 
 const $ = (selector, root = document) => root.querySelector(selector);
 
@@ -80,6 +81,7 @@ function signedIn(user) {
   $("#sign-in").hidden = true;
   $("#app").hidden = false;
   document.body.dataset.state = "connecting";
+  listedWhileDown = false;
   connect();
 }
 
@@ -114,6 +116,11 @@ function connect() {
     if (es !== stream) return;
     setConn("reconnecting");
     document.body.dataset.state = "reconnecting";
+    // Signed in but the events service is down: show the jobs anyway, once.
+    if (!jobs.size && !listedWhileDown) {
+      listedWhileDown = true;
+      catchUp(false);
+    }
     // CONNECTING: the browser retries by itself. CLOSED: it gave up (an HTTP error such as
     // 401 or 503), so find out whether we are still signed in, then retry with backoff.
     if (es.readyState === EventSource.CLOSED) recover();
@@ -139,13 +146,13 @@ async function recover() {
   retryDelay = Math.min(retryDelay * 2, 30000);
 }
 
-async function catchUp() {
+async function catchUp(live = true) {
   // Once per (re)connection: whatever changed while the stream was down is in the list.
   try {
     const data = await api("GET", `/api/jobs?limit=${MAX_JOBS}`);
     data.jobs.forEach(upsert);
     $("#empty").hidden = jobs.size > 0;
-    document.body.dataset.state = "live";
+    if (live) document.body.dataset.state = "live";
   } catch (err) {
     if (err.status === 401) signedOut("Your session has ended: sign in again.");
     else notice(`Could not load your jobs: ${err.message}`);
@@ -272,7 +279,8 @@ function stageText(job, p) {
 
 function when(job) {
   const created = new Date(job.created_at);
-  const text = created.toLocaleString();
+  let text = created.toLocaleString();
+  if (job.attempts > 1) text += ` · attempt ${job.attempts} of ${job.max_attempts}`;
   if (!job.started_at || !job.finished_at) return text;
   const seconds = (new Date(job.finished_at) - new Date(job.started_at)) / 1000;
   return `${text} · took ${seconds.toFixed(1)} s`;

@@ -153,6 +153,10 @@ def test_dashboard_shows_live_progress_cancels_and_never_polls(stack: Stack,
             stack.procs["events"].stop()
             page.wait_for_selector("#conn[data-conn='reconnecting']")
             assert page.text_content("#conn") == "Reconnecting…"
+            # Reloaded meanwhile: still signed in (cookie), and the jobs are listed anyway.
+            page.reload()
+            page.wait_for_selector(f"[data-job-id='{validation}'][data-status='complete']")
+            page.wait_for_selector("#conn[data-conn='reconnecting']")
             stack.start_events()
             page.wait_for_selector("#conn[data-conn='live']")
             # A job started elsewhere (here: the store, as `bgjobs enqueue` would) shows up live.
