@@ -66,7 +66,8 @@ def _drain_runs(db: str, jobs: int, runs: int, concurrency: int) -> list[float]:
             return rates
         except BaseException:
             log.seek(0)
-            sys.stderr.write(log.read()[-3000:])
+            lines = [line for line in log.read().splitlines() if "reaped job" not in line]
+            sys.stderr.write("\n".join(lines)[-6000:])
             raise
         finally:
             worker.terminate()

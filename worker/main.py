@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import logging
 import os
 import re
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -76,6 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=level, force=True,
                         format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
     os.environ["BGJOBS_LOG_LEVEL"] = level  # children log at the same level
+    # `kill -USR1 PID` prints every thread's stack to the log: a stuck worker explains itself.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # BGJOBS_TASK_MODULES resolve as under `python -m`
     known = registry.load_tasks()

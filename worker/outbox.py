@@ -46,8 +46,7 @@ Failed = tuple[Running, dict[str, Any], bool, float, str, float]
 
 
 class Outbox:
-    def __init__(self, store: Store) -> None:
-        self.store = store
+    def __init__(self) -> None:
         self.progress: dict[str, tuple[Running, dict[str, Any]]] = {}
         self.done: list[Done] = []
         self.failed: list[Failed] = []
@@ -57,28 +56,53 @@ class Outbox:
     def __bool__(self) -> bool:
         return bool(self.progress or self.done or self.failed or self.released or self.check)
 
-    def flush(self) -> set[str]:
-        """Write everything buffered; returns ids of running jobs found lost (stop them)."""
+    def __len__(self) -> int:
+        """Jobs with an outcome waiting to be written."""
+        return len(self.done) + len(self.failed) + len(self.released)
+
+    def take(self) -> Outbox:
+        """Everything buffered so far, as a batch to flush; this outbox starts empty."""
+        batch = Outbox()
+        batch.progress, self.progress = self.progress, {}
+        batch.done, self.done = self.done, []
+        batch.failed, self.failed = self.failed, []
+        batch.released, self.released = self.released, []
+        batch.check, self.check = self.check, {}
+        return batch
+
+    def put_back(self, batch: Outbox) -> None:
+        """Re-queue what a failed flush left unwritten, ahead of anything newer."""
+        self.progress = {**batch.progress, **self.progress}
+        self.done = batch.done + self.done
+        self.failed = batch.failed + self.failed
+        self.released = batch.released + self.released
+        self.check = {**batch.check, **self.check}
+
+    def flush(self, store: Store) -> set[str]:
+        """Write everything buffered; returns ids of running jobs found lost (stop them).
+
+        Each part is cleared once written, so after an exception the rest can be retried.
+        """
         lost: set[str] = set()
         if self.progress:
             items = list(self.progress.values())
-            owned = self.store.report_progress([(r.attempt, p) for r, p in items])
+            owned = store.report_progress([(r.attempt, p) for r, p in items])
             self.progress.clear()
             lost |= {r.id for r, _ in items if r.attempt.job_id not in owned}
         if self.done:
-            self._complete()
+            self._complete(store)
         if self.failed:
-            self._fail()
+            self._fail(store)
         if self.released:
             items2 = self.released
-            owned = self.store.release([r.attempt for r, _ in items2])
+            owned = store.release([r.attempt for r, _ in items2])
             self.released = []
             for r, why in items2:
                 if r.attempt.job_id in owned:
                     log.info("handed %s back to pending (%s)", r.describe(), why)
         if self.check:
             checking = self.check
-            jobs = {str(j.id): j for j in self.store.get_jobs([r.attempt.job_id
+            jobs = {str(j.id): j for j in store.get_jobs([r.attempt.job_id
                                                               for r in checking.values()])}
             self.check = {}
             for job_id, r in checking.items():
@@ -88,10 +112,10 @@ class Outbox:
                     lost.add(job_id)
         return lost
 
-    def _complete(self) -> None:
+    def _complete(self, store: Store) -> None:
         batch = self.done
         try:
-            owned = self.store.complete([(r.attempt, res, prog) for r, res, prog, _ in batch])
+            owned = store.complete([(r.attempt, res, prog) for r, res, prog, _ in batch])
         except (psycopg.DataError, InvalidInput) as exc:
             # One bad result must not block the others: write them one at a time.
             if len(batch) == 1:
@@ -103,7 +127,7 @@ class Outbox:
             for i, item in enumerate(batch):
                 self.done = [item]
                 try:
-                    self._complete()
+                    self._complete(store)
                 except Exception:
                     self.done = batch[i:]
                     raise
@@ -116,9 +140,9 @@ class Outbox:
                 log.info("%s finished in %.3fs but was no longer ours (cancelled or taken "
                          "back): result dropped", r.describe(), duration)
 
-    def _fail(self) -> None:
+    def _fail(self, store: Store) -> None:
         batch = self.failed
-        statuses = self.store.fail([(r.attempt, err, retryable, delay)
+        statuses = store.fail([(r.attempt, err, retryable, delay)
                                     for r, err, retryable, delay, _, _ in batch])
         self.failed = []
         for r, err, retryable, delay, tb, duration in batch:

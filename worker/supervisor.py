@@ -26,6 +26,7 @@ from worker.connection import OneConnection
 from worker.fleet import Fleet
 from worker.listener import NEW, Listener
 from worker.outbox import Outbox
+from worker.writer import Writer
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +57,13 @@ class Supervisor:
         self.db = OneConnection(url)
         self.store = Store(cast(Any, self.db))  # OneConnection has the pool API the store uses
         self.listener = Listener(url)
-        self.outbox = Outbox(self.store)
+        self.outbox = Outbox()
+        self.writer = Writer(url)
         self.selector = selectors.DefaultSelector()
         self.fleet = Fleet(self.selector, self.outbox, settings.concurrency,
                            settings.cancel_grace, settings.max_batch)
         self.db_state = Backoff("database connection")
+        self.write_state = Backoff("database connection for results")
         self.listen_state = Backoff("LISTEN connection")
         self.listening = False
         self.listen_fd = -1
@@ -89,6 +92,7 @@ class Supervisor:
         old_fd = signal.set_wakeup_fd(wake_w.fileno())
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         self.selector.register(wake_r, selectors.EVENT_READ, lambda: _drain_socket(wake_r))
+        self.selector.register(self.writer.wake_r, selectors.EVENT_READ, self._on_written)
         log.info("worker %s starting %d processes (lease %ss, poll %ss)", self.worker_id,
                  self.settings.concurrency, self.settings.lease, self.settings.poll_interval)
         try:
@@ -98,6 +102,7 @@ class Supervisor:
                 self._tick()
         finally:
             self.fleet.close()
+            self.writer.close()
             self.listener.close()
             self.db.close()
             self.selector.close()
@@ -121,6 +126,8 @@ class Supervisor:
         self.fleet.enforce_cancel_grace(now)
         if self.stopping and (self.force or now >= self.stop_deadline):
             self.fleet.kill_busy()
+        if self.outbox and self.writer.in_flight is None and self.write_state.ready(now):
+            self.writer.submit(self.outbox.take())
         if self.db_state.ready(now):
             try:
                 self._database_work(now)
@@ -139,18 +146,33 @@ class Supervisor:
             times.append(self.stop_deadline)
         if not self.listening:
             times.append(self.listen_state.retry_at)
-        if self.outbox or ((self.wake or self.more) and self.types and self.fleet.capacity()):
+        if self.outbox and self.writer.in_flight is None:
+            times.append(self.write_state.retry_at)
+        if (self.wake or self.more) and self._room():
             times.append(self.db_state.retry_at)
         return max(now, min(times))
 
     def _finished(self) -> bool:
         if not self.stopping or self.fleet.running:
             return False
+        if self.writer.in_flight is not None:
+            return False
         # Writes still failing well after the deadline are left to the reaper.
         return not self.outbox or self.force or time.monotonic() > self.stop_deadline + 5
 
+    def _on_written(self) -> None:
+        now = time.monotonic()
+        for batch, lost, error in self.writer.results():
+            self.fleet.lost(lost, "a fenced write")
+            if error is None:
+                self.write_state.ok(now)
+                continue
+            self.outbox.put_back(batch)
+            if not isinstance(error, DatabaseUnavailable):
+                log.error("writing results failed; will retry", exc_info=error)
+            self.write_state.failed(error, now)
+
     def _database_work(self, now: float) -> None:
-        self.fleet.lost(self.outbox.flush(), "a fenced write")
         if self.fleet.running and now >= self.next_heartbeat:
             self.next_heartbeat = now + self.settings.heartbeat_interval
             sent = list(self.fleet.running.values())
@@ -169,11 +191,19 @@ class Supervisor:
         if not self.stopping and (self.wake or self.more):
             self._claim(now)
 
+    def _room(self) -> bool:
+        """Whether a claim could take jobs now (free children, results not piling up)."""
+        # Unwritten results are held back jobs: past a few batches' worth, let the writer catch
+        # up first. That also keeps every statement (and the set of running jobs) small.
+        backlog = len(self.outbox) + self.writer.backlog()
+        limit = 2 * self.settings.concurrency * self.settings.max_batch
+        return bool(self.types) and backlog < limit and bool(self.fleet.capacity())
+
     def _claim(self, now: float) -> None:
+        if not self._room():
+            return  # `wake` stays set: claim once there is room
         capacity = self.fleet.capacity()
         limit = sum(capacity.values())
-        if not limit or not self.types:
-            return  # `wake` stays set: claim once a child is free
         jobs = self.store.claim(self.worker_id, self.types, limit=limit,
                                 lease_seconds=self.settings.lease)
         self.wake = False
