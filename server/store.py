@@ -403,6 +403,27 @@ class Store:
         with self.connection() as c, c.cursor(row_factory=dict_row) as cur:
             return cur.execute(q("finished_recently"), {"seconds": seconds}).fetchall()
 
+    # Workers ---------------------------------------------------------------------------------
+
+    def claim_specs(
+        self,
+        worker_id: str,
+        types: Sequence[str],
+        *,
+        limit: int = 1,
+        lease_seconds: int = 30,
+    ) -> list[tuple[UUID, str, dict[str, Any], int, int, int]]:
+        """Claim like ``claim``, returning only what a worker needs, best first.
+
+        Rows are (id, job_type, params, attempts, max_attempts, version): at thousands of jobs
+        a second, parsing whole rows (timestamps, progress) costs the worker more than running
+        them.
+        """
+        args = {"worker_id": worker_id, "types": list(types), "limit": limit,
+                "lease_seconds": lease_seconds}
+        with self.connection() as c:
+            return c.execute(q("claim_job_specs"), args).fetchall()
+
 
 def _attempt_arrays(attempts: Sequence[Attempt]) -> dict[str, list[Any]]:
     return {

@@ -203,3 +203,31 @@ LIMIT %(limit)s
 -- name: events_db_now
 -- The database's clock (what `since` above is measured against).
 SELECT clock_timestamp()
+
+-- Workers --------------------------------------------------------------------------------------
+
+-- name: claim_job_specs
+-- Claim like claim_jobs, returning only what a worker needs to run each job, best first.
+WITH next AS (
+    SELECT id FROM background_jobs
+    WHERE status = 'pending'
+      AND run_after <= now()
+      AND job_type = ANY(%(types)s::text[])
+    ORDER BY priority, created_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE background_jobs j
+    SET status = 'running',
+        worker_id = %(worker_id)s,
+        attempts = j.attempts + 1,
+        lease_seconds = %(lease_seconds)s,
+        started_at = now(),
+        heartbeat_at = now()
+    FROM next
+    WHERE j.id = next.id
+    RETURNING j.id, j.job_type, j.params, j.attempts, j.max_attempts, j.version, j.priority,
+              j.created_at
+)
+SELECT id, job_type, params, attempts, max_attempts, version FROM claimed
+ORDER BY priority, created_at

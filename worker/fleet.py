@@ -12,8 +12,9 @@ import logging
 import selectors
 import time
 from typing import Any
+from uuid import UUID
 
-from server.store import Attempt, Job
+from server.store import Attempt
 from worker import protocol
 from worker.children import ChildProcess
 from worker.outbox import Outbox, Running, elapsed
@@ -22,6 +23,9 @@ log = logging.getLogger(__name__)
 
 #: Hand a child about this many seconds of work at once (many no-op jobs, one slow job).
 BATCH_SECONDS = 0.05
+
+#: A claimed job as Store.claim_specs returns it: (id, type, params, attempt, max, version)
+Claimed = tuple[UUID, str, dict[str, Any], int, int, int]
 
 
 class Fleet:
@@ -47,7 +51,7 @@ class Fleet:
         return {c: batch - len(c.jobs) for c in self.children.values()
                 if c.ready and len(c.jobs) <= batch // 2}
 
-    def hand_out(self, jobs: list[Job], capacity: dict[ChildProcess, int],
+    def hand_out(self, jobs: list[Claimed], capacity: dict[ChildProcess, int],
                  worker_id: str) -> None:
         """Give claimed jobs (best first) to children round-robin, one message per child."""
         now = time.monotonic()
@@ -55,18 +59,18 @@ class Fleet:
         left = dict(capacity)
         specs: dict[ChildProcess, list[protocol.JobSpec]] = {c: [] for c in order}
         i = 0
-        for job in jobs:
+        for uuid, job_type, params, attempt, max_attempts, version in jobs:
             while left[order[i % len(order)]] <= 0:
                 i += 1
             child = order[i % len(order)]
             left[child] -= 1
             i += 1
-            job_id = str(job.id)
-            r = Running(job_id, Attempt(job.id, worker_id, job.attempts), job.job_type,
-                        job.max_attempts, job.version, child, now)
+            job_id = str(uuid)
+            r = Running(job_id, Attempt(uuid, worker_id, attempt), job_type, max_attempts,
+                        version, child, now)
             self.running[job_id] = r
             child.jobs[job_id] = None
-            specs[child].append((job_id, job.job_type, job.params, job.attempts))
+            specs[child].append((job_id, job_type, params, attempt))
             log.info("claimed %s for process %s", r.describe(), child.pid)
         for child, batch in specs.items():
             if batch:

@@ -204,8 +204,8 @@ class Supervisor:
             return  # `wake` stays set: claim once there is room
         capacity = self.fleet.capacity()
         limit = sum(capacity.values())
-        jobs = self.store.claim(self.worker_id, self.types, limit=limit,
-                                lease_seconds=self.settings.lease)
+        jobs = self.store.claim_specs(self.worker_id, self.types, limit=limit,
+                                      lease_seconds=self.settings.lease)
         self.wake = False
         self.more = len(jobs) == limit
         if not self.more:
