@@ -52,9 +52,13 @@ class Outbox:
         self.failed: list[Failed] = []
         self.released: list[tuple[Running, str]] = []
         self.check: dict[str, Running] = {}
+        #: jobs to heartbeat; on the same connection as progress writes, so that two of our
+        #: statements never lock the same running rows in different orders (a deadlock)
+        self.heartbeat: list[Running] = []
 
     def __bool__(self) -> bool:
-        return bool(self.progress or self.done or self.failed or self.released or self.check)
+        return bool(self.progress or self.done or self.failed or self.released or self.check
+                    or self.heartbeat)
 
     def __len__(self) -> int:
         """Jobs with an outcome waiting to be written."""
@@ -68,6 +72,7 @@ class Outbox:
         batch.failed, self.failed = self.failed, []
         batch.released, self.released = self.released, []
         batch.check, self.check = self.check, {}
+        batch.heartbeat, self.heartbeat = self.heartbeat, []
         return batch
 
     def put_back(self, batch: Outbox) -> None:
@@ -77,6 +82,7 @@ class Outbox:
         self.failed = batch.failed + self.failed
         self.released = batch.released + self.released
         self.check = {**batch.check, **self.check}
+        self.heartbeat = self.heartbeat or batch.heartbeat
 
     def flush(self, store: Store) -> set[str]:
         """Write everything buffered; returns ids of running jobs found lost (stop them).
@@ -84,6 +90,11 @@ class Outbox:
         Each part is cleared once written, so after an exception the rest can be retried.
         """
         lost: set[str] = set()
+        if self.heartbeat:
+            beats = self.heartbeat
+            owned = store.heartbeat([r.attempt for r in beats])
+            self.heartbeat = []
+            lost |= {r.id for r in beats if r.attempt.job_id not in owned}
         if self.progress:
             items = list(self.progress.values())
             owned = store.report_progress([(r.attempt, p) for r, p in items])

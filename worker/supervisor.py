@@ -163,7 +163,7 @@ class Supervisor:
     def _on_written(self) -> None:
         now = time.monotonic()
         for batch, lost, error in self.writer.results():
-            self.fleet.lost(lost, "a fenced write")
+            self.fleet.lost(lost, "a fenced write or heartbeat")
             if error is None:
                 self.write_state.ok(now)
                 continue
@@ -175,9 +175,8 @@ class Supervisor:
     def _database_work(self, now: float) -> None:
         if self.fleet.running and now >= self.next_heartbeat:
             self.next_heartbeat = now + self.settings.heartbeat_interval
-            sent = list(self.fleet.running.values())
-            owned = self.store.heartbeat([r.attempt for r in sent])
-            self.fleet.lost({r.id for r in sent if r.attempt.job_id not in owned}, "heartbeat")
+            # Written by the writer, after any progress already queued (see Outbox.heartbeat).
+            self.outbox.heartbeat = list(self.fleet.running.values())
         if now >= self.next_reap:
             self.next_reap = now + self.settings.reap_interval
             for row in self.store.reap_stale():
