@@ -63,3 +63,11 @@ def chatty(ctx: Any) -> Any:
     for i in range(n):
         ctx.progress(i + 1, n)
     return {"calls": n}
+
+
+@task("crash_once")
+def crash_once(ctx: Any) -> Any:
+    """Kills its own process on the first attempt (a segfault, the OOM killer); fine after."""
+    if ctx.attempt == 1:
+        os._exit(3)
+    return {"attempt": ctx.attempt, "pid": os.getpid()}

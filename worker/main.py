@@ -67,8 +67,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=positive_int, default=100,
                    help="most jobs handed to one process at once when jobs are very short "
                         "(default 100)")
-    p.add_argument("--log-level", default=os.environ.get("BGJOBS_LOG_LEVEL", "INFO"),
-                   help="DEBUG, INFO, WARNING or ERROR (default INFO or BGJOBS_LOG_LEVEL)")
+    p.add_argument("--log-level", type=str.upper,
+                   default=os.environ.get("BGJOBS_LOG_LEVEL", "INFO").upper(),
+                   choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                   help="default INFO, or BGJOBS_LOG_LEVEL")
     return p
 
 

@@ -134,6 +134,11 @@ class Supervisor:
                 self.db_state.ok(now)
             except DatabaseUnavailable as exc:
                 self.db_state.failed(exc, now)
+            except Exception as exc:
+                # Not an outage (a query error, a bug): say so loudly, keep the machine's
+                # running jobs alive, and try again after the backoff rather than dying.
+                log.exception("claiming or reaping failed")
+                self.db_state.failed(exc, now)
 
     def _next_wakeup(self, now: float) -> float:
         times = [self.next_poll, self.next_reap, now + self.settings.poll_interval]

@@ -291,3 +291,23 @@ def test_product_job_types_end_to_end(db_url, store, start_worker, job_type, par
     assert job.result == job2.result  # deterministic
     total = job.progress["total"]
     assert total and job.progress["current"] == total
+
+
+def test_a_crashed_process_fails_its_job_retryably_and_is_replaced(db_url, store, start_worker):
+    worker = start_worker(db_url, "--concurrency", "1")
+    job_id = enqueue(store, "crash_once", max_attempts=3)
+    job = wait_job(store, job_id, status_is("complete"), "complete", proc=worker)
+    assert job.attempts == 2 and job.result["attempt"] == 2
+    log = worker.output()
+    assert "exited unexpectedly (code 3)" in log and "WorkerCrashed" in log
+
+
+def test_a_job_due_later_starts_when_due_not_at_the_next_poll(db_url, store, start_worker):
+    from datetime import UTC, datetime, timedelta
+
+    start_worker(db_url, "--concurrency", "1", "--poll-interval", "60s")
+    due = datetime.now(UTC) + timedelta(seconds=1.5)
+    job_id = enqueue(store, "noop", run_after=due)
+    # The wait is far shorter than the poll interval: the worker woke at run_after itself.
+    job = wait_job(store, job_id, status_is("complete"), "complete", timeout=20)
+    assert job.started_at >= due
