@@ -93,6 +93,9 @@ class Child:
             self.run_one(job)
             if time.monotonic() - self.last_flush >= FLUSH_INTERVAL:
                 self.flush()
+            if len(self.cancelled) > 100:  # cancels that came after their job finished
+                with self.cond:
+                    self.cancelled &= {j[0] for j in self.queue}
 
     def flush(self) -> None:
         self.last_flush = time.monotonic()

@@ -12,7 +12,6 @@ import logging
 import time
 from dataclasses import dataclass
 from typing import Any
-from uuid import UUID
 
 import psycopg
 
@@ -169,10 +168,6 @@ class Outbox:
                 reason = "not retryable" if not retryable else "no attempts left"
                 log.error("%s failed after %.3fs: %s; giving up (%s)%s",
                           r.describe(), duration, what, reason, trace)
-
-
-def lost_ids(sent: list[Running], owned: set[UUID]) -> set[str]:
-    return {r.id for r in sent if r.attempt.job_id not in owned}
 
 
 def elapsed(r: Running) -> float:
