@@ -6,6 +6,7 @@ import os
 import re
 import signal
 import socket
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from uuid import UUID
@@ -25,10 +26,11 @@ def start_worker(tmp_path: Path) -> Iterator[StartWorker]:
     """Start `bgjobs worker ARGS` against a database; stops every one at the end."""
     procs: list[Proc] = []
 
-    def start(url: str, *args: str, name: str | None = None) -> Proc:
+    def start(url: str, *args: str, name: str | None = None,
+              command: tuple[str, ...] = (BGJOBS, "worker")) -> Proc:
         env = {**url_env(url), "BGJOBS_TASK_MODULES": "tests.task_fixtures"}
         log = tmp_path / f"{name or f'worker{len(procs)}'}.log"
-        proc = Proc([BGJOBS, "worker", *args], env=env, log_path=log)
+        proc = Proc([*command, *args], env=env, log_path=log)
         procs.append(proc)
         wait_until(lambda: "worker processes ready" in proc.output(), 20, "workers ready", proc)
         return proc
@@ -179,7 +181,7 @@ def test_cancel_never_checking_cpu_loop_kills_and_replaces_its_process(db_url, s
 
 
 def test_four_processes_hold_one_listen_connection(db_url, start_worker):
-    start_worker(db_url, "--concurrency", "4")
+    start_worker(db_url, "--concurrency", "4", command=(sys.executable, "-m", "worker"))
 
     def connections() -> list[tuple[str, str]]:
         with psycopg.connect(db_url) as c:
@@ -240,6 +242,19 @@ def test_sigterm_hands_a_long_job_back_as_pending(db_url, store, start_worker):
     assert job.attempts == 1 and job.max_attempts - job.attempts == 3  # no attempt spent
     assert pid_gone(running.progress["pid"])
     assert f"handed job {job_id}" in worker.output()
+
+
+def test_a_second_signal_stops_at_once(db_url, store, start_worker):
+    worker = start_worker(db_url, "--concurrency", "1")  # shutdown grace: 30 s
+    job_id = enqueue(store, "spin", {"seconds": 120.0})
+    running = wait_job(store, job_id, running_with_pid, "running")
+    worker.signal(signal.SIGTERM)
+    wait_until(lambda: "stopping: claiming no more jobs" in worker.output(), 10, "stopping", worker)
+    worker.signal(signal.SIGINT)
+    assert worker.popen.wait(10) == 0  # well within the 30 s grace
+    job = store.get_job(job_id)
+    assert job.status == "pending" and job.attempts == 1
+    assert pid_gone(running.progress["pid"])
 
 
 def test_workers_reconnect_after_postgres_restart(private_cluster, start_worker):
