@@ -17,7 +17,7 @@ GENES = (("fast", 2, 60, int), ("slow", 20, 200, int), ("band", 0.0, 0.03, float
     "tickers": Param(int, default=50, min=1, max=500),
     "years": Param(int, default=5, min=1, max=20),
     "population": Param(int, default=30, min=4, max=200),
-    "generations": Param(int, default=30, min=1, max=200),
+    "generations": Param(int, default=40, min=1, max=200),
     "mutation": Param(float, default=0.25, min=0.0, max=1.0),
     "seed": Param(int, default=7),
 })
