@@ -126,6 +126,10 @@ class Supervisor:
         self.fleet.enforce_cancel_grace(now)
         if self.stopping and (self.force or now >= self.stop_deadline):
             self.fleet.kill_busy()
+        if self.fleet.running and now >= self.next_heartbeat:
+            self.next_heartbeat = now + self.settings.heartbeat_interval
+            # Written by the writer, after any progress already queued (see Outbox.heartbeat).
+            self.outbox.heartbeat = list(self.fleet.running.values())
         if self.outbox and self.writer.in_flight is None and self.write_state.ready(now):
             self.writer.submit(self.outbox.take())
         if self.db_state.ready(now):
@@ -178,10 +182,6 @@ class Supervisor:
             self.write_state.failed(error, now)
 
     def _database_work(self, now: float) -> None:
-        if self.fleet.running and now >= self.next_heartbeat:
-            self.next_heartbeat = now + self.settings.heartbeat_interval
-            # Written by the writer, after any progress already queued (see Outbox.heartbeat).
-            self.outbox.heartbeat = list(self.fleet.running.values())
         if now >= self.next_reap:
             self.next_reap = now + self.settings.reap_interval
             for row in self.store.reap_stale():
