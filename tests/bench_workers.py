@@ -98,14 +98,18 @@ def main() -> int:
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--concurrency", type=int, default=2)
     args = p.parse_args()
-    url = args.url
-    if not url:
-        from server import config, embedded
+    if args.url:
+        print(json.dumps(run(args.url, args.jobs, args.runs, args.concurrency), indent=2))
+        return 0
+    from server import config, embedded
 
-        cluster = embedded.Cluster(config.load().data_dir)
-        cluster.ensure_running()
-        url = cluster.url()
-    print(json.dumps(run(url, args.jobs, args.runs, args.concurrency), indent=2))
+    cluster = embedded.Cluster(config.load().data_dir)
+    started = cluster.ensure_running()
+    try:
+        print(json.dumps(run(cluster.url(), args.jobs, args.runs, args.concurrency), indent=2))
+    finally:
+        if started:
+            cluster.stop()
     return 0
 
 
