@@ -1,8 +1,10 @@
-"""Worker throughput: how fast `bgjobs worker --concurrency 2` drains K no-op jobs.
+"""Worker throughput and wake-up latency with `bgjobs worker --concurrency 2`.
 
 ``run(url)`` makes a scratch database on the server of ``url``, starts one worker supervisor
 with two processes, then several times: enqueue K noop jobs in one INSERT ... SELECT
-generate_series, and time from that commit until every job is complete. Returns the median.
+generate_series, and time from that commit until every job is complete. Returns the median,
+and the median wake-up latency of single jobs enqueued while the workers are idle (from the
+enqueue to ``started_at``, both Postgres clocks).
 Run it alone with ``python -m tests.bench_workers [URL]`` (default: DATABASE_URL or the
 embedded cluster).
 """
@@ -37,7 +39,7 @@ def run(url: str, jobs: int = 20_000, runs: int = 5, concurrency: int = 2) -> di
     try:
         with psycopg.connect(db) as c:
             migrate.apply(c)
-        rates = _drain_runs(db, jobs, runs, concurrency)
+        rates, wakeups = _drain_runs(db, jobs, runs, concurrency)
     finally:
         with psycopg.connect(server, autocommit=True) as c:
             c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -47,10 +49,13 @@ def run(url: str, jobs: int = 20_000, runs: int = 5, concurrency: int = 2) -> di
         "concurrency": concurrency,
         "runs": [round(r) for r in rates],
         "median_jobs_per_s": round(statistics.median(rates)),
+        "idle_wakeup_ms": [round(w, 1) for w in wakeups],
+        "median_idle_wakeup_ms": round(statistics.median(wakeups), 1),
     }
 
 
-def _drain_runs(db: str, jobs: int, runs: int, concurrency: int) -> list[float]:
+def _drain_runs(db: str, jobs: int, runs: int,
+                concurrency: int) -> tuple[list[float], list[float]]:
     env = {**os.environ, "DATABASE_URL": db, "PYTHONUNBUFFERED": "1"}
     with tempfile.TemporaryFile("w+") as log:
         worker = subprocess.Popen(
@@ -63,7 +68,8 @@ def _drain_runs(db: str, jobs: int, runs: int, concurrency: int) -> list[float]:
                 for _ in range(runs):
                     rates.append(jobs / _drain(c, jobs, worker))
                     c.execute("TRUNCATE background_jobs")
-            return rates
+                wakeups = [_wakeup_ms(c, worker) for _ in range(max(5, runs))]
+            return rates, wakeups
         except BaseException:
             log.seek(0)
             lines = [line for line in log.read().splitlines() if "reaped job" not in line]
@@ -89,6 +95,23 @@ def _drain(c: psycopg.Connection, jobs: int, worker: subprocess.Popen[Any]) -> f
         if time.perf_counter() > deadline:
             raise RuntimeError(f"{left} of {jobs} jobs still not complete")
         time.sleep(0.02)  # the drain itself is what we time; this only samples it
+
+
+def _wakeup_ms(c: psycopg.Connection, worker: subprocess.Popen[Any]) -> float:
+    """Enqueue one job into an idle worker; milliseconds until it started."""
+    time.sleep(0.3)  # let the worker go idle: this measures a wake-up, not a busy loop
+    job_id = c.execute("INSERT INTO background_jobs (job_type) VALUES ('noop') RETURNING id"
+                       ).fetchone()[0]
+    deadline = time.perf_counter() + 30
+    while True:
+        row = c.execute("SELECT extract(epoch FROM started_at - created_at) * 1000 "
+                        "FROM background_jobs WHERE id = %s AND status = 'complete'",
+                        [job_id]).fetchone()
+        if row:
+            return float(row[0])
+        if worker.poll() is not None or time.perf_counter() > deadline:
+            raise RuntimeError("the idle worker did not run a new job")
+        time.sleep(0.005)
 
 
 def main() -> int:
