@@ -326,3 +326,11 @@ def test_a_job_due_later_starts_when_due_not_at_the_next_poll(db_url, store, sta
     # The wait is far shorter than the poll interval: the worker woke at run_after itself.
     job = wait_job(store, job_id, status_is("complete"), "complete", timeout=20)
     assert job.started_at >= due
+
+
+def test_types_limits_what_a_worker_claims(db_url, store, start_worker):
+    worker = start_worker(db_url, "--concurrency", "1", "--types", "slow")
+    other = enqueue(store, "noop")
+    mine = enqueue(store, "slow", {"seconds": 0.0})
+    wait_job(store, mine, status_is("complete"), "complete", proc=worker)
+    assert store.get_job(other).status == "pending"
