@@ -106,9 +106,10 @@ def test_idle_worker_wakes_on_notify_far_sooner_than_poll(db_url, store, start_w
     def idle() -> bool:
         # After a claim that finds nothing, the worker asks when the next job is due: then idles.
         with psycopg.connect(db_url) as c:
-            row = c.execute("SELECT state, query FROM pg_stat_activity WHERE datname = %s "
-                            "AND application_name = 'bgjobs-worker'", [dbname(db_url)]).fetchone()
-        return bool(row and row[0] == "idle" and "min(run_after)" in row[1])
+            rows = c.execute("SELECT state, query FROM pg_stat_activity WHERE datname = %s "
+                             "AND application_name = 'bgjobs-worker'", [dbname(db_url)]
+                             ).fetchall()
+        return any(state == "idle" and "min(run_after)" in query for state, query in rows)
 
     wait_until(idle, 20, "worker idle")
     job_id = enqueue(store, "noop")
