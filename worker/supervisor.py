@@ -30,6 +30,9 @@ from worker.writer import Writer
 
 log = logging.getLogger(__name__)
 
+#: Signals this close together are one stop request (see _on_signal).
+SAME_REQUEST = 0.5
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -78,6 +81,7 @@ class Supervisor:
         self.force = False
         self.stop_deadline = 0.0
         self.signals = 0
+        self.first_signal = 0.0
 
     @property
     def types(self) -> tuple[str, ...]:
@@ -107,8 +111,10 @@ class Supervisor:
             self.db.close()
             self.selector.close()
             signal.set_wakeup_fd(old_fd)
-            for s, handler in old.items():
-                signal.signal(s, handler)
+            if not self.signals:
+                for s, handler in old.items():
+                    signal.signal(s, handler)
+            # else keep counting: more Ctrl-C while the process exits must not kill it midway
             wake_r.close()
             wake_w.close()
         log.info("worker %s stopped", self.worker_id)
@@ -283,8 +289,12 @@ class Supervisor:
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         # Only count: the loop acts on it (sending or logging here could interleave with the
-        # very send or log call the signal interrupted).
-        self.signals += 1
+        # very send or log call the signal interrupted). Ctrl-C under `bgjobs run` brings a
+        # SIGINT from the terminal and a SIGTERM from `bgjobs run` at once: one request.
+        now = time.monotonic()
+        if self.signals == 0 or now - self.first_signal >= SAME_REQUEST:
+            self.signals += 1
+        self.first_signal = self.first_signal or now
 
     def _handle_signals(self, now: float) -> None:
         if self.signals and not self.stopping:
