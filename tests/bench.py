@@ -14,7 +14,7 @@ import json
 import statistics
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -28,8 +28,9 @@ from tests.conftest import _server_url
 
 
 @contextmanager
-def bench_database():
-    server = _server_url()
+def bench_database(server: str | None = None) -> Iterator[str]:
+    """A migrated scratch database on ``server`` (default: DATABASE_URL's or the embedded)."""
+    server = make_conninfo(server, dbname="postgres") if server else _server_url()
     name = f"bgjobs_bench_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(server, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')

@@ -19,30 +19,19 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from typing import Any
 
 import psycopg
-from psycopg.conninfo import make_conninfo
 
-from server import migrate
 from tests.procs import BGJOBS, ROOT
 
 
 def run(url: str, jobs: int = 20_000, runs: int = 5, concurrency: int = 2) -> dict[str, Any]:
     """Median no-op jobs/s over ``runs`` drains of ``jobs`` jobs each."""
-    name = f"bgjobs_bench_{uuid.uuid4().hex[:10]}"
-    server = make_conninfo(url, dbname="postgres")
-    with psycopg.connect(server, autocommit=True) as c:
-        c.execute(f'CREATE DATABASE "{name}"')
-    db = make_conninfo(url, dbname=name)
-    try:
-        with psycopg.connect(db) as c:
-            migrate.apply(c)
+    from tests.bench import bench_database
+
+    with bench_database(url) as db:
         rates, wakeups = _drain_runs(db, jobs, runs, concurrency)
-    finally:
-        with psycopg.connect(server, autocommit=True) as c:
-            c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     return {
         "benchmark": "worker_noop_drain",
         "jobs_per_run": jobs,

@@ -138,3 +138,17 @@ def private_cluster() -> Iterator[embedded.Cluster]:
     finally:
         cluster.stop()
         shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def listener(db_url: str) -> Iterator[psycopg.Connection]:
+    """A connection LISTENing on both bgjobs channels."""
+    with psycopg.connect(db_url, autocommit=True) as c:
+        c.execute("LISTEN background_jobs_new")
+        c.execute("LISTEN background_jobs_progress")
+        yield c
+
+
+def drain(conn: psycopg.Connection) -> list[tuple[str, str]]:
+    """Every notification delivered so far (the sender has committed before we look)."""
+    return [(n.channel, n.payload) for n in conn.notifies(timeout=0.5, stop_after=None)]

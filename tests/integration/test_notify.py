@@ -4,23 +4,8 @@ from __future__ import annotations
 
 import json
 
-import psycopg
-import pytest
-
 from server.store import Attempt
-
-
-@pytest.fixture
-def listener(db_url):
-    with psycopg.connect(db_url, autocommit=True) as conn:
-        conn.execute("LISTEN background_jobs_new")
-        conn.execute("LISTEN background_jobs_progress")
-        yield conn
-
-
-def drain(conn: psycopg.Connection) -> list[tuple[str, str]]:
-    """Every notification delivered so far (the sender has committed before we look)."""
-    return [(n.channel, n.payload) for n in conn.notifies(timeout=0.5, stop_after=None)]
+from tests.conftest import drain
 
 
 def progress_payloads(notes):
