@@ -271,12 +271,33 @@ class Store:
         lease_seconds: int = 30,
         now: datetime | None = None,
     ) -> list[Job]:
-        """Claim up to ``limit`` due jobs of ``types`` in one statement, best first."""
+        """Claim like ``claim_specs`` (the same statement), returning whole rows, best first."""
+        specs = self.claim_specs(worker_id, types, limit=limit, lease_seconds=lease_seconds,
+                                 now=now)
+        if not specs:
+            return []
+        by_id = {job.id: job for job in self.get_jobs(spec[0] for spec in specs)}
+        return [by_id[spec[0]] for spec in specs if spec[0] in by_id]
+
+    def claim_specs(
+        self,
+        worker_id: str,
+        types: Sequence[str],
+        *,
+        limit: int = 1,
+        lease_seconds: int = 30,
+        now: datetime | None = None,
+    ) -> list[tuple[UUID, str, dict[str, Any], int, int, int]]:
+        """Claim up to ``limit`` due jobs of ``types`` in one statement, best first.
+
+        Rows are (id, job_type, params, attempts, max_attempts, version): at thousands of jobs
+        a second, parsing whole rows (timestamps, progress) costs the worker more than running
+        them.
+        """
         args = {"worker_id": worker_id, "types": list(types), "limit": limit,
                 "lease_seconds": lease_seconds, "now": now}
-        with self.connection() as c, c.cursor(row_factory=class_row(Job)) as cur:
-            jobs = cur.execute(q("claim_jobs"), args).fetchall()
-        return sorted(jobs, key=lambda j: (j.priority, j.created_at or j.run_after))
+        with self.connection() as c:
+            return c.execute(q("claim_jobs"), args).fetchall()
 
     def next_run_after(self, types: Sequence[str]) -> datetime | None:
         with self.connection() as c:
@@ -402,27 +423,6 @@ class Store:
         """Jobs that finished in the last ``seconds``, by type and status, with run times."""
         with self.connection() as c, c.cursor(row_factory=dict_row) as cur:
             return cur.execute(q("finished_recently"), {"seconds": seconds}).fetchall()
-
-    # Workers ---------------------------------------------------------------------------------
-
-    def claim_specs(
-        self,
-        worker_id: str,
-        types: Sequence[str],
-        *,
-        limit: int = 1,
-        lease_seconds: int = 30,
-    ) -> list[tuple[UUID, str, dict[str, Any], int, int, int]]:
-        """Claim like ``claim``, returning only what a worker needs, best first.
-
-        Rows are (id, job_type, params, attempts, max_attempts, version): at thousands of jobs
-        a second, parsing whole rows (timestamps, progress) costs the worker more than running
-        them.
-        """
-        args = {"worker_id": worker_id, "types": list(types), "limit": limit,
-                "lease_seconds": lease_seconds}
-        with self.connection() as c:
-            return c.execute(q("claim_job_specs"), args).fetchall()
 
 
 def _attempt_arrays(attempts: Sequence[Attempt]) -> dict[str, list[Any]]:

@@ -42,7 +42,9 @@ ORDER BY created_at DESC, id DESC
 LIMIT %(limit)s
 
 -- name: claim_jobs
--- Claim up to `limit` due pending jobs of the given types, by priority then age.
+-- Claim up to `limit` due pending jobs of the given types in one statement, by priority then
+-- age, returning only what a worker needs to run each: (id, job_type, params, attempts,
+-- max_attempts, version), best first.
 WITH next AS (
     SELECT id FROM background_jobs
     WHERE status = 'pending'
@@ -51,17 +53,21 @@ WITH next AS (
     ORDER BY priority, created_at
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE background_jobs j
+    SET status = 'running',
+        worker_id = %(worker_id)s,
+        attempts = j.attempts + 1,
+        lease_seconds = %(lease_seconds)s,
+        started_at = coalesce(%(now)s::timestamptz, now()),
+        heartbeat_at = coalesce(%(now)s::timestamptz, now())
+    FROM next
+    WHERE j.id = next.id
+    RETURNING j.id, j.job_type, j.params, j.attempts, j.max_attempts, j.version, j.priority,
+              j.created_at
 )
-UPDATE background_jobs j
-SET status = 'running',
-    worker_id = %(worker_id)s,
-    attempts = j.attempts + 1,
-    lease_seconds = %(lease_seconds)s,
-    started_at = coalesce(%(now)s::timestamptz, now()),
-    heartbeat_at = coalesce(%(now)s::timestamptz, now())
-FROM next
-WHERE j.id = next.id
-RETURNING j.*
+SELECT id, job_type, params, attempts, max_attempts, version FROM claimed
+ORDER BY priority, created_at
 
 -- name: next_run_after
 -- When the soonest not-yet-due pending job becomes due (workers sleep until then).
@@ -203,31 +209,3 @@ LIMIT %(limit)s
 -- name: events_db_now
 -- The database's clock (what `since` above is measured against).
 SELECT clock_timestamp()
-
--- Workers --------------------------------------------------------------------------------------
-
--- name: claim_job_specs
--- Claim like claim_jobs, returning only what a worker needs to run each job, best first.
-WITH next AS (
-    SELECT id FROM background_jobs
-    WHERE status = 'pending'
-      AND run_after <= now()
-      AND job_type = ANY(%(types)s::text[])
-    ORDER BY priority, created_at
-    LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
-), claimed AS (
-    UPDATE background_jobs j
-    SET status = 'running',
-        worker_id = %(worker_id)s,
-        attempts = j.attempts + 1,
-        lease_seconds = %(lease_seconds)s,
-        started_at = now(),
-        heartbeat_at = now()
-    FROM next
-    WHERE j.id = next.id
-    RETURNING j.id, j.job_type, j.params, j.attempts, j.max_attempts, j.version, j.priority,
-              j.created_at
-)
-SELECT id, job_type, params, attempts, max_attempts, version FROM claimed
-ORDER BY priority, created_at

@@ -63,7 +63,7 @@ def median_of(runs: int, once: Callable[[], float]) -> tuple[float, list[float]]
 
 
 def store_section(url: str, runs: int, jobs: int) -> dict[str, Any]:
-    """Jobs/s through claim + complete: one statement per job vs one per batch of 64."""
+    """Jobs/s through claim_specs + complete: one job per statement vs batches of 64."""
     pool = make_pool(url, min_size=2, max_size=2, open_wait=True, check=False)
     store = Store(pool)
 
@@ -71,8 +71,9 @@ def store_section(url: str, runs: int, jobs: int) -> dict[str, Any]:
         reset(url)
         enqueue_noops(url, jobs)
         start = time.perf_counter()
-        while claimed := store.claim("bench", ["noop"], limit=batch):
-            store.complete([(Attempt(j.id, "bench", j.attempts), {}, None) for j in claimed])
+        while claimed := store.claim_specs("bench", ["noop"], limit=batch):
+            store.complete([(Attempt(job_id, "bench", attempt), {}, None)
+                            for job_id, _, _, attempt, _, _ in claimed])
         return jobs / (time.perf_counter() - start)
 
     try:
