@@ -6,9 +6,11 @@ A session names the token it was made from; revoking the token ends the session 
 
 from __future__ import annotations
 
+from typing import Any
+
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
-from server.store import Store, User
+from server.store import Store, User, hash_token
 
 SESSION_COOKIE = "bgjobs_session"
 SESSION_MAX_AGE = 7 * 24 * 3600
@@ -44,17 +46,23 @@ def bearer_token(authorization: str | None) -> str | None:
     return token.strip()
 
 
-def authenticate(store: Store, secret: str, authorization: str | None,
-                 cookie: str | None) -> User | None:
-    """The user behind a bearer token, else behind a session cookie; None if neither is valid.
+def lookup(secret: str, authorization: str | None,
+           cookie: str | None) -> tuple[str, dict[str, Any]] | None:
+    """The named user query (and its args) that identifies the caller; None if nothing valid.
 
-    A bad bearer token is not rescued by a cookie: the client asked to be that token.
+    A bearer token wins over a cookie, and a bad one is not rescued by a cookie: the client
+    asked to be that token. The API (sync) and the events service (async) both run this rule.
     """
     if authorization:
         token = bearer_token(authorization)
-        return store.user_for_token(token) if token else None
-    if cookie:
-        session = read_session(secret, cookie)
-        if session:
-            return store.user_for_session(*session)
+        return ("user_for_token", {"token_hash": hash_token(token)}) if token else None
+    if cookie and (session := read_session(secret, cookie)):
+        return "token_is_live", {"user_id": session[0], "token_id": session[1]}
     return None
+
+
+def authenticate(store: Store, secret: str, authorization: str | None,
+                 cookie: str | None) -> User | None:
+    """The user behind a bearer token, else behind a session cookie; None if neither is valid."""
+    found = lookup(secret, authorization, cookie)
+    return store.find_user(*found) if found else None

@@ -13,12 +13,11 @@ from uuid import UUID
 
 import psycopg
 from psycopg.rows import class_row
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool import AsyncConnectionPool
 
-from server.auth import bearer_token, read_session
-from server.db import DatabaseUnavailable
+from server import auth
 from server.queries import q
-from server.store import Job, User, hash_token
+from server.store import Job, User, translate_errors
 
 POOL_APPLICATION_NAME = "bgjobs-events"
 
@@ -32,7 +31,7 @@ def make_pool(url: str, max_size: int) -> AsyncConnectionPool:
         name="bgjobs-events",
         open=False,
         timeout=10,
-        reconnect_timeout=0,  # keep trying for ever; requests meanwhile get 503
+        reconnect_timeout=0,  # give up a failed reconnection; the next read tries anew
         check=AsyncConnectionPool.check_connection,
         kwargs={"autocommit": True, "connect_timeout": 5,
                 "application_name": POOL_APPLICATION_NAME},
@@ -47,14 +46,9 @@ class EventsDb:
 
     @asynccontextmanager
     async def _conn(self) -> AsyncIterator[psycopg.AsyncConnection]:
-        try:
+        with translate_errors():
             async with self.pool.connection() as conn:
                 yield conn
-        except PoolTimeout as exc:
-            raise DatabaseUnavailable("no database connection available") from exc
-        except psycopg.OperationalError as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise DatabaseUnavailable(f"database unavailable: {first}") from exc
 
     async def get_job(self, job_id: UUID, user_id: int | None) -> Job | None:
         """The job, if it exists and (with ``user_id``) belongs to that user."""
@@ -82,18 +76,9 @@ class EventsDb:
 
     async def authenticate(self, secret: str, authorization: str | None,
                            cookie: str | None) -> User | None:
-        """Same rule as ``server.auth.authenticate``: a bearer token wins over the cookie."""
-        if authorization:
-            token = bearer_token(authorization)
-            if not token:
-                return None
-            return await self._user("user_for_token", {"token_hash": hash_token(token)})
-        if cookie:
-            session = read_session(secret, cookie)
-            if session:
-                return await self._user("token_is_live",
-                                        {"user_id": session[0], "token_id": session[1]})
-        return None
+        """The same rule as ``server.auth.authenticate``, read asynchronously."""
+        found = auth.lookup(secret, authorization, cookie)
+        return await self._user(*found) if found else None
 
     async def _user(self, query: str, args: dict[str, object]) -> User | None:
         async with self._conn() as conn, conn.cursor(row_factory=class_row(User)) as cur:

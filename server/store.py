@@ -151,14 +151,11 @@ class Store:
     def connection(self, conn: psycopg.Connection | None = None) -> Iterator[psycopg.Connection]:
         """The caller's connection if given (their transaction), else one from the pool."""
         if conn is not None:
-            with _translate_errors():
+            with translate_errors():
                 yield conn
             return
-        try:
-            with self.pool.connection() as pooled, _translate_errors():
-                yield pooled
-        except PoolTimeout as exc:
-            raise DatabaseUnavailable("no database connection available (is Postgres up?)") from exc
+        with translate_errors(), self.pool.connection() as pooled:
+            yield pooled
 
     # Jobs ----------------------------------------------------------------------------------
 
@@ -397,15 +394,17 @@ class Store:
             raise NotFound(f"no user {name!r}")
         return user
 
-    def user_for_token(self, token: str) -> User | None:
+    def find_user(self, query: str, args: dict[str, Any]) -> User | None:
+        """Run one of the named user lookups (see ``server.auth.lookup``)."""
         with self.connection() as c, c.cursor(row_factory=class_row(User)) as cur:
-            return cur.execute(q("user_for_token"), {"token_hash": hash_token(token)}).fetchone()
+            return cur.execute(q(query), args).fetchone()
+
+    def user_for_token(self, token: str) -> User | None:
+        return self.find_user("user_for_token", {"token_hash": hash_token(token)})
 
     def user_for_session(self, user_id: int, token_id: int) -> User | None:
         """The user behind a session cookie, if the token it was made from is still live."""
-        with self.connection() as c, c.cursor(row_factory=class_row(User)) as cur:
-            return cur.execute(q("token_is_live"),
-                               {"user_id": user_id, "token_id": token_id}).fetchone()
+        return self.find_user("token_is_live", {"user_id": user_id, "token_id": token_id})
 
     def revoke_tokens(self, name: str) -> int:
         user = self.get_user(name)
@@ -434,10 +433,13 @@ def _attempt_arrays(attempts: Sequence[Attempt]) -> dict[str, list[Any]]:
 
 
 @contextmanager
-def _translate_errors() -> Iterator[None]:
+def translate_errors() -> Iterator[None]:
+    """Driver errors as the store's exceptions (also used by the events service's async reads)."""
     try:
         yield
-    except (psycopg.OperationalError, psycopg.errors.AdminShutdown) as exc:
+    except PoolTimeout as exc:
+        raise DatabaseUnavailable("no database connection available (is Postgres up?)") from exc
+    except psycopg.OperationalError as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise DatabaseUnavailable(f"database unavailable: {first}") from exc
     except psycopg.errors.NumericValueOutOfRange as exc:
