@@ -1,1 +1,1 @@
-"""bgjobs server side: the job store, migrations, the HTTP API, the SSE events service, the CLI."""
+"""The HTTP API, the SSE events service, the dashboard and their gunicorn settings."""

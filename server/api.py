@@ -1,7 +1,8 @@
 """The HTTP API: a stateless Flask app, safe to run as many gunicorn workers with threads.
 
 Every request reads and writes Postgres through the store; nothing about jobs is kept in
-process memory, so any request can land on any worker. Errors are mapped in http_errors.
+process memory, so any request can land on any worker. Errors are answered through
+bgjobs.server.errors, the vocabulary the events service shares.
 """
 
 from __future__ import annotations
@@ -12,14 +13,16 @@ import os
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from flask import Flask, Response, g, jsonify, request
+from flask import Flask, Response, current_app, g, jsonify, request
+from werkzeug.exceptions import HTTPException
 
-from server import api_input, auth, dashboard, http_errors, metrics, openapi
-from server import config as config_mod
-from server.db import database_url, make_pool
-from server.http_errors import ApiError
-from server.store import Conflict, Job, Store, User
-from worker import registry
+from bgjobs.core import config as config_mod
+from bgjobs.core.db import database_url, make_pool
+from bgjobs.core.jobs import Job, User, parse_job_id
+from bgjobs.core.store import Store
+from bgjobs.server import api_input, auth, dashboard, errors, metrics, openapi
+from bgjobs.server.errors import ApiError
+from bgjobs.tasks import enqueue, registry
 
 log = logging.getLogger(__name__)
 
@@ -36,16 +39,18 @@ def create_app(store: Store | None = None, config: config_mod.Config | None = No
     if store is None:
         url = database_url(config)
         store = Store(make_pool(url, min_size=1, max_size=config.pool_max, name="bgjobs-api"))
-    registry.load_tasks()  # import failures in host task modules show at start, not per request
+    # Import failures in host task modules show at start, not per request.
+    registry.load_tasks(config.task_modules)
 
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions[STORE_KEY] = store
     app.extensions["bgjobs_owns_pool"] = owns_pool
+    app.extensions[dashboard.CONFIG_KEY] = config
     secret = config.secret_key()
     cookie_secure = config.cookie_secure
-    http_errors.register(app)
+    register_error_handlers(app)
     app.register_blueprint(dashboard.bp)
 
     def login_required(view: F) -> F:
@@ -89,7 +94,7 @@ def create_app(store: Store | None = None, config: config_mod.Config | None = No
             raise ApiError(422, "invalid_request", "send {\"token\": \"<your API token>\"}")
         user = store.user_for_token(token)
         if user is None:
-            raise http_errors.unauthorized("invalid or revoked token")
+            raise errors.unauthorized("invalid or revoked token")
         response = jsonify({"user": _user_json(user)})
         response.set_cookie(auth.SESSION_COOKIE, auth.make_session(secret, user),
                             max_age=auth.SESSION_MAX_AGE, path="/", httponly=True,
@@ -120,13 +125,8 @@ def create_app(store: Store | None = None, config: config_mod.Config | None = No
     def create(job_type: str, params: Any, priority: int = 0,
                run_after: Any = None) -> tuple[Job, bool]:
         key = api_input.idempotency_key(request)
-        task = registry.get(job_type)
-        checked = task.validate(params)
-        job, created = store.create_job(
-            task.name, checked, user_id=g.user.id, priority=priority, run_after=run_after,
-            max_attempts=task.max_attempts, idempotency_key=key, exclusive=task.exclusive)
-        if not created and (job.job_type != task.name or job.params != checked):
-            raise Conflict("Idempotency-Key was already used for a different request", job.id)
+        job, created = enqueue.submit(job_type, params, user_id=g.user.id, priority=priority,
+                                      run_after=run_after, idempotency_key=key, store=store)
         if created:
             log.info("job %s created: type=%s user=%s", job.id, job.job_type, g.user.id)
         return job, created
@@ -154,12 +154,12 @@ def create_app(store: Store | None = None, config: config_mod.Config | None = No
     @app.get("/api/jobs/<raw_id>")
     @login_required
     def get_job(raw_id: str) -> Response:
-        return jsonify(store.get_job(api_input.job_id(raw_id), g.user.id).to_json())
+        return jsonify(store.get_job(parse_job_id(raw_id), g.user.id).to_json())
 
     @app.post("/api/jobs/<raw_id>/cancel")
     @login_required
     def cancel_job(raw_id: str) -> Response:
-        job = store.cancel(api_input.job_id(raw_id), g.user.id)
+        job = store.cancel(parse_job_id(raw_id), g.user.id)
         log.info("job %s cancelled by user %s", job.id, g.user.id)
         return jsonify(job.to_json())
 
@@ -175,7 +175,7 @@ def create_app(store: Store | None = None, config: config_mod.Config | None = No
     @app.get(f"/api/<any({SEED_ANY}):job_type>/progress/<raw_id>")
     @login_required
     def seed_progress(job_type: str, raw_id: str) -> Response:
-        job = store.get_job(api_input.job_id(raw_id), g.user.id)
+        job = store.get_job(parse_job_id(raw_id), g.user.id)
         if job.job_type != job_type:
             raise ApiError(404, "not_found", f"no {job_type} job {raw_id}")
         return jsonify(_seed_json(job.to_json()))
@@ -183,15 +183,47 @@ def create_app(store: Store | None = None, config: config_mod.Config | None = No
     return app
 
 
+def register_error_handlers(app: Flask) -> None:
+    """Answer every error as the API's JSON error (see bgjobs.server.errors)."""
+
+    @app.errorhandler(HTTPException)
+    def _http(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        headers = {}
+        if status == 405 and exc.get_response().headers.get("Allow"):
+            headers["Allow"] = exc.get_response().headers["Allow"]
+        description = exc.description or exc.name
+        if status == 413:
+            limit = current_app.config.get("MAX_CONTENT_LENGTH")
+            description = f"request body too large (the limit is {limit} bytes)"
+        return _answer(errors.http_answer(status, request.method, request.path, description,
+                                          headers))
+
+    @app.errorhandler(Exception)
+    def _error(exc: Exception) -> Response:
+        answer = errors.answer_for(exc)
+        if answer is None:
+            log.exception("unhandled error: %s", exc)
+            answer = errors.INTERNAL_ERROR
+        return _answer(answer)
+
+
+def _answer(answer: errors.Answer) -> Response:
+    response = jsonify(answer.body())
+    response.status_code = answer.status
+    response.headers.update(answer.headers)
+    return response
+
+
 def _authenticate(store: Store, secret: str) -> User:
     header = request.headers.get("Authorization")
     cookie = request.cookies.get(auth.SESSION_COOKIE)
     if not header and not cookie:
-        raise http_errors.unauthorized(
+        raise errors.unauthorized(
             "sign in: send Authorization: Bearer <token>, or POST /api/session for a cookie")
     user = auth.authenticate(store, secret, header, cookie)
     if user is None:
-        raise http_errors.unauthorized(
+        raise errors.unauthorized(
             "invalid or revoked token" if header else "session expired or revoked; sign in again")
     return user
 

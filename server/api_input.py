@@ -19,12 +19,11 @@ from typing import Any
 
 from flask import Request
 
-from server.http_errors import ApiError
-from server.store import Status
+from bgjobs.core.jobs import Status
+from bgjobs.server.errors import ApiError
+from bgjobs.tasks.enqueue import IDEMPOTENCY_KEY_MAX
 
-PRIORITY_MIN, PRIORITY_MAX = -1000, 1000
 LIMIT_DEFAULT, LIMIT_MAX = 50, 200
-IDEMPOTENCY_KEY_MAX = 255
 # Deep enough for any real params; shallow enough that nothing downstream hits a recursion limit.
 MAX_JSON_DEPTH = 64
 JOB_FIELDS = frozenset({"type", "params", "priority", "run_after"})
@@ -107,13 +106,11 @@ def job_request(body: dict[str, Any]) -> JobRequest:
 
 
 def priority(value: Any) -> int:
+    """A JSON priority; its range is the enqueue path's to check."""
     if value is None:
         return 0
     if not isinstance(value, int) or isinstance(value, bool):
         raise _invalid(f"priority must be a whole number, got {value!r}")
-    if not PRIORITY_MIN <= value <= PRIORITY_MAX:
-        raise _invalid(f"priority must be between {PRIORITY_MIN} and {PRIORITY_MAX} "
-                       f"(lower runs first), got {value}")
     return value
 
 
@@ -132,6 +129,7 @@ def run_after(value: Any) -> datetime | None:
 
 
 def idempotency_key(request: Request) -> str | None:
+    """The Idempotency-Key header; a malformed one makes the request unreadable (400)."""
     key = request.headers.get("Idempotency-Key")
     if key is None:
         return None
@@ -139,14 +137,6 @@ def idempotency_key(request: Request) -> str | None:
         raise ApiError(400, "bad_request",
                        f"Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_MAX} printable characters")
     return key
-
-
-def job_id(raw: str) -> uuid.UUID:
-    """A job id from the URL; a non-UUID names no job, so it is a 404 like a missing one."""
-    try:
-        return uuid.UUID(raw)
-    except ValueError:
-        raise ApiError(404, "not_found", f"no job {raw!r}: job ids are UUIDs") from None
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,8 @@ from typing import Any
 
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
-from server.store import Store, User, hash_token
+from bgjobs.core.jobs import User
+from bgjobs.core.store import Store, hash_token
 
 SESSION_COOKIE = "bgjobs_session"
 SESSION_MAX_AGE = 7 * 24 * 3600

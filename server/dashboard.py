@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import hashlib
 from functools import cache
-from pathlib import Path
+from importlib.resources import files
 from urllib.parse import urlsplit
 
-from flask import Blueprint, Response, render_template_string, request, url_for
+from flask import Blueprint, Response, current_app, render_template_string, request, url_for
 
-from server import config as config_mod
+from bgjobs.core.config import Config
 
-STATIC = Path(__file__).resolve().parent / "static"
+#: Where create_app keeps the API's Config for the page (read once at start).
+CONFIG_KEY = "bgjobs_config"
 
 bp = Blueprint("dashboard", __name__, static_folder="static",
                static_url_path="/dashboard/static")
@@ -27,7 +28,7 @@ bp = Blueprint("dashboard", __name__, static_folder="static",
 def index() -> Response:
     html = render_template_string(
         _template(),
-        events_url=events_base(config_mod.load()),
+        events_url=events_base(current_app.extensions[CONFIG_KEY]),
         css=_asset("dashboard.css"),
         js=_asset("dashboard.js"),
     )
@@ -35,7 +36,7 @@ def index() -> Response:
                     headers={"Cache-Control": "no-cache"})
 
 
-def events_base(cfg: config_mod.Config) -> str:
+def events_base(cfg: Config) -> str:
     """The events service's base URL as the browser should use it ("" for this origin)."""
     if cfg.events_url:
         return cfg.events_url.rstrip("/")
@@ -48,9 +49,14 @@ def events_base(cfg: config_mod.Config) -> str:
     return f"{request.scheme}://{host}:{port}"
 
 
+def _static(name: str) -> bytes:
+    """An asset as installed (package data of bgjobs.server)."""
+    return files("bgjobs.server").joinpath("static", name).read_bytes()
+
+
 @cache
 def _template() -> str:
-    return (STATIC / "index.html").read_text()
+    return _static("index.html").decode("utf-8")
 
 
 def _asset(name: str) -> str:
@@ -60,4 +66,4 @@ def _asset(name: str) -> str:
 
 @cache
 def _digest(name: str) -> str:
-    return hashlib.sha256((STATIC / name).read_bytes()).hexdigest()[:12]
+    return hashlib.sha256(_static(name)).hexdigest()[:12]

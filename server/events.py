@@ -12,10 +12,9 @@ import json
 import logging
 import os
 import signal
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from typing import Any
-from uuid import UUID
 
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.applications import Starlette
@@ -27,48 +26,35 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from server import config as config_mod
-from server.auth import SESSION_COOKIE
-from server.db import DatabaseUnavailable, database_url
-from server.events_db import EventsDb, make_pool
-from server.listener import Listener, Subscription
-from server.store import FINISHED, Job, User
+from bgjobs.core import config as config_mod
+from bgjobs.core.db import database_url
+from bgjobs.core.errors import BgjobsError
+from bgjobs.core.jobs import FINISHED, Job, User, parse_job_id
+from bgjobs.server import errors
+from bgjobs.server.auth import SESSION_COOKIE
+from bgjobs.server.broadcast import Broadcaster, Subscription
+from bgjobs.server.errors import ApiError
+from bgjobs.server.events_db import EventsDb, make_pool
 
 log = logging.getLogger(__name__)
 
 PING_SECONDS = 15
 RETRY_MS = 2000  # how long a browser waits before reconnecting a dropped stream
-_HTTP_CODES = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed"}
-
-
-class EventsError(Exception):
-    """An answer given instead of a stream: status, machine-readable code, message."""
-
-    def __init__(self, status: int, code: str, message: str,
-                 headers: Mapping[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message, self.headers = status, code, message, headers
-
-
-def error_response(status: int, code: str, message: str,
-                   headers: Mapping[str, str] | None = None) -> JSONResponse:
-    """The API's error format: ``{"error": {"code", "message"}}``."""
-    return JSONResponse({"error": {"code": code, "message": message}}, status, headers)
 
 
 class SubscriptionStream(EventSourceResponse):
     """An SSE response that frees its subscription however the response ends."""
 
-    def __init__(self, listener: Listener, sub: Subscription,
+    def __init__(self, broadcaster: Broadcaster, sub: Subscription,
                  content: AsyncIterator[ServerSentEvent]) -> None:
         super().__init__(content, ping=PING_SECONDS, headers={"Cache-Control": "no-cache"})
-        self.listener, self.sub = listener, sub
+        self.broadcaster, self.sub = broadcaster, sub
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:
-            self.listener.unsubscribe(self.sub)
+            self.broadcaster.unsubscribe(self.sub)
 
 
 # Views -----------------------------------------------------------------------------------
@@ -77,27 +63,27 @@ class SubscriptionStream(EventSourceResponse):
 async def job_events(request: Request) -> Response:
     """One job: its state now, each change, the final state; then the stream ends."""
     user = await _caller(request)
-    job_id = _job_id(request.path_params["job_id"])
+    job_id = parse_job_id(request.path_params["job_id"])
     last_seen = _last_event_id(request)
-    listener: Listener = request.app.state.listener
+    broadcaster: Broadcaster = request.app.state.broadcaster
     # Subscribe before reading the row: a change committed in between is not lost.
-    sub = listener.subscribe(job_ids=frozenset({job_id}))
+    sub = broadcaster.subscribe(job_ids=frozenset({job_id}))
     try:
         job = await request.app.state.db.get_job(job_id, user.id)
     except BaseException:
-        listener.unsubscribe(sub)
+        broadcaster.unsubscribe(sub)
         raise
     if job is None:
-        listener.unsubscribe(sub)
-        raise EventsError(404, "not_found", f"no job {job_id}")
-    listener.publish(job)  # later progress-only notifications apply to this row
+        broadcaster.unsubscribe(sub)
+        raise ApiError(404, "not_found", f"no job {job_id}")
+    broadcaster.publish(job)  # later progress-only notifications apply to this row
     sub.sent(job)
     fresh = last_seen is None or job.version > last_seen
     if job.status in FINISHED and not fresh:
         # The client has the final state; 204 tells EventSource to stop reconnecting.
-        listener.unsubscribe(sub)
+        broadcaster.unsubscribe(sub)
         return Response(status_code=204)
-    return SubscriptionStream(listener, sub, _job_stream(sub, job if fresh else None))
+    return SubscriptionStream(broadcaster, sub, _job_stream(sub, job if fresh else None))
 
 
 async def _job_stream(sub: Subscription, first: Job | None) -> AsyncIterator[ServerSentEvent]:
@@ -117,9 +103,9 @@ async def _job_stream(sub: Subscription, first: Job | None) -> AsyncIterator[Ser
 async def user_events(request: Request) -> Response:
     """Every change to any of the caller's jobs, new ones included, until the client leaves."""
     user = await _caller(request)
-    listener: Listener = request.app.state.listener
-    sub = listener.subscribe(user_id=user.id)
-    return SubscriptionStream(listener, sub, _user_stream(sub))
+    broadcaster: Broadcaster = request.app.state.broadcaster
+    sub = broadcaster.subscribe(user_id=user.id)
+    return SubscriptionStream(broadcaster, sub, _user_stream(sub))
 
 
 async def _user_stream(sub: Subscription) -> AsyncIterator[ServerSentEvent]:
@@ -136,13 +122,13 @@ def _event(job: Job, retry: int | None = None) -> ServerSentEvent:
 
 
 async def healthz(request: Request) -> Response:
-    connected = request.app.state.listener.connected
+    connected = request.app.state.broadcaster.connected
     return JSONResponse({"status": "ok" if connected else "degraded",
                          "listen_connected": connected}, 200 if connected else 503)
 
 
 async def stats(request: Request) -> Response:
-    return JSONResponse({"pid": os.getpid(), **request.app.state.listener.stats()})
+    return JSONResponse({"pid": os.getpid(), **request.app.state.broadcaster.stats()})
 
 
 async def _caller(request: Request) -> User:
@@ -150,17 +136,9 @@ async def _caller(request: Request) -> User:
     user = await db.authenticate(request.app.state.secret, request.headers.get("authorization"),
                                  request.cookies.get(SESSION_COOKIE))
     if user is None:
-        raise EventsError(401, "unauthorized",
-                          "sign in: send `Authorization: Bearer <token>` or the session cookie",
-                          {"WWW-Authenticate": 'Bearer realm="bgjobs"'})
+        raise errors.unauthorized(
+            "sign in: send `Authorization: Bearer <token>` or the session cookie")
     return user
-
-
-def _job_id(raw: str) -> UUID:
-    try:
-        return UUID(raw)
-    except ValueError:
-        raise EventsError(404, "not_found", f"no job {raw}") from None
 
 
 def _last_event_id(request: Request) -> int | None:
@@ -171,29 +149,22 @@ def _last_event_id(request: Request) -> int | None:
 # Errors ----------------------------------------------------------------------------------
 
 
-async def _events_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, EventsError)
-    return error_response(exc.status, exc.code, exc.message, exc.headers)
+def _answer(answer: errors.Answer) -> Response:
+    return JSONResponse(answer.body(), answer.status, answer.headers)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    message = (f"no such route: {request.url.path}" if exc.status_code == 404
-               else f"{request.method} is not allowed on {request.url.path}"
-               if exc.status_code == 405 else str(exc.detail))
-    return error_response(exc.status_code, _HTTP_CODES.get(exc.status_code, "http_error"),
-                          message, exc.headers)
+    return _answer(errors.http_answer(exc.status_code, request.method, request.url.path,
+                                      str(exc.detail), dict(exc.headers or {})))
 
 
-async def _db_down(request: Request, exc: Exception) -> Response:
-    log.warning("answering 503: %s", exc)
-    return error_response(503, "database_unavailable",
-                          "the database is unavailable; retry shortly", {"Retry-After": "5"})
-
-
-async def _unexpected(request: Request, exc: Exception) -> Response:
-    log.exception("unhandled error on %s", request.url.path)
-    return error_response(500, "internal_error", "internal server error (logged)")
+async def _error(request: Request, exc: Exception) -> Response:
+    answer = errors.answer_for(exc)
+    if answer is None:
+        log.exception("unhandled error on %s", request.url.path)
+        answer = errors.INTERNAL_ERROR
+    return _answer(answer)
 
 
 # The app ---------------------------------------------------------------------------------
@@ -217,10 +188,10 @@ def create_app(url: str | None = None) -> Starlette:
         db_url = url or database_url(cfg)
         pool = make_pool(db_url, max_size=cfg.pool_max)
         await pool.open(wait=False)
-        listener = Listener(db_url, EventsDb(pool))
-        app.state.db, app.state.listener = listener.db, listener
-        task = asyncio.create_task(listener.run(), name="bgjobs-events-listener")
-        task.add_done_callback(_listener_exited)
+        broadcaster = Broadcaster(db_url, EventsDb(pool))
+        app.state.db, app.state.broadcaster = broadcaster.db, broadcaster
+        task = asyncio.create_task(broadcaster.run(), name="bgjobs-events-broadcaster")
+        task.add_done_callback(_broadcaster_exited)
         try:
             yield
         finally:
@@ -242,21 +213,19 @@ def create_app(url: str | None = None) -> Starlette:
                        allow_headers=["Authorization", "Last-Event-ID", "Cache-Control"],
                        max_age=600),
         ],
-        exception_handlers={
-            EventsError: _events_error,
-            HTTPException: _http_error,
-            DatabaseUnavailable: _db_down,
-            Exception: _unexpected,
-        },
+        # bgjobs's own errors are answers (ExceptionMiddleware); `Exception` goes to
+        # ServerErrorMiddleware, which answers and then re-raises for the server's log.
+        exception_handlers={HTTPException: _http_error, ApiError: _error, BgjobsError: _error,
+                            Exception: _error},
         lifespan=lifespan,
     )
     app.state.secret = cfg.secret_key()
     return app
 
 
-def _listener_exited(task: asyncio.Task[None]) -> None:
+def _broadcaster_exited(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
-        log.error("the listener stopped: %r; live updates are off until restart",
+        log.error("the LISTEN broadcaster stopped: %r; live updates are off until restart",
                   task.exception())
 
 
@@ -269,9 +238,9 @@ def drain_on_sigterm(worker: Any) -> None:
     """
 
     def on_sigterm() -> None:
-        listener = getattr(worker.asgi.state, "listener", None)
-        if listener is not None:
-            listener.close_all()
+        broadcaster = getattr(worker.asgi.state, "broadcaster", None)
+        if broadcaster is not None:
+            broadcaster.close_all()
         worker.handle_exit_signal()
 
     worker.loop.add_signal_handler(signal.SIGTERM, on_sigterm)

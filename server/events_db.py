@@ -15,9 +15,10 @@ import psycopg
 from psycopg.rows import class_row
 from psycopg_pool import AsyncConnectionPool
 
-from server import auth
-from server.queries import q
-from server.store import Job, User, translate_errors
+from bgjobs.core.jobs import Job, User
+from bgjobs.core.queries import q
+from bgjobs.core.store import translate_errors
+from bgjobs.server import auth
 
 POOL_APPLICATION_NAME = "bgjobs-events"
 
@@ -76,7 +77,7 @@ class EventsDb:
 
     async def authenticate(self, secret: str, authorization: str | None,
                            cookie: str | None) -> User | None:
-        """The same rule as ``server.auth.authenticate``, read asynchronously."""
+        """The same rule as ``bgjobs.server.auth.authenticate``, read asynchronously."""
         found = auth.lookup(secret, authorization, cookie)
         return await self._user(*found) if found else None
 

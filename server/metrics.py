@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from server.store import FINISHED, Status, Store
+from bgjobs.core.jobs import FINISHED, Status
+from bgjobs.core.store import Store
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 RECENT_WINDOW_SECONDS = 300

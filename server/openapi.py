@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from server.api_input import LIMIT_DEFAULT, LIMIT_MAX, PRIORITY_MAX, PRIORITY_MIN
+from bgjobs.server.api_input import LIMIT_DEFAULT, LIMIT_MAX
+from bgjobs.tasks.enqueue import PRIORITY_MAX, PRIORITY_MIN
 
 _STATUSES = ["pending", "running", "complete", "error", "cancelled"]
 _SEED = ["validation", "optimization", "rescoring"]

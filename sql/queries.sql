@@ -1,25 +1,41 @@
--- Every query bgjobs runs, as named blocks loaded by server/queries.py.
+-- Every query bgjobs runs, as named blocks loaded by core/queries.py (bgjobs.core.queries).
 -- Each block starts with `-- name: NAME` and a one-line purpose. Values are bound parameters.
 
 -- name: insert_job
--- Enqueue one job; an idempotency-key replay inserts nothing and returns no row.
+-- Enqueue one job (one round trip). No row: it clashed with an idempotency key or an exclusive
+-- type's active job, and nothing was inserted (see find_clashing_job).
 INSERT INTO background_jobs
-    (job_type, user_id, params, priority, run_after, max_attempts, idempotency_key, exclusive_key)
-VALUES (%(job_type)s, %(user_id)s, %(params)s, %(priority)s, coalesce(%(run_after)s, now()),
-        %(max_attempts)s, %(idempotency_key)s, %(exclusive_key)s)
-ON CONFLICT (user_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+    (job_type, user_id, params, priority, run_after, max_attempts, idempotency_key,
+     exclusive_key)
+VALUES (%(job_type)s, %(user_id)s, %(params)s, %(priority)s,
+        coalesce(%(run_after)s::timestamptz, now()), %(max_attempts)s,
+        %(idempotency_key)s, %(exclusive_key)s)
+ON CONFLICT DO NOTHING
 RETURNING *
 
--- name: get_job_by_idempotency_key
--- The job an earlier enqueue with the same user and key created.
-SELECT * FROM background_jobs
-WHERE user_id IS NOT DISTINCT FROM %(user_id)s AND idempotency_key = %(idempotency_key)s
+-- name: find_clashing_job
+-- The row an insert clashed with: the earlier job of the same user and idempotency key
+-- ('replayed'), else the user's pending or running job of the exclusive type ('exclusive').
+SELECT * FROM (
+    SELECT j.*, 'replayed' AS outcome, 1 AS rank FROM background_jobs j
+    WHERE %(idempotency_key)s::text IS NOT NULL
+      AND j.user_id IS NOT DISTINCT FROM %(user_id)s::int
+      AND j.idempotency_key = %(idempotency_key)s::text
+    UNION ALL
+    SELECT j.*, 'exclusive', 2 FROM background_jobs j
+    WHERE %(exclusive_key)s::text IS NOT NULL
+      AND j.user_id IS NOT DISTINCT FROM %(user_id)s::int
+      AND j.exclusive_key = %(exclusive_key)s::text AND j.status IN ('pending', 'running')
+) AS clash
+ORDER BY rank LIMIT 1
 
--- name: get_active_exclusive
--- The pending or running job that holds a user's exclusive slot.
-SELECT * FROM background_jobs
-WHERE user_id IS NOT DISTINCT FROM %(user_id)s AND exclusive_key = %(exclusive_key)s
-  AND status IN ('pending', 'running')
+-- name: insert_jobs
+-- Enqueue many jobs of one type in one statement, one per params object, in the given order.
+INSERT INTO background_jobs (job_type, user_id, params, max_attempts)
+SELECT %(job_type)s, %(user_id)s, p.params, %(max_attempts)s
+FROM unnest(%(params)s::jsonb[]) WITH ORDINALITY AS p(params, n)
+ORDER BY p.n
+RETURNING *
 
 -- name: get_job
 -- One job, optionally only if it belongs to the given user.
@@ -140,10 +156,6 @@ SELECT * FROM bgjobs_requeue(%(id)s)
 SELECT r.* FROM (SELECT pg_try_advisory_xact_lock(hashtext('bgjobs.reaper'))) AS l(got),
      LATERAL (SELECT * FROM bgjobs_reap(coalesce(%(now)s::timestamptz, now()))) AS r
 WHERE l.got
-
--- name: purge_finished
--- Delete jobs that finished more than the interval ago.
-SELECT bgjobs_purge(%(older_than)s::interval, coalesce(%(now)s::timestamptz, now()))
 
 -- name: summary
 -- Jobs by type and status (metrics, CLI).

@@ -1,10 +1,8 @@
 """Job types and helpers for the API tests.
 
 Importing this module (or naming it in BGJOBS_TASK_MODULES for a gunicorn under test)
-registers ``api_exclusive``, an exclusive test type. Until the worker's real ``validation``,
-``optimization`` and ``rescoring`` tasks are registered, it also registers exclusive stand-ins
-under those names so the seed-compatible routes can be exercised; once the real ones exist it
-leaves them alone.
+registers ``api_exclusive``, an exclusive test type. The seed-compatible routes are exercised
+with the real ``validation``, ``optimization`` and ``rescoring`` types.
 """
 
 from __future__ import annotations
@@ -18,8 +16,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from worker import registry
-from worker.registry import Param, task
+from bgjobs.tasks.registry import Param, task
 
 EXCLUSIVE = "api_exclusive"
 SEED_TYPES = ("validation", "optimization", "rescoring")
@@ -29,17 +26,6 @@ SEED_TYPES = ("validation", "optimization", "rescoring")
 def api_exclusive(ctx: Any) -> Any:
     """An exclusive job type for the API tests."""
     return {"n": ctx.params["n"]}
-
-
-def _stand_in(ctx: Any) -> Any:
-    """Stand-in for a seed job type (API tests only)."""
-    return {}
-
-
-_known = registry.load_tasks()
-for _name in SEED_TYPES:
-    if _name not in _known:
-        task(_name, exclusive=True, open_params=True)(_stand_in)
 
 
 def snapshot(url: str) -> dict[str, list[tuple[Any, ...]]]:
@@ -76,7 +62,7 @@ class Api:
 
 @pytest.fixture(name="api")
 def api_fixture(store: Any, db_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Api]:
-    from server.api import create_app
+    from bgjobs.server.api import create_app
 
     monkeypatch.setenv("BGJOBS_SECRET_KEY", "api-test-secret")
     monkeypatch.delenv("BGJOBS_COOKIE_SECURE", raising=False)

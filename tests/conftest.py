@@ -1,5 +1,13 @@
 """Test fixtures: a real Postgres (DATABASE_URL's server, or the embedded cluster), one
-migrated database per test session, clean tables per test."""
+migrated database per test session, clean tables per test.
+
+The rule for the test tree:
+- ``tests/unit/``: no Postgres and no processes; pure functions and in-memory objects.
+- ``tests/integration/``: Postgres, in this one process (the store, the Flask app through its
+  test client, the events app in-process, a worker child driven over a socket pair).
+- ``tests/e2e/``: real processes (gunicorn, `bgjobs worker`, an installed wheel, a browser).
+Benchmarks are not tests: they live in ``bench/`` and run with ``make bench``.
+"""
 
 from __future__ import annotations
 
@@ -15,9 +23,10 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from server import config, embedded, migrate
-from server.db import make_pool
-from server.store import Store
+from bgjobs.core import config, embedded, migrate
+from bgjobs.core.db import make_pool
+from bgjobs.core.jobs import Job
+from bgjobs.core.store import NewJob, Store
 
 _started_cluster: embedded.Cluster | None = None
 
@@ -28,7 +37,8 @@ def _server_url() -> str:
     url = os.environ.get("DATABASE_URL")
     if url:
         return make_conninfo(url, dbname="postgres")
-    cluster = embedded.Cluster(config.load().data_dir)
+    cfg = config.load()
+    cluster = embedded.Cluster(cfg.data_dir, cfg.pg_bin)
     if cluster.ensure_running():
         _started_cluster = cluster
     return cluster.url("postgres")
@@ -99,6 +109,13 @@ def new_database(server_url: str) -> Iterator[Callable[[], str]]:
     with psycopg.connect(server_url, autocommit=True) as c:
         for name in made:
             c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def add_job(store: Store, job_type: str = "noop", params: dict | None = None, *,
+            conn: psycopg.Connection | None = None, **fields: object) -> Job:
+    """Insert a job straight through the store (any type, registered or not), for fixtures."""
+    new = NewJob(job_type, params or {}, **fields)  # type: ignore[arg-type]
+    return store.insert_job(new, conn=conn).job
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.05,

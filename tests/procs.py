@@ -27,11 +27,12 @@ def free_port() -> int:
 class Proc:
     """A child process whose output goes to a log file the test can read on failure."""
 
-    def __init__(self, argv: list[str], env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, argv: list[str], env: dict[str, str], log_path: Path,
+                 cwd: Path = ROOT) -> None:
         self.argv = argv
         self.log_path = log_path
         self._log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
-        self.popen = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=self._log,
+        self.popen = subprocess.Popen(argv, env=env, cwd=cwd, stdout=self._log,
                                       stderr=subprocess.STDOUT, start_new_session=True)
 
     @property

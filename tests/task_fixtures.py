@@ -6,7 +6,7 @@ import os
 import time
 from typing import Any
 
-from worker.registry import NonRetryable, Param, task
+from bgjobs.tasks.registry import NonRetryable, Param, task
 
 
 @task("record", params={"path": Param(str, required=True)})

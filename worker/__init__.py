@@ -1,1 +1,1 @@
-"""bgjobs workers: a supervisor per machine that listens, claims and hands jobs to processes."""
+"""Worker supervisor and processes: one LISTEN connection per machine, N job processes."""

@@ -1,7 +1,7 @@
-"""``python -m worker``: the same as ``bgjobs worker``."""
+"""``python -m bgjobs.worker``: the same as ``bgjobs worker``."""
 
 import sys
 
-from worker.main import main
+from bgjobs.worker.main import main
 
 sys.exit(main())

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+from bgjobs.core.errors import first_line
+
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF = 10.0
@@ -22,8 +24,7 @@ class Backoff:
     def failed(self, exc: BaseException, now: float) -> None:
         if self.down_since is None:
             self.down_since = now
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            log.warning("%s lost: %s; reconnecting with backoff", self.what, first)
+            log.warning("%s lost: %s; reconnecting with backoff", self.what, first_line(exc))
         self.delay = min(MAX_BACKOFF, self.delay * 2 or 0.25)
         self.retry_at = now + self.delay
 

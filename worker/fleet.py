@@ -12,27 +12,25 @@ import logging
 import selectors
 import time
 from typing import Any
-from uuid import UUID
 
-from server.store import Attempt
-from worker import protocol
-from worker.children import ChildProcess
-from worker.outbox import Outbox, Running, elapsed
+from bgjobs.core.jobs import Attempt, Claimed
+from bgjobs.tasks import registry
+from bgjobs.worker import protocol
+from bgjobs.worker.child_handle import ChildProcess
+from bgjobs.worker.outbox import Completed, FailedAttempt, Outbox, Released, Running, elapsed
 
 log = logging.getLogger(__name__)
 
 #: Hand a child about this many seconds of work at once (many no-op jobs, one slow job).
 BATCH_SECONDS = 0.05
 
-#: A claimed job as Store.claim_specs returns it: (id, type, params, attempt, max, version)
-Claimed = tuple[UUID, str, dict[str, Any], int, int, int]
-
 
 class Fleet:
     def __init__(self, selector: selectors.BaseSelector, outbox: Outbox, size: int,
-                 cancel_grace: float, max_batch: int) -> None:
+                 cancel_grace: float, max_batch: int, log_level: str) -> None:
         self.selector = selector
         self.outbox = outbox
+        self.log_level = log_level
         self.size = size
         self.cancel_grace = cancel_grace
         self.max_batch = max_batch
@@ -59,27 +57,27 @@ class Fleet:
         left = dict(capacity)
         specs: dict[ChildProcess, list[protocol.JobSpec]] = {c: [] for c in order}
         i = 0
-        for uuid, job_type, params, attempt, max_attempts, version in jobs:
+        for job in jobs:
             while left[order[i % len(order)]] <= 0:
                 i += 1
             child = order[i % len(order)]
             left[child] -= 1
             i += 1
-            job_id = str(uuid)
-            r = Running(job_id, Attempt(uuid, worker_id, attempt), job_type, max_attempts,
-                        version, child, now)
+            job_id = str(job.id)
+            r = Running(job_id, Attempt(job.id, worker_id, job.attempt), job.job_type,
+                        job.max_attempts, job.version, child, now)
             self.running[job_id] = r
             child.jobs[job_id] = None
-            specs[child].append((job_id, job_type, params, attempt))
+            specs[child].append(protocol.JobSpec(job_id, job.job_type, job.params, job.attempt))
             log.info("claimed %s for process %s", r.describe(), child.pid)
         for child, batch in specs.items():
             if batch:
-                child.send((protocol.JOBS, batch))
+                child.send(protocol.Jobs(batch))
 
     # Children ---------------------------------------------------------------------------------
 
     def spawn(self, slot: int) -> None:
-        child = ChildProcess(slot)
+        child = ChildProcess(slot, self.log_level)
         self.children[slot] = child
         self.selector.register(child.conn, selectors.EVENT_READ, lambda: self._on_child(child))
 
@@ -105,45 +103,46 @@ class Fleet:
         if messages is None:
             self._died(child)
 
-    def _on_message(self, child: ChildProcess, msg: tuple[Any, ...]) -> None:
-        kind = msg[0]
-        if kind == protocol.PROGRESS:
-            r = self.running.get(msg[1])
+    def _on_message(self, child: ChildProcess, msg: protocol.FromChild) -> None:
+        if isinstance(msg, protocol.Progress):
+            r = self.running.get(msg.job_id)
             if r is not None:
-                self.outbox.progress[r.id] = (r, msg[2])
-        elif kind == protocol.DONE:
-            for job_id, result, progress, duration in msg[1]:
-                r = self._finish(child, job_id, duration)
+                self.outbox.progress[r.id] = (r, msg.state)
+        elif isinstance(msg, protocol.Done):
+            for f in msg.finished:
+                r = self._finish(child, f.job_id, f.duration)
                 if r is not None:
-                    self.outbox.done.append((r, result, progress or self._last_progress(r),
-                                             duration))
-        elif kind == protocol.FAILED:
-            job_id, error, retryable, delay, tb, duration, progress = msg[1:]
-            r = self._finish(child, job_id, duration)
+                    self.outbox.done.append(Completed(r, f.result,
+                                                      f.progress or self._last_progress(r),
+                                                      f.duration))
+        elif isinstance(msg, protocol.Failed):
+            r = self._finish(child, msg.job_id, msg.duration)
             if r is not None:
-                progress = progress or self._last_progress(r)
+                progress = msg.progress or self._last_progress(r)
                 if progress is not None:  # written just before the failure, same tick
                     self.outbox.progress[r.id] = (r, progress)
-                self.outbox.failed.append((r, error, retryable, delay, tb, duration))
-        elif kind == protocol.CANCELLED:
-            job_id, duration = msg[1], msg[2]
-            r = self._finish(child, job_id, duration)
+                self.outbox.failed.append(FailedAttempt(r, msg.error, msg.retryable, msg.delay,
+                                                        msg.traceback, msg.duration))
+        elif isinstance(msg, protocol.Cancelled):
+            r = self._finish(child, msg.job_id, msg.duration)
             if r is not None:
                 self.outbox.progress.pop(r.id, None)
-                how = (f"its handler stopped after {duration:.3f}s" if duration is not None
-                       else "before it started")
+                how = (f"its handler stopped after {msg.duration:.3f}s"
+                       if msg.duration is not None else "before it started")
                 log.info("cancelled %s: %s", r.describe(), how)
-        elif kind == protocol.DROPPED:
-            for job_id in msg[1]:
+        elif isinstance(msg, protocol.Dropped):
+            for job_id in msg.job_ids:
                 r = self._finish(child, job_id, None)
                 if r is not None:
-                    self.outbox.released.append((r, "shutting down; it had not started"))
-        elif kind == protocol.HELLO:
+                    self.outbox.released.append(Released(r, "shutting down; it had not started"))
+        elif isinstance(msg, protocol.Hello):
             child.ready = True
-            self.task_names = tuple(msg[2])
-            log.debug("process %s ready with tasks %s", msg[1], ", ".join(msg[2]))
+            self.task_names = tuple(msg.task_names)
+            log.debug("process %s ready with tasks %s", msg.pid, ", ".join(msg.task_names))
             if len(self.children) == self.size and all(c.ready for c in self.children.values()):
                 log.info("%d worker processes ready", len(self.children))
+        else:
+            log.error("unknown message from process %s: %r", child.pid, msg)
 
     def _finish(self, child: ChildProcess, job_id: str, duration: float | None) -> Running | None:
         child.jobs.pop(job_id, None)
@@ -167,10 +166,11 @@ class Fleet:
             if n == 0:  # the one it was running
                 error = {"error": "WorkerCrashed",
                          "message": f"the worker process running it exited with code {code}"}
-                delay = 2.0 * 2 ** (r.attempt.attempt - 1)
-                self.outbox.failed.append((r, error, True, delay, "", elapsed(r)))
+                self.outbox.failed.append(FailedAttempt(r, error, True, _retry_delay(r), "",
+                                                        elapsed(r)))
             else:
-                self.outbox.released.append((r, "its worker process crashed before it started"))
+                self.outbox.released.append(
+                    Released(r, "its worker process crashed before it started"))
         if not self.stopping:
             # A child that dies before it is even ready would die again at once: slow down.
             self.respawn_at[child.slot] = time.monotonic() + (0.1 if child.ready else 2.0)
@@ -187,7 +187,7 @@ class Fleet:
         for job_id in list(child.jobs):
             r = self._finish(child, job_id, None)
             if r is not None and r.cancel_deadline is None:
-                self.outbox.released.append((r, why))
+                self.outbox.released.append(Released(r, why))
         if not self.stopping:
             self.spawn(child.slot)
 
@@ -203,7 +203,7 @@ class Fleet:
             r.cancel_deadline = now + self.cancel_grace
             log.info("%s was cancelled or taken back (seen by %s): stopping its handler",
                      r.describe(), how)
-            r.child.send((protocol.CANCEL, job_id))
+            r.child.send(protocol.Cancel(job_id))
 
     def next_deadline(self) -> float | None:
         times = [r.cancel_deadline for r in self.running.values() if r.cancel_deadline]
@@ -222,10 +222,18 @@ class Fleet:
         """Shutdown: children give back the jobs they have not started."""
         self.stopping = True
         for child in self.children.values():
-            child.send((protocol.DROP,))
+            child.send(protocol.Drop())
 
     def kill_busy(self) -> None:
         """Shutdown deadline: kill children still running jobs; those jobs go back to pending."""
         for child in list(self.children.values()):
             if child.jobs:
                 self.kill(child, "shutting down before it finished")
+
+
+def _retry_delay(r: Running) -> float:
+    """The task's backoff rule (the same the child applies to a handler's error)."""
+    try:
+        return registry.get(r.job_type).delay_before_retry(r.attempt.attempt)
+    except registry.UnknownTask:
+        return registry.retry_delay(registry.DEFAULT_RETRY_DELAY, r.attempt.attempt)

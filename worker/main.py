@@ -1,4 +1,4 @@
-"""``bgjobs worker`` / ``python -m worker``: run one supervisor and its worker processes."""
+"""``bgjobs worker`` / ``python -m bgjobs.worker``: run one supervisor and its worker processes."""
 
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from server import config as config_mod
-from server.db import DatabaseUnavailable, database_url
-from worker import registry
-from worker.supervisor import Settings, Supervisor
+from bgjobs.core import config as config_mod
+from bgjobs.core.db import database_url
+from bgjobs.core.errors import DatabaseUnavailable
+from bgjobs.tasks import registry
+from bgjobs.worker.supervisor import Settings, Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ def positive_int(text: str) -> int:
     return value
 
 
-def parser() -> argparse.ArgumentParser:
+def parser(default_log_level: str = "INFO") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="bgjobs worker",
         description="Run a worker supervisor and its processes: one LISTEN connection for the "
@@ -67,24 +68,25 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=positive_int, default=100,
                    help="most jobs handed to one process at once when jobs are very short "
                         "(default 100)")
-    p.add_argument("--log-level", type=str.upper,
-                   default=os.environ.get("BGJOBS_LOG_LEVEL", "INFO").upper(),
-                   choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-                   help="default INFO, or BGJOBS_LOG_LEVEL")
+    p.add_argument("--log-level", type=str.upper, default=default_log_level,
+                   choices=config_mod.LOG_LEVELS,
+                   help="default BGJOBS_LOG_LEVEL, else INFO (now %(default)s)")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    level = args.log_level.upper()
-    logging.basicConfig(level=level, force=True,
-                        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
-    os.environ["BGJOBS_LOG_LEVEL"] = level  # children log at the same level
+    try:
+        cfg = config_mod.load()
+    except config_mod.ConfigError as exc:
+        print(f"bgjobs worker: {exc}", file=sys.stderr)
+        return 2
+    args = parser(cfg.log_level).parse_args(list(sys.argv[1:] if argv is None else argv))
+    config_mod.setup_logging(args.log_level, force=True)
     # `kill -USR1 PID` prints every thread's stack to the log: a stuck worker explains itself.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # BGJOBS_TASK_MODULES resolve as under `python -m`
-    known = registry.load_tasks()
+    known = registry.load_tasks(cfg.task_modules)
     types = tuple(t.strip() for t in args.types.split(",") if t.strip())
     unknown = sorted(set(types) - set(known))
     if unknown:
@@ -92,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"{', '.join(sorted(known))}", file=sys.stderr)
         return 2
     try:
-        url = database_url(config_mod.load())
+        url = database_url(cfg)
     except DatabaseUnavailable as exc:
         print(f"bgjobs worker: {exc}", file=sys.stderr)
         return 1
@@ -100,5 +102,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         concurrency=args.concurrency, types=types or None, lease=max(1, round(args.lease)),
         poll_interval=args.poll_interval, cancel_grace=args.cancel_grace,
         shutdown_grace=args.shutdown_grace, max_batch=args.max_batch,
+        log_level=args.log_level,
     )
     return Supervisor(url, settings).run()

@@ -11,12 +11,12 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
-import psycopg
-
-from server.store import Attempt, InvalidInput, Store
-from worker.children import ChildProcess
+from bgjobs.core.errors import InvalidInput
+from bgjobs.core.jobs import Attempt, Completion, Failure, ProgressUpdate
+from bgjobs.core.store import Store
+from bgjobs.worker.child_handle import ChildProcess
 
 log = logging.getLogger(__name__)
 
@@ -40,23 +40,42 @@ class Running:
         return f"job {self.id} ({self.job_type}, {attempt})"
 
 
-Done = tuple[Running, Any, "dict[str, Any] | None", float]
-Failed = tuple[Running, dict[str, Any], bool, float, str, float]
+class Completed(NamedTuple):
+    running: Running
+    result: Any
+    #: the handler's last progress if it was never written, else None
+    progress: dict[str, Any] | None
+    duration: float
+
+
+class FailedAttempt(NamedTuple):
+    running: Running
+    error: dict[str, Any]
+    retryable: bool
+    delay: float
+    traceback: str
+    duration: float
+
+
+class Released(NamedTuple):
+    """A job handed back to pending without spending an attempt, and why."""
+
+    running: Running
+    why: str
 
 
 class Outbox:
     def __init__(self) -> None:
         self.progress: dict[str, tuple[Running, dict[str, Any]]] = {}
-        self.done: list[Done] = []
-        self.failed: list[Failed] = []
-        self.released: list[tuple[Running, str]] = []
-        self.check: dict[str, Running] = {}
+        self.done: list[Completed] = []
+        self.failed: list[FailedAttempt] = []
+        self.released: list[Released] = []
         #: jobs to heartbeat; on the same connection as progress writes, so that two of our
         #: statements never lock the same running rows in different orders (a deadlock)
         self.heartbeat: list[Running] = []
 
     def __bool__(self) -> bool:
-        return bool(self.progress or self.done or self.failed or self.released or self.check
+        return bool(self.progress or self.done or self.failed or self.released
                     or self.heartbeat)
 
     def __len__(self) -> int:
@@ -70,7 +89,6 @@ class Outbox:
         batch.done, self.done = self.done, []
         batch.failed, self.failed = self.failed, []
         batch.released, self.released = self.released, []
-        batch.check, self.check = self.check, {}
         batch.heartbeat, self.heartbeat = self.heartbeat, []
         return batch
 
@@ -80,7 +98,6 @@ class Outbox:
         self.done = batch.done + self.done
         self.failed = batch.failed + self.failed
         self.released = batch.released + self.released
-        self.check = {**batch.check, **self.check}
         self.heartbeat = self.heartbeat or batch.heartbeat
 
     def flush(self, store: Store) -> set[str]:
@@ -96,7 +113,7 @@ class Outbox:
             lost |= {r.id for r in beats if r.attempt.job_id not in owned}
         if self.progress:
             items = list(self.progress.values())
-            owned = store.report_progress([(r.attempt, p) for r, p in items])
+            owned = store.report_progress([ProgressUpdate(r.attempt, p) for r, p in items])
             self.progress.clear()
             lost |= {r.id for r, _ in items if r.attempt.job_id not in owned}
         if self.done:
@@ -104,35 +121,26 @@ class Outbox:
         if self.failed:
             self._fail(store)
         if self.released:
-            items2 = self.released
-            owned = store.release([r.attempt for r, _ in items2])
+            released = self.released
+            owned = store.release([r.running.attempt for r in released])
             self.released = []
-            for r, why in items2:
-                if r.attempt.job_id in owned:
-                    log.info("handed %s back to pending (%s)", r.describe(), why)
-        if self.check:
-            checking = self.check
-            jobs = {str(j.id): j for j in store.get_jobs([r.attempt.job_id
-                                                              for r in checking.values()])}
-            self.check = {}
-            for job_id, r in checking.items():
-                job = jobs.get(job_id)
-                if (job is None or job.status != "running" or job.worker_id != r.attempt.worker_id
-                        or job.attempts != r.attempt.attempt):
-                    lost.add(job_id)
+            for r in released:
+                if r.running.attempt.job_id in owned:
+                    log.info("handed %s back to pending (%s)", r.running.describe(), r.why)
         return lost
 
     def _complete(self, store: Store) -> None:
         batch = self.done
         try:
-            owned = store.complete([(r.attempt, res, prog) for r, res, prog, _ in batch])
-        except (psycopg.DataError, InvalidInput) as exc:
+            owned = store.complete([Completion(d.running.attempt, d.result, d.progress)
+                                    for d in batch])
+        except InvalidInput as exc:
             # One bad result must not block the others: write them one at a time.
             if len(batch) == 1:
-                r, _, _, duration = batch[0]
                 self.done = []
-                self.failed.append((r, {"error": "ResultNotStorable", "message": str(exc)[:500]},
-                                    False, 0.0, "", duration))
+                error = {"error": "ResultNotStorable", "message": str(exc)[:500]}
+                self.failed.append(FailedAttempt(batch[0].running, error, False, 0.0, "",
+                                                 batch[0].duration))
                 return
             for i, item in enumerate(batch):
                 self.done = [item]
@@ -143,31 +151,32 @@ class Outbox:
                     raise
             return
         self.done = []
-        for r, _, _, duration in batch:
-            if r.attempt.job_id in owned:
-                log.info("finished %s in %.3fs", r.describe(), duration)
+        for d in batch:
+            if d.running.attempt.job_id in owned:
+                log.info("finished %s in %.3fs", d.running.describe(), d.duration)
             else:
                 log.info("%s finished in %.3fs but was no longer ours (cancelled or taken "
-                         "back): result dropped", r.describe(), duration)
+                         "back): result dropped", d.running.describe(), d.duration)
 
     def _fail(self, store: Store) -> None:
         batch = self.failed
-        statuses = store.fail([(r.attempt, err, retryable, delay)
-                                    for r, err, retryable, delay, _, _ in batch])
+        statuses = store.fail([Failure(f.running.attempt, f.error, f.retryable, f.delay)
+                               for f in batch])
         self.failed = []
-        for r, err, retryable, delay, tb, duration in batch:
+        for f in batch:
+            r = f.running
             status = statuses.get(r.attempt.job_id)
-            what = f"{err.get('error')}: {err.get('message')}"
-            trace = f"\n{tb.rstrip()}" if tb else ""
+            what = f"{f.error.get('error')}: {f.error.get('message')}"
+            trace = f"\n{f.traceback.rstrip()}" if f.traceback else ""
             if status is None:
                 log.info("%s failed (%s) but was no longer ours", r.describe(), what)
             elif status == "pending":
                 log.warning("%s failed after %.3fs: %s; retrying in %.2fs%s",
-                            r.describe(), duration, what, delay, trace)
+                            r.describe(), f.duration, what, f.delay, trace)
             else:
-                reason = "not retryable" if not retryable else "no attempts left"
+                reason = "not retryable" if not f.retryable else "no attempts left"
                 log.error("%s failed after %.3fs: %s; giving up (%s)%s",
-                          r.describe(), duration, what, reason, trace)
+                          r.describe(), f.duration, what, reason, trace)
 
 
 def elapsed(r: Running) -> float:

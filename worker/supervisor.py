@@ -8,7 +8,6 @@ the supervisor talks to Postgres: one LISTEN connection and one write connection
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import selectors
@@ -19,14 +18,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from server.db import DatabaseUnavailable
-from server.store import Store
-from worker.backoff import Backoff
-from worker.connection import OneConnection
-from worker.fleet import Fleet
-from worker.listener import NEW, Listener
-from worker.outbox import Outbox
-from worker.writer import Writer
+from bgjobs.core.errors import DatabaseUnavailable
+from bgjobs.core.store import Store
+from bgjobs.worker.backoff import Backoff
+from bgjobs.worker.connection import OneConnection
+from bgjobs.worker.fleet import Fleet
+from bgjobs.worker.notifications import NEW, NotificationListener, parse_taken_back
+from bgjobs.worker.outbox import Outbox
+from bgjobs.worker.writer import Writer
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +42,7 @@ class Settings:
     cancel_grace: float = 10.0
     shutdown_grace: float = 30.0
     max_batch: int = 100
+    log_level: str = "INFO"
 
     @property
     def heartbeat_interval(self) -> float:
@@ -57,14 +57,14 @@ class Supervisor:
     def __init__(self, url: str, settings: Settings) -> None:
         self.settings = settings
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
-        self.db = OneConnection(url)
+        self.db = OneConnection(url, self.worker_id)
         self.store = Store(cast(Any, self.db))  # OneConnection has the pool API the store uses
-        self.listener = Listener(url)
+        self.listener = NotificationListener(url)
         self.outbox = Outbox()
-        self.writer = Writer(url)
+        self.writer = Writer(url, self.worker_id)
         self.selector = selectors.DefaultSelector()
         self.fleet = Fleet(self.selector, self.outbox, settings.concurrency,
-                           settings.cancel_grace, settings.max_batch)
+                           settings.cancel_grace, settings.max_batch, settings.log_level)
         self.db_state = Backoff("database connection")
         self.write_state = Backoff("database connection for results")
         self.listen_state = Backoff("LISTEN connection")
@@ -242,26 +242,15 @@ class Supervisor:
         except DatabaseUnavailable as exc:
             self._listener_lost(exc)
             return
-        running = self.fleet.running
         for channel, payload in items:
             if channel == NEW:
                 if payload in self.types:
                     self.wake = True
                 continue
-            # Cheap checks first: most payloads are about other machines' jobs or our own writes.
-            job_id = payload[9:45] if payload.startswith('{"id" : "') else None
-            r = running.get(job_id) if job_id else None
-            if r is None or '"status" : "running"' in payload:
-                continue
-            try:
-                data = json.loads(payload)
-            except ValueError:
-                log.warning("dropped an unreadable notification: %.200s", payload)
-                continue
-            if "status" not in data:
-                self.outbox.check[r.id] = r  # id-only payload: re-read the row
-            elif isinstance(data.get("version"), int) and data["version"] > r.version:
-                # Older payloads (the insert's, queued behind our claim) say nothing new.
+            taken = parse_taken_back(payload)
+            r = self.fleet.running.get(taken["id"]) if taken else None
+            # News of an older attempt (reaped from us, then claimed by us again) is not news.
+            if r is not None and taken is not None and taken["attempt"] == r.attempt.attempt:
                 self.fleet.lost({r.id}, "notification")
 
     def _listen(self, now: float) -> None:

@@ -15,9 +15,9 @@ import socket
 import threading
 from typing import Any, cast
 
-from server.store import Store
-from worker.connection import OneConnection
-from worker.outbox import Outbox
+from bgjobs.core.store import Store
+from bgjobs.worker.connection import OneConnection
+from bgjobs.worker.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +26,8 @@ Result = tuple[Outbox, set[str], BaseException | None]
 
 
 class Writer:
-    def __init__(self, url: str) -> None:
-        self.db = OneConnection(url)
+    def __init__(self, url: str, worker_id: str) -> None:
+        self.db = OneConnection(url, worker_id)
         self.store = Store(cast(Any, self.db))
         self.in_flight: Outbox | None = None
         self._inbox: queue.SimpleQueue[Outbox | None] = queue.SimpleQueue()

@@ -14,8 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from server.db import make_pool
-from server.store import Store
+from bgjobs.core.db import make_pool
+from bgjobs.core.store import Store
 from tests.conftest import url_env
 from tests.procs import BGJOBS, Proc, free_port, wait_until
 

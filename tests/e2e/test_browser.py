@@ -12,8 +12,8 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from server.store import Store
-from tests.conftest import url_env
+from bgjobs.core.store import Store
+from tests.conftest import add_job, url_env
 from tests.procs import BGJOBS, ROOT, Proc, free_port, wait_until
 
 pytestmark = pytest.mark.browser
@@ -160,7 +160,7 @@ def test_dashboard_shows_live_progress_cancels_and_never_polls(stack: Stack,
             stack.start_events()
             page.wait_for_selector("#conn[data-conn='live']")
             # A job started elsewhere (here: the store, as `bgjobs enqueue` would) shows up live.
-            job, _ = store.create_job("noop", {"echo": "hi"}, user_id=user.id)
+            job = add_job(store, "noop", {"echo": "hi"}, user_id=user.id)
             page.wait_for_selector(f"[data-job-id='{job.id}'][data-status='complete']")
             assert errors == []
         finally:

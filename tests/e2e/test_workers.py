@@ -14,8 +14,9 @@ from uuid import UUID
 import psycopg
 import pytest
 
-from server.store import Attempt, Job, Store
-from tests.conftest import dbname, url_env
+from bgjobs.core.jobs import Attempt, Job
+from bgjobs.core.store import Store
+from tests.conftest import add_job, dbname, url_env
 from tests.procs import BGJOBS, Proc, wait_until
 
 StartWorker = Callable[..., Proc]
@@ -41,7 +42,7 @@ def start_worker(tmp_path: Path) -> Iterator[StartWorker]:
 
 
 def enqueue(store: Store, job_type: str, params: dict | None = None, **kw) -> UUID:
-    job, _ = store.create_job(job_type, params or {}, **kw)
+    job = add_job(store, job_type, params or {}, **kw)
     return job.id
 
 
@@ -182,7 +183,7 @@ def test_cancel_never_checking_cpu_loop_kills_and_replaces_its_process(db_url, s
 
 
 def test_four_processes_hold_one_listen_connection(db_url, start_worker):
-    start_worker(db_url, "--concurrency", "4", command=(sys.executable, "-m", "worker"))
+    start_worker(db_url, "--concurrency", "4", command=(sys.executable, "-m", "bgjobs.worker"))
 
     def connections() -> list[tuple[str, str]]:
         with psycopg.connect(db_url) as c:
@@ -304,7 +305,7 @@ def test_tight_progress_loop_writes_a_handful_of_times(db_url, store, start_work
     ("rescoring", {"tickers": 8, "years": 1, "simulations": 5}),
 ])
 def test_product_job_types_end_to_end(db_url, store, start_worker, job_type, params):
-    from worker import registry
+    from bgjobs.tasks import registry
 
     start_worker(db_url, "--concurrency", "1")
     task = registry.get(job_type)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from server import auth
+from bgjobs.server import auth
 from tests.api_task_fixtures import Api, api_fixture, snapshot  # noqa: F401
 
 
@@ -136,7 +136,7 @@ def test_bad_sign_in_sets_no_cookie(api: Api, body: dict, status: int) -> None:
 
 
 def test_secure_cookie_when_configured(api: Api, store, monkeypatch) -> None:
-    from server.api import create_app
+    from bgjobs.server.api import create_app
 
     monkeypatch.setenv("BGJOBS_COOKIE_SECURE", "1")
     client = create_app(store=store).test_client()

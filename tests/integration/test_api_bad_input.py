@@ -69,7 +69,7 @@ CASES = [
          _json({"type": EXCLUSIVE, "params": {"n": "three"}})),
     Case("param-out-of-range", "POST", "/api/jobs", 422, "invalid_params",
          _json({"type": EXCLUSIVE, "params": {"n": 1000}})),
-    Case("nul-in-params", "POST", "/api/jobs", 422, "invalid_input",
+    Case("nul-in-params", "POST", "/api/jobs", 422, "invalid_params",
          _json({"type": "noop", "params": {"echo": "a\u0000b"}})),
     Case("priority-string", "POST", "/api/jobs", 422, "invalid_request",
          _json({"type": "noop", "priority": "high"})),
@@ -172,9 +172,9 @@ def test_unexpected_errors_are_a_generic_json_500_and_logged(api: Api, caplog) -
 
 
 def test_unreachable_database_is_a_503(api: Api) -> None:
-    from server.api import create_app
-    from server.db import make_pool
-    from server.store import Store
+    from bgjobs.core.db import make_pool
+    from bgjobs.core.store import Store
+    from bgjobs.server.api import create_app
     from tests.procs import free_port
 
     pool = make_pool(f"postgresql://postgres@127.0.0.1:{free_port()}/nothing", max_size=2)

@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from server.api import create_app
-from server.store import Store
+from bgjobs.core.store import Store
+from bgjobs.server.api import create_app
 
 
 def _events_meta(html: str) -> str:

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
 
 import psycopg
 import pytest
 
-from server import migrate
-from tests.conftest import url_env
-from tests.procs import BGJOBS
+from bgjobs.core import migrate
 
 
 def schema_snapshot(url: str) -> list[tuple]:
@@ -33,22 +30,10 @@ def test_applying_twice_changes_nothing(new_database):
     assert count == len(migrate.discover())
 
 
-def test_two_concurrent_migrate_commands_both_succeed(new_database):
-    url = new_database()
-    procs = [subprocess.Popen([BGJOBS, "migrate"], env=url_env(url), stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    outputs = [p.communicate(timeout=60) for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outputs
-    assert sorted(out.strip().split()[0] for out, _ in outputs) == ["applied", "database"]
-    with psycopg.connect(url) as conn:
-        assert conn.execute("SELECT count(*) FROM bgjobs_migrations").fetchone()[0] == len(
-            migrate.discover())
-
-
 def test_a_changed_applied_file_is_refused(new_database, tmp_path):
     url = new_database()
     folder = tmp_path / "migrations"
-    shutil.copytree(migrate.MIGRATIONS_DIR, folder)
+    shutil.copytree(str(migrate.migrations_dir()), folder)
     with psycopg.connect(url) as conn:
         migrate.apply(conn, folder)
     first = sorted(folder.glob("*.sql"))[0]
@@ -70,7 +55,8 @@ def test_a_failing_migration_leaves_nothing_behind(new_database, tmp_path):
     url = new_database()
     (tmp_path / "001_ok.sql").write_text("CREATE TABLE a (id int);")
     (tmp_path / "002_bad.sql").write_text("CREATE TABLE b (id int); SELECT no_such_function();")
-    with psycopg.connect(url) as conn, pytest.raises(psycopg.errors.UndefinedFunction):
+    refused = pytest.raises(migrate.MigrationError, match="002_bad.sql failed: .*no_such_funct")
+    with psycopg.connect(url) as conn, refused:
         migrate.apply(conn, tmp_path)
     with psycopg.connect(url) as conn:
         assert conn.execute("SELECT to_regclass('a') IS NOT NULL, to_regclass('b') IS NULL"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from server.store import Attempt
-from tests.conftest import drain
+from bgjobs.core.jobs import Attempt
+from tests.conftest import add_job, drain
 
 
 def progress_payloads(notes):
@@ -14,7 +14,7 @@ def progress_payloads(notes):
 
 def test_insert_notifies_new_with_the_job_type_and_progress(listener, store):
     user, _ = store.create_user("n1")
-    job, _ = store.create_job("noop", {"a": 1}, user_id=user.id)
+    job = add_job(store, "noop", {"a": 1}, user_id=user.id)
     notes = drain(listener)
     assert ("background_jobs_new", "noop") in notes
     [payload] = progress_payloads(notes)
@@ -23,7 +23,7 @@ def test_insert_notifies_new_with_the_job_type_and_progress(listener, store):
 
 
 def test_every_progress_change_notifies_with_the_documented_payload(listener, store):
-    job, _ = store.create_job("noop")
+    job = add_job(store, "noop")
     [c] = store.claim("w", ["noop"])
     attempt = Attempt(job.id, "w", c.attempts)
     for n in range(1, 4):
@@ -40,7 +40,7 @@ def test_every_progress_change_notifies_with_the_documented_payload(listener, st
 
 
 def test_heartbeats_are_silent(listener, store):
-    job, _ = store.create_job("noop")
+    job = add_job(store, "noop")
     [c] = store.claim("w", ["noop"])
     drain(listener)
     assert store.heartbeat([Attempt(job.id, "w", c.attempts)]) == {job.id}
@@ -48,7 +48,7 @@ def test_heartbeats_are_silent(listener, store):
 
 
 def test_an_oversized_progress_sends_the_id_only(listener, store):
-    job, _ = store.create_job("noop")
+    job = add_job(store, "noop")
     [c] = store.claim("w", ["noop"])
     drain(listener)
     store.report_progress([(Attempt(job.id, "w", c.attempts), {"log": "x" * 10_000})])
@@ -57,7 +57,7 @@ def test_an_oversized_progress_sends_the_id_only(listener, store):
 
 
 def test_retry_and_requeue_wake_workers_again(listener, store, conn):
-    job, _ = store.create_job("noop")
+    job = add_job(store, "noop")
     store.claim("w", ["noop"])
     drain(listener)
     store.requeue(job.id)

@@ -9,7 +9,10 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 
-from server.store import Attempt, Conflict, InvalidInput, NotFound, Status
+from bgjobs.core.errors import Conflict, InvalidInput, NotFound
+from bgjobs.core.jobs import Attempt, Status
+from bgjobs.core.store import NewJob
+from tests.conftest import add_job
 
 
 def test_eight_threads_claim_500_jobs_each_exactly_once(store, conn):
@@ -38,10 +41,10 @@ def test_eight_threads_claim_500_jobs_each_exactly_once(store, conn):
 
 def test_claim_order_types_and_run_after(store):
     now = datetime.now(UTC)
-    late, _ = store.create_job("noop", priority=5)
-    early, _ = store.create_job("noop", priority=-1)
-    future, _ = store.create_job("noop", priority=-9, run_after=now + timedelta(hours=1))
-    other, _ = store.create_job("other", priority=-5)
+    late = add_job(store, "noop", priority=5)
+    early = add_job(store, "noop", priority=-1)
+    future = add_job(store, "noop", priority=-9, run_after=now + timedelta(hours=1))
+    other = add_job(store, "other", priority=-5)
     assert [j.id for j in store.claim("w", ["noop"], limit=10)] == [early.id, late.id]
     assert store.claim("w", ["noop"]) == []
     assert store.next_run_after(["noop"]) == future.run_after
@@ -55,7 +58,7 @@ def test_claim_uses_the_partial_index(conn):
                  "SELECT 'noop', 'complete' FROM generate_series(1, 5000)")
     conn.execute("INSERT INTO background_jobs (job_type) SELECT 'noop' FROM generate_series(1, 20)")
     conn.execute("ANALYZE background_jobs")
-    from server.queries import q
+    from bgjobs.core.queries import q
 
     plan = conn.execute(
         "EXPLAIN " + q("claim_jobs"),
@@ -101,7 +104,7 @@ def test_plain_sql_insert_gets_every_default(conn):
 
 
 def test_fencing_refuses_the_old_owner_after_requeue_cancel_and_reap(store):
-    job, _ = store.create_job("noop")
+    job = add_job(store, "noop")
     [claimed] = store.claim("old", ["noop"])
     old = Attempt(job.id, "old", claimed.attempts)
     store.requeue(job.id)
@@ -117,7 +120,7 @@ def test_fencing_refuses_the_old_owner_after_requeue_cancel_and_reap(store):
     final = store.get_job(job.id)
     assert final.status == Status.CANCELLED and final.result is None
 
-    job2, _ = store.create_job("noop")
+    job2 = add_job(store, "noop")
     [c2] = store.claim("dead", ["noop"], lease_seconds=1)
     reaped = store.reap_stale(now=datetime.now(UTC) + timedelta(seconds=5))
     assert [(r["id"], r["status"]) for r in reaped] == [(job2.id, "pending")]
@@ -126,7 +129,7 @@ def test_fencing_refuses_the_old_owner_after_requeue_cancel_and_reap(store):
 
 
 def test_fail_retries_until_max_attempts_then_errors(store):
-    job, _ = store.create_job("noop", max_attempts=2)
+    job = add_job(store, "noop", max_attempts=2)
     [c] = store.claim("w", ["noop"])
     assert store.fail([(Attempt(job.id, "w", c.attempts), {"error": "E"}, True, 30)]) == {
         job.id: "pending"}
@@ -134,14 +137,14 @@ def test_fail_retries_until_max_attempts_then_errors(store):
     [c] = store.claim("w", ["noop"], now=datetime.now(UTC) + timedelta(minutes=1))
     assert store.fail([(Attempt(job.id, "w", c.attempts), {"error": "E"}, True, 30)]) == {
         job.id: "error"}
-    job3, _ = store.create_job("noop")
+    job3 = add_job(store, "noop")
     [c] = store.claim("w", ["noop"])
     assert store.fail([(Attempt(job3.id, "w", 1), {"error": "Fatal"}, False, 0)]) == {
         job3.id: "error"}
 
 
 def test_release_hands_back_without_spending_an_attempt(store):
-    job, _ = store.create_job("noop", max_attempts=1)
+    job = add_job(store, "noop", max_attempts=1)
     [c] = store.claim("w", ["noop"])
     assert store.release([Attempt(job.id, "w", c.attempts)]) == {job.id}
     back = store.get_job(job.id)
@@ -150,37 +153,37 @@ def test_release_hands_back_without_spending_an_attempt(store):
 
 def test_create_job_inside_the_callers_transaction(store, db_url):
     with psycopg.connect(db_url) as app_conn:
-        store.create_job("noop", {"n": 1}, conn=app_conn)
+        add_job(store, "noop", {"n": 1}, conn=app_conn)
         app_conn.rollback()
         assert store.list_jobs() == []
-        job, _ = store.create_job("noop", {"n": 2}, conn=app_conn)
+        job = add_job(store, "noop", {"n": 2}, conn=app_conn)
         app_conn.commit()
     assert [j.id for j in store.list_jobs()] == [job.id]
 
 
 def test_idempotency_key_returns_the_same_job(store):
     user, _ = store.create_user("idem")
-    first, created = store.create_job("noop", user_id=user.id, idempotency_key="k1")
-    again, created_again = store.create_job("noop", user_id=user.id, idempotency_key="k1")
+    first, created = store.insert_job(NewJob("noop", {}, user.id, idempotency_key="k1"))
+    again, created_again = store.insert_job(NewJob("noop", {}, user.id, idempotency_key="k1"))
     assert created and not created_again and again.id == first.id
-    other, created_other = store.create_job("noop", idempotency_key="k1")  # no user: own scope
+    other, created_other = store.insert_job(NewJob("noop", {}, idempotency_key="k1"))  # no user
     assert created_other and other.id != first.id
 
 
 def test_exclusive_types_allow_one_active_job_per_user(store):
     user, _ = store.create_user("excl")
-    first, _ = store.create_job("validation", user_id=user.id, exclusive=True)
+    first = add_job(store, "validation", user_id=user.id, exclusive=True)
     with pytest.raises(Conflict) as err:
-        store.create_job("validation", user_id=user.id, exclusive=True)
+        add_job(store, "validation", user_id=user.id, exclusive=True)
     assert err.value.job_id == first.id
     store.cancel(first.id)
-    store.create_job("validation", user_id=user.id, exclusive=True)
+    add_job(store, "validation", user_id=user.id, exclusive=True)
 
 
 def test_list_jobs_pages_with_a_stable_cursor(store):
     user, _ = store.create_user("pager")
-    made = [store.create_job("noop", {"n": n}, user_id=user.id)[0] for n in range(7)]
-    store.create_job("noop")  # someone else's
+    made = [add_job(store, "noop", {"n": n}, user_id=user.id) for n in range(7)]
+    add_job(store, "noop")  # someone else's
     seen, before = [], None
     while page := store.list_jobs(user_id=user.id, limit=3, before=before):
         seen += page
@@ -194,7 +197,7 @@ def test_list_jobs_pages_with_a_stable_cursor(store):
 def test_cancel_and_get_are_scoped_to_the_user(store):
     alice, _ = store.create_user("alice")
     bob, _ = store.create_user("bob")
-    job, _ = store.create_job("noop", user_id=alice.id)
+    job = add_job(store, "noop", user_id=alice.id)
     with pytest.raises(NotFound):
         store.get_job(job.id, bob.id)
     with pytest.raises(NotFound):

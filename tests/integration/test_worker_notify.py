@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from server.store import Attempt
+from bgjobs.core.jobs import Attempt
 from tests.conftest import drain
 
 

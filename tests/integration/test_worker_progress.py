@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from worker.context import JobCancelled, JobContext, ProgressThrottle
+from bgjobs.tasks.context import JobCancelled, JobContext, ProgressThrottle
 
 
 class Clock:

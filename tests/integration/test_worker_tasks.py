@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from worker import registry
-from worker.context import JobContext, ProgressThrottle
-from worker.tasks import market
+from bgjobs.tasks import registry
+from bgjobs.tasks.builtin import market
+from bgjobs.tasks.context import JobContext, ProgressThrottle
 
 
 def run(job_type: str, params: dict[str, Any]) -> tuple[Any, list[dict]]:

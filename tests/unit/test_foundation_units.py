@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from server import auth, config, queries
-from server.migrate import discover
-from server.store import User
-from worker.registry import InvalidParams, Param, Task
+from bgjobs.core import config, queries
+from bgjobs.core.jobs import User
+from bgjobs.core.migrate import discover
+from bgjobs.server import auth
+from bgjobs.tasks.registry import InvalidParams, Param, Task
 
 
 def test_query_blocks_parse_with_their_names():
@@ -61,10 +62,25 @@ def test_bearer_token_parsing(header, token):
     assert auth.bearer_token(header) == token
 
 
-def test_config_rejects_a_non_numeric_setting(monkeypatch):
-    monkeypatch.setenv("BGJOBS_API_WORKERS", "many")
-    with pytest.raises(SystemExit, match="BGJOBS_API_WORKERS"):
+@pytest.mark.parametrize(("name", "value", "message"), [
+    ("BGJOBS_API_WORKERS", "many", "BGJOBS_API_WORKERS must be a whole number"),
+    ("BGJOBS_API_THREADS", "0", "BGJOBS_API_THREADS must be at least 1"),
+    ("BGJOBS_LOG_LEVEL", "loud", "BGJOBS_LOG_LEVEL must be one of"),
+])
+def test_config_rejects_settings_it_cannot_use(monkeypatch, name, value, message):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(config.ConfigError, match=message):
         config.load()
+
+
+def test_config_reads_lists_flags_and_paths(monkeypatch, tmp_path):
+    monkeypatch.setenv("BGJOBS_TASK_MODULES", " myapp.jobs, ,other.jobs ")
+    monkeypatch.setenv("BGJOBS_COOKIE_SECURE", "yes")
+    monkeypatch.setenv("BGJOBS_PG_BIN", str(tmp_path))
+    monkeypatch.setenv("BGJOBS_LOG_LEVEL", "debug")
+    cfg = config.load()
+    assert cfg.task_modules == ("myapp.jobs", "other.jobs")
+    assert cfg.cookie_secure and cfg.pg_bin == tmp_path and cfg.log_level == "DEBUG"
 
 
 def test_dev_secret_key_is_generated_once(tmp_path, monkeypatch):

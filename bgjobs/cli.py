@@ -1,0 +1,349 @@
+"""The ``bgjobs`` command: run the services, migrate, manage users and jobs from a shell."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from bgjobs.core import config as config_mod
+from bgjobs.core import embedded, migrate
+from bgjobs.core.config import Config, ConfigError
+from bgjobs.core.db import connect, database_url, make_pool
+from bgjobs.core.errors import BgjobsError, Conflict, first_line
+from bgjobs.core.jobs import parse_job_id
+from bgjobs.core.store import Store
+from bgjobs.tasks import enqueue, registry
+
+log = logging.getLogger("bgjobs")
+
+
+class CliError(Exception):
+    """A one-line message for the user; the command exits non-zero."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    # `bgjobs worker ...` hands its arguments to the worker's own parser (and --help).
+    if args and args[0] == "worker":
+        from bgjobs.worker.main import main as worker_main
+
+        return worker_main(args[1:])
+    parser = _parser()
+    ns = parser.parse_args(args)
+    if not getattr(ns, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        cfg = config_mod.load()
+        config_mod.setup_logging(cfg.log_level)
+        return ns.func(ns, cfg) or 0
+    except (CliError, BgjobsError, ConfigError, registry.UnknownTask, registry.InvalidParams,
+            migrate.MigrationError, embedded.EmbeddedError) as exc:
+        print(f"bgjobs: {first_line(exc)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="bgjobs",
+        description="Postgres-native background jobs with live progress. DATABASE_URL picks "
+                    "the database; unset, bgjobs runs its own embedded Postgres.",
+    )
+    sub = p.add_subparsers(title="commands", metavar="COMMAND")
+
+    def cmd(name: str, func: Any, help: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help, description=help)
+        sp.set_defaults(func=func)
+        return sp
+
+    cmd("run", cmd_run, "run everything: database, migrations, API, events, workers (Ctrl-C stops)")
+    cmd("api", cmd_api, "run the HTTP API under gunicorn (BGJOBS_API_BIND, default 127.0.0.1:8000)")
+    cmd("events", cmd_events,
+        "run the SSE events service under gunicorn (BGJOBS_EVENTS_BIND, default 127.0.0.1:8001)")
+    sub.add_parser("worker", help="run worker processes (see `bgjobs worker --help`)")
+    cmd("migrate", cmd_migrate, "apply the SQL migrations in sql/migrations")
+
+    user = cmd("user", None, "manage users and their API tokens")
+    usub = user.add_subparsers(title="user commands", metavar="ACTION")
+    uc = usub.add_parser("create", help="create a user and print a new API token (shown once)")
+    uc.add_argument("name")
+    uc.set_defaults(func=cmd_user_create)
+    ut = usub.add_parser("token", help="print a new API token for an existing user (shown once)")
+    ut.add_argument("name")
+    ut.set_defaults(func=cmd_user_token)
+    ur = usub.add_parser("revoke", help="revoke every API token (and session) of a user")
+    ur.add_argument("name")
+    ur.set_defaults(func=cmd_user_revoke)
+
+    enq = cmd("enqueue", cmd_enqueue, "enqueue a job of TYPE")
+    enq.add_argument("type", help="job type, e.g. validation, optimization, rescoring, noop")
+    enq.add_argument("--params", default="{}", help="the job's params as a JSON object")
+    enq.add_argument("--user", help="owner's user name (default: no owner)")
+    enq.add_argument("--priority", type=int, default=0, help="lower runs first (default 0)")
+
+    jobs = cmd("jobs", cmd_jobs, "list jobs, newest first")
+    jobs.add_argument("--status", choices=["pending", "running", "complete", "error", "cancelled"])
+    jobs.add_argument("--type", dest="job_type")
+    jobs.add_argument("--user", help="only this user's jobs")
+    jobs.add_argument("--limit", type=int, default=50)
+    jobs.add_argument("--json", action="store_true", help="one JSON object per line")
+
+    cancel = cmd("cancel", cmd_cancel, "cancel a pending or running job")
+    cancel.add_argument("id")
+    requeue = cmd("requeue", cmd_requeue, "run a job again from the start")
+    requeue.add_argument("id")
+
+    cmd("psql", cmd_psql, "open psql on the database in use (embedded or DATABASE_URL)")
+
+    db = cmd("db", None, "the embedded Postgres (only when DATABASE_URL is unset)")
+    dsub = db.add_subparsers(title="db commands", metavar="ACTION")
+    for action, func, text in [
+        ("start", cmd_db_start, "start the embedded cluster (creating it if needed)"),
+        ("stop", cmd_db_stop, "stop the embedded cluster"),
+        ("url", cmd_db_url, "print the database URL in use"),
+        ("reset", cmd_db_reset, "stop and delete the embedded cluster and all its data"),
+    ]:
+        dsub.add_parser(action, help=text, description=text).set_defaults(func=func)
+    return p
+
+
+# Services --------------------------------------------------------------------------------------
+
+
+def _gunicorn(service: str, cfg: Config) -> int:
+    env = {**os.environ, "BGJOBS_SERVICE": service,
+           "DATABASE_URL": database_url(cfg, start=False)}
+    argv = [sys.executable, "-m", "gunicorn", "-c", "python:bgjobs.server.gunicorn_conf"]
+    os.execve(sys.executable, argv, env)
+    return 0  # pragma: no cover
+
+
+def cmd_api(ns: argparse.Namespace, cfg: Config) -> int:
+    return _gunicorn("api", cfg)
+
+
+def cmd_events(ns: argparse.Namespace, cfg: Config) -> int:
+    return _gunicorn("events", cfg)
+
+
+def cmd_migrate(ns: argparse.Namespace, cfg: Config) -> int:
+    url = database_url(cfg, start=cfg.embedded)
+    with connect(url) as conn:
+        applied = migrate.apply(conn)
+    print(f"applied {', '.join(applied)}" if applied else "database is up to date")
+    return 0
+
+
+def _store(cfg: Config) -> Store:
+    url = database_url(cfg, start=False)
+    with connect(url):
+        pass  # fail fast, with one line, when the database is unreachable
+    return Store(make_pool(url, min_size=1, max_size=2, open_wait=True))
+
+
+def cmd_user_create(ns: argparse.Namespace, cfg: Config) -> int:
+    user, token = _store(cfg).create_user(ns.name)
+    print(f"created user {user.name} (id {user.id}); API token (shown once, keep it safe):")
+    print(token)
+    return 0
+
+
+def cmd_user_token(ns: argparse.Namespace, cfg: Config) -> int:
+    user, token = _store(cfg).create_token(ns.name)
+    print(f"new API token for {user.name} (shown once):")
+    print(token)
+    return 0
+
+
+def cmd_user_revoke(ns: argparse.Namespace, cfg: Config) -> int:
+    count = _store(cfg).revoke_tokens(ns.name)
+    print(f"revoked {count} token(s) of {ns.name}")
+    return 0
+
+
+def cmd_enqueue(ns: argparse.Namespace, cfg: Config) -> int:
+    try:
+        params = json.loads(ns.params)
+    except json.JSONDecodeError as exc:
+        raise CliError(f"--params is not valid JSON: {exc}") from None
+    registry.load_tasks(cfg.task_modules)
+    registry.get(ns.type)  # an unknown type fails before the database is asked anything
+    store = _store(cfg)
+    user_id = store.get_user(ns.user).id if ns.user else None
+    try:
+        job = enqueue.enqueue(ns.type, params, user_id=user_id, priority=ns.priority,
+                              store=store)
+    except Conflict as exc:
+        raise CliError(f"{exc} (job {exc.job_id})") from None
+    print(job.id)
+    return 0
+
+
+def cmd_jobs(ns: argparse.Namespace, cfg: Config) -> int:
+    store = _store(cfg)
+    user_id = store.get_user(ns.user).id if ns.user else None
+    jobs = store.list_jobs(user_id=user_id, status=ns.status, job_type=ns.job_type,
+                           limit=ns.limit)
+    if ns.json:
+        for job in jobs:
+            print(json.dumps(job.to_json()))
+        return 0
+    print(f"{'ID':36}  {'TYPE':12}  {'STATUS':9}  {'PROGRESS':>9}  {'ATT':>3}  CREATED")
+    for job in jobs:
+        prog = job.progress or {}
+        done = (f"{prog.get('current')}/{prog.get('total')}"
+                if prog.get("total") is not None else "-")
+        created = job.created_at.strftime("%Y-%m-%d %H:%M:%S") if job.created_at else "-"
+        print(f"{job.id!s:36}  {job.job_type:12.12}  {job.status:9}  {done:>9}  "
+              f"{job.attempts:>3}  {created}")
+    return 0
+
+
+def cmd_cancel(ns: argparse.Namespace, cfg: Config) -> int:
+    job = _store(cfg).cancel(parse_job_id(ns.id))
+    print(f"cancelled {job.id}")
+    return 0
+
+
+def cmd_requeue(ns: argparse.Namespace, cfg: Config) -> int:
+    job = _store(cfg).requeue(parse_job_id(ns.id))
+    print(f"requeued {job.id}")
+    return 0
+
+
+def cmd_psql(ns: argparse.Namespace, cfg: Config) -> int:
+    url = database_url(cfg, start=False)
+    psql = shutil.which("psql") or str(embedded.bin_dir(cfg.pg_bin) / "psql")
+    os.execvp(psql, [psql, url])
+    return 0  # pragma: no cover
+
+
+def _cluster(cfg: Config) -> embedded.Cluster:
+    if not cfg.embedded:
+        raise CliError("DATABASE_URL is set: the embedded cluster is not in use")
+    return embedded.Cluster(cfg.data_dir, cfg.pg_bin)
+
+
+def cmd_db_start(ns: argparse.Namespace, cfg: Config) -> int:
+    cluster = _cluster(cfg)
+    cluster.ensure_running()
+    print(cluster.url())
+    return 0
+
+
+def cmd_db_stop(ns: argparse.Namespace, cfg: Config) -> int:
+    _cluster(cfg).stop()
+    return 0
+
+
+def cmd_db_url(ns: argparse.Namespace, cfg: Config) -> int:
+    print(database_url(cfg, start=False))
+    return 0
+
+
+def cmd_db_reset(ns: argparse.Namespace, cfg: Config) -> int:
+    cluster = _cluster(cfg)
+    cluster.stop()
+    shutil.rmtree(cluster.pgdata, ignore_errors=True)
+    (cluster.data_dir / "pg.port").unlink(missing_ok=True)
+    print(f"deleted the embedded cluster in {cluster.pgdata}")
+    return 0
+
+
+# Everything at once -----------------------------------------------------------------------------
+
+
+def cmd_run(ns: argparse.Namespace, cfg: Config) -> int:
+    """Start the database (if embedded), migrate, then API, events and workers; stop all on ^C."""
+    cluster = embedded.Cluster(cfg.data_dir, cfg.pg_bin) if cfg.embedded else None
+    started = cluster.ensure_running() if cluster else False
+    url = database_url(cfg, start=False)
+    with connect(url) as conn:
+        migrate.apply(conn)
+    token = _demo_token(cfg, url)
+    env = {**os.environ, "DATABASE_URL": url, "BGJOBS_DATA_DIR": str(cfg.data_dir)}
+    procs = {
+        name: subprocess.Popen([sys.executable, "-m", "bgjobs", *argv], env=env)
+        for name, argv in [("api", ["api"]), ("events", ["events"]), ("worker", ["worker"])]
+    }
+    host = cfg.api_bind
+    print(f"\n  bgjobs is running.\n  Dashboard: http://{host}/\n"
+          f"  Sign in with the demo user's token: {token}\n"
+          f"  Events: http://{cfg.events_bind}/events/jobs   Database: {_redact(url)}\n"
+          "  Ctrl-C stops everything.\n", flush=True)
+    stopping = False
+
+    def stop(signum: int, frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    status = 0
+    try:
+        while not stopping:
+            for name, proc in procs.items():
+                if proc.poll() is not None:
+                    print(f"bgjobs: {name} exited with {proc.returncode}; stopping",
+                          file=sys.stderr)
+                    stopping, status = True, 1
+            time.sleep(0.2)
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 40
+        for proc in procs.values():
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        if cluster and started:
+            cluster.stop()
+    return status
+
+
+def _demo_token(cfg: Config, url: str) -> str:
+    """The demo user's token: created on first run, kept in the data folder (development only)."""
+    path = cfg.data_dir / "demo_token"
+    store = Store(make_pool(url, min_size=1, max_size=1, open_wait=True))
+    try:
+        if path.exists():
+            token = path.read_text().strip()
+            if store.user_for_token(token):
+                return token
+        try:
+            _, token = store.create_user("demo")
+        except Conflict:
+            _, token = store.create_token("demo")
+        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(token)
+        path.chmod(0o600)
+        return token
+    finally:
+        store.pool.close()
+
+
+def _redact(url: str) -> str:
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    try:
+        parts = conninfo_to_dict(url)
+    except Exception:  # noqa: BLE001 - only for display
+        return "(set)"
+    if "password" in parts:
+        parts["password"] = "***"
+    return make_conninfo("", **parts)
+
+

@@ -1,0 +1,132 @@
+"""The one place that reads the environment: every setting bgjobs has, with its default.
+
+Each process reads it once at start (``load()``) and passes the result on; nothing reads
+``os.environ`` per request. The README lists every variable.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+LOG_FORMAT = "%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+class ConfigError(ValueError):
+    """An environment variable holds a value bgjobs cannot use; the message names it."""
+
+
+@dataclass(frozen=True)
+class Config:
+    database_url: str | None = None
+    #: Embedded cluster, development secret key and demo token (BGJOBS_DATA_DIR).
+    data_dir: Path = Path(".bgjobs").resolve()
+    api_bind: str = "127.0.0.1:8000"
+    events_bind: str = "127.0.0.1:8001"
+    api_workers: int = 2
+    api_threads: int = 4
+    events_workers: int = 1
+    #: Open streams per events process (BGJOBS_EVENTS_CONNECTIONS).
+    events_connections: int = 2000
+    pool_max: int = 8
+    cors_origins: tuple[str, ...] = ()
+    max_body_bytes: int = 256 * 1024
+    #: Mark the session cookie Secure (BGJOBS_COOKIE_SECURE=1) when served over HTTPS.
+    cookie_secure: bool = False
+    #: Where browsers reach the events service (BGJOBS_EVENTS_URL): a base URL, or "/" for the
+    #: API's own origin behind a proxy. None: the page's host on BGJOBS_EVENTS_BIND's port.
+    events_url: str | None = None
+    log_level: str = "INFO"
+    #: Host modules that register job types, imported by every process (BGJOBS_TASK_MODULES).
+    task_modules: tuple[str, ...] = ()
+    #: Postgres bin/ folder for the embedded cluster; None: the pgserver wheel's.
+    pg_bin: Path | None = None
+    graceful_timeout: int = 10
+    access_log: str = "-"
+    #: Which service a gunicorn started by `bgjobs api|events` runs (set by the CLI).
+    service: str = "api"
+    #: BGJOBS_SECRET_KEY; None in development: a key generated once into the data folder.
+    secret_key_env: str | None = None
+
+    @property
+    def embedded(self) -> bool:
+        """True when no DATABASE_URL is set and bgjobs runs its own cluster."""
+        return not self.database_url
+
+    def secret_key(self) -> str:
+        """BGJOBS_SECRET_KEY, or in development a key generated once and kept in the data folder."""
+        if self.secret_key_env:
+            return self.secret_key_env
+        path = self.data_dir / "secret_key"
+        if not path.exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(secrets.token_urlsafe(48))
+            tmp.chmod(0o600)
+            os.replace(tmp, path) if not path.exists() else tmp.unlink()
+        return path.read_text().strip()
+
+
+def _text(name: str, default: str) -> str:
+    return os.environ.get(name) or default
+
+
+def _int(name: str, default: int, minimum: int = 0) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def _list(name: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in os.environ.get(name, "").split(",") if part.strip())
+
+
+def load() -> Config:
+    """Read the configuration from the environment, with development defaults."""
+    cpus = os.cpu_count() or 2
+    level = _text("BGJOBS_LOG_LEVEL", "INFO").upper()
+    if level not in LOG_LEVELS:
+        raise ConfigError(f"BGJOBS_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {level!r}")
+    pg_bin = os.environ.get("BGJOBS_PG_BIN")
+    return Config(
+        database_url=os.environ.get("DATABASE_URL") or None,
+        data_dir=Path(_text("BGJOBS_DATA_DIR", ".bgjobs")).resolve(),
+        api_bind=_text("BGJOBS_API_BIND", "127.0.0.1:8000"),
+        events_bind=_text("BGJOBS_EVENTS_BIND", "127.0.0.1:8001"),
+        api_workers=_int("BGJOBS_API_WORKERS", min(4, max(2, cpus)), minimum=1),
+        api_threads=_int("BGJOBS_API_THREADS", 4, minimum=1),
+        events_workers=_int("BGJOBS_EVENTS_WORKERS", 1, minimum=1),
+        events_connections=_int("BGJOBS_EVENTS_CONNECTIONS", 2000, minimum=1),
+        pool_max=_int("BGJOBS_POOL_MAX", 8, minimum=1),
+        cors_origins=_list("BGJOBS_CORS_ORIGINS"),
+        max_body_bytes=_int("BGJOBS_MAX_BODY_BYTES", 256 * 1024, minimum=1),
+        cookie_secure=_flag("BGJOBS_COOKIE_SECURE"),
+        events_url=os.environ.get("BGJOBS_EVENTS_URL") or None,
+        log_level=level,
+        task_modules=_list("BGJOBS_TASK_MODULES"),
+        pg_bin=Path(pg_bin) if pg_bin else None,
+        graceful_timeout=_int("BGJOBS_GRACEFUL_TIMEOUT", 10),
+        access_log=_text("BGJOBS_ACCESS_LOG", "-"),
+        service=_text("BGJOBS_SERVICE", "api"),
+        secret_key_env=os.environ.get("BGJOBS_SECRET_KEY") or None,
+    )
+
+
+def setup_logging(level: str, *, force: bool = False) -> None:
+    """One log format for every bgjobs process (the pid tells processes apart)."""
+    logging.basicConfig(level=level, format=LOG_FORMAT, force=force)

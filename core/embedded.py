@@ -1,0 +1,186 @@
+"""A private Postgres cluster under the data folder, for development and tests.
+
+Binaries come from the ``pgserver`` wheel (so a machine with only Python needs nothing else);
+``BGJOBS_PG_BIN`` points at another ``bin`` folder. Postgres refuses to run as root, so under
+root the cluster belongs to a system user ``bgjobs`` created on first use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import importlib.util
+import logging
+import os
+import pwd
+import shutil
+import socket
+import stat
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+SYSTEM_USER = "bgjobs"
+DATABASE = "bgjobs"
+
+
+class EmbeddedError(RuntimeError):
+    """The embedded cluster could not be created or started."""
+
+
+def bin_dir(override: Path | None = None) -> Path:
+    """Where pg_ctl and friends live: ``override`` (BGJOBS_PG_BIN), else pgserver's, else PATH's."""
+    if override is not None:
+        return override
+    spec = importlib.util.find_spec("pgserver")
+    if spec and spec.submodule_search_locations:
+        candidate = Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+        if (candidate / "pg_ctl").exists():
+            return candidate
+    found = shutil.which("pg_ctl")
+    if found:
+        return Path(found).resolve().parent
+    raise EmbeddedError("no Postgres binaries: install the pgserver wheel or set BGJOBS_PG_BIN")
+
+
+class Cluster:
+    """One cluster in ``data_dir/pgdata``, listening on 127.0.0.1 only."""
+
+    def __init__(self, data_dir: Path, pg_bin: Path | None = None) -> None:
+        self.data_dir = data_dir
+        self.pg_bin = pg_bin
+        self.pgdata = data_dir / "pgdata"
+        self.logfile = data_dir / "postgres.log"
+
+    @property
+    def port(self) -> int:
+        return int((self.data_dir / "pg.port").read_text())
+
+    def url(self, database: str = DATABASE) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+
+    def is_running(self) -> bool:
+        if not (self.pgdata / "PG_VERSION").exists():
+            return False
+        done = self._run(["pg_ctl", "-D", str(self.pgdata), "status"], check=False)
+        return done.returncode == 0
+
+    def ensure_running(self) -> bool:
+        """Create and start the cluster if needed; True if this call started it."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        with self._lock():
+            if not (self.pgdata / "PG_VERSION").exists():
+                self._init()
+            if self.is_running():
+                return False
+            log.info("starting embedded Postgres on 127.0.0.1:%s", self.port)
+            done = self._run(
+                ["pg_ctl", "-D", str(self.pgdata), "-l", str(self.logfile), "-w", "-t", "60",
+                 "start"],
+                check=False,
+            )
+            if done.returncode != 0:
+                tail = self.logfile.read_text()[-2000:] if self.logfile.exists() else ""
+                log.error("embedded Postgres did not start; the end of %s:\n%s", self.logfile,
+                          tail)
+                raise EmbeddedError(f"pg_ctl start failed ({done.stderr.strip() or 'no output'}); "
+                                    f"see {self.logfile}")
+            self._create_database()
+            return True
+
+    def stop(self) -> None:
+        if self.is_running():
+            log.info("stopping embedded Postgres")
+            self._run(["pg_ctl", "-D", str(self.pgdata), "-m", "fast", "-w", "stop"], check=False)
+
+    def _init(self) -> None:
+        if self.pgdata.exists():
+            shutil.rmtree(self.pgdata)
+        self.pgdata.mkdir(mode=0o700)
+        self._give_to_owner(self.pgdata)
+        self._give_to_owner(self.data_dir, recursive=False)
+        port = _free_port()
+        (self.data_dir / "pg.port").write_text(str(port))
+        log.info("initialising embedded Postgres in %s", self.pgdata)
+        self._run(["initdb", "-D", str(self.pgdata), "-U", "postgres", "--auth=trust",
+                   "--encoding=UTF8", "--no-sync"])
+        with open(self.pgdata / "postgresql.conf", "a") as conf:
+            conf.write(
+                "\n# bgjobs embedded cluster\n"
+                f"port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = ''\n"
+                "max_connections = 400\nfsync = off\nsynchronous_commit = off\n"
+                "full_page_writes = off\n"
+            )
+        self._give_to_owner(self.pgdata)
+
+    def _create_database(self) -> None:
+        import psycopg
+
+        with psycopg.connect(self.url("postgres"), autocommit=True) as conn:
+            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s",
+                                  (DATABASE,)).fetchone()
+            if not exists:
+                conn.execute(f'CREATE DATABASE "{DATABASE}"')
+
+    @contextlib.contextmanager
+    def _lock(self) -> Iterator[None]:
+        with open(self.data_dir / ".lock", "w") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def _run(self, argv: list[str], check: bool = True) -> subprocess.CompletedProcess[str]:
+        argv = [str(bin_dir(self.pg_bin) / argv[0]), *argv[1:]]
+        owner = _owner()
+        kwargs: dict = {}
+        if owner is not None:
+            kwargs = {"user": owner.pw_uid, "group": owner.pw_gid, "extra_groups": []}
+            # A parent may have been closed since init (pytest makes its temp root 0700 each
+            # time a session starts): without this, status/stop/start fail on a live cluster.
+            if self.data_dir.exists():
+                _allow_traverse(self.data_dir)
+        done = subprocess.run(argv, capture_output=True, text=True, cwd=self.data_dir,
+                              env={**os.environ, "LC_ALL": "C"}, **kwargs)
+        if check and done.returncode != 0:
+            raise EmbeddedError(f"{argv[0]} failed: {done.stderr.strip() or done.stdout.strip()}")
+        return done
+
+    def _give_to_owner(self, path: Path, recursive: bool = True) -> None:
+        owner = _owner()
+        if owner is None:
+            return
+        _allow_traverse(path)
+        _allow_traverse(bin_dir(self.pg_bin) / "pg_ctl")
+        targets = [path] if not recursive else [path, *path.rglob("*")]
+        for target in targets:
+            os.chown(target, owner.pw_uid, owner.pw_gid)
+
+
+def _owner() -> pwd.struct_passwd | None:
+    """The system user that owns the cluster: None when not root (the cluster is ours)."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        return pwd.getpwnam(SYSTEM_USER)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
+                        SYSTEM_USER], check=True, capture_output=True)
+        return pwd.getpwnam(SYSTEM_USER)
+
+
+def _allow_traverse(path: Path) -> None:
+    """Let the cluster's owner reach ``path`` (a mktemp checkout is 0700)."""
+    for parent in path.parents:
+        mode = parent.stat().st_mode
+        if not mode & stat.S_IXOTH:
+            parent.chmod(mode | stat.S_IXOTH)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -1,0 +1,41 @@
+"""bgjobs's few exceptions: what the store, the enqueue path and the services raise.
+
+Driver errors never leave the core layer as they are: they become one of these, with a message
+a user can act on. The API and the events service map them to HTTP answers in one place
+(bgjobs.server.errors), the CLI prints their message on one line.
+"""
+
+from __future__ import annotations
+
+
+class BgjobsError(Exception):
+    """Base of every error bgjobs raises on purpose."""
+
+
+class DatabaseUnavailable(BgjobsError):
+    """Postgres cannot be reached (down, refused, restarting, pool exhausted)."""
+
+
+class StoreError(BgjobsError):
+    """Base of the store's errors about jobs, users and tokens."""
+
+
+class NotFound(StoreError):
+    """No such job (or not the caller's)."""
+
+
+class Conflict(StoreError):
+    """The request clashes with the job's current state or another job."""
+
+    def __init__(self, message: str, job_id: object | None = None) -> None:
+        super().__init__(message)
+        self.job_id = job_id
+
+
+class InvalidInput(StoreError):
+    """The database rejected a value (bad name, out-of-range number, ...)."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (driver errors run to several), or its type."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

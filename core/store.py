@@ -1,0 +1,366 @@
+"""The job store: every SQL statement bgjobs runs goes through here.
+
+Used by the enqueue path, the API, the CLI and the workers (the events service runs the same
+named queries, async). Driver errors become the exceptions of bgjobs.core.errors; writes a
+worker makes about a running job are fenced on (status, worker_id, attempts) and report the
+jobs they no longer own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any, NamedTuple
+from uuid import UUID
+
+import psycopg
+from psycopg.rows import class_row, dict_row
+from psycopg.types.json import Jsonb
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from bgjobs.core.db import mark_used
+from bgjobs.core.errors import (
+    Conflict,
+    DatabaseUnavailable,
+    InvalidInput,
+    NotFound,
+    first_line,
+)
+from bgjobs.core.jobs import (
+    JOB_COLUMNS,
+    Attempt,
+    Claimed,
+    Completion,
+    Failure,
+    Job,
+    ProgressUpdate,
+    User,
+)
+from bgjobs.core.queries import q
+
+
+class NewJob(NamedTuple):
+    """A job to insert, as the enqueue path has checked it."""
+
+    job_type: str
+    params: dict[str, Any]
+    user_id: int | None = None
+    priority: int = 0
+    run_after: datetime | None = None
+    max_attempts: int = 3
+    idempotency_key: str | None = None
+    exclusive: bool = False
+
+
+class Inserted(NamedTuple):
+    """The job an insert made, or on an idempotency-key replay the earlier one (created False)."""
+
+    job: Job
+    created: bool
+
+
+def hash_token(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+class Store:
+    """All job, user and token operations, over a psycopg connection pool."""
+
+    def __init__(self, pool: ConnectionPool) -> None:
+        self.pool = pool
+
+    @contextmanager
+    def connection(self, conn: psycopg.Connection | None = None) -> Iterator[psycopg.Connection]:
+        """The caller's connection if given (their transaction), else one from the pool."""
+        if conn is not None:
+            with translate_errors():
+                yield conn
+            return
+        with translate_errors(), self.pool.connection() as pooled:
+            yield pooled
+            mark_used(pooled)
+
+    # Jobs ----------------------------------------------------------------------------------
+
+    def insert_job(self, new: NewJob, *, conn: psycopg.Connection | None = None) -> Inserted:
+        """Insert one job in one statement; ``conn`` inserts inside the caller's transaction.
+
+        An idempotency-key replay returns the earlier job (created False). An exclusive type
+        with a job already pending or running for the user raises Conflict naming that job.
+        Neither raises inside the caller's transaction: the insert is ON CONFLICT DO NOTHING,
+        and only then a second statement reads the row that won.
+        """
+        args = {
+            "job_type": new.job_type, "user_id": new.user_id, "params": Jsonb(new.params),
+            "priority": new.priority, "run_after": new.run_after,
+            "max_attempts": new.max_attempts, "idempotency_key": new.idempotency_key,
+            "exclusive_key": new.job_type if new.exclusive else None,
+        }
+        with self.connection(conn) as c:
+            # A clashing row committed after a statement began is invisible to it, so after
+            # an empty answer from both, one more try (a new snapshot) sees it.
+            for _ in range(2):
+                with c.cursor(row_factory=class_row(Job)) as cur:
+                    job = cur.execute(q("insert_job"), args).fetchone()
+                if job is not None:
+                    return Inserted(job, True)
+                with c.cursor(row_factory=dict_row) as cur:
+                    clash = cur.execute(q("find_clashing_job"), args).fetchone()
+                if clash is not None:
+                    break
+            else:
+                raise Conflict("the job clashes with one being enqueued at this moment; retry")
+        job = Job(**{name: clash[name] for name in JOB_COLUMNS})
+        if clash["outcome"] == "exclusive":
+            raise Conflict(f"a {new.job_type} job is already pending or running for this user",
+                           job.id)
+        return Inserted(job, False)
+
+    def insert_jobs(self, job_type: str, params_list: Sequence[dict[str, Any]], *,
+                    user_id: int | None = None, max_attempts: int = 3,
+                    conn: psycopg.Connection | None = None) -> list[Job]:
+        """Insert many jobs of one type in one statement; returns them in the order given."""
+        if not params_list:
+            return []
+        args = {"job_type": job_type, "user_id": user_id, "max_attempts": max_attempts,
+                "params": [Jsonb(p) for p in params_list]}
+        with self.connection(conn) as c, c.cursor(row_factory=class_row(Job)) as cur:
+            return cur.execute(q("insert_jobs"), args).fetchall()
+
+    def get_job(self, job_id: UUID, user_id: int | None = None) -> Job:
+        with self.connection() as c, c.cursor(row_factory=class_row(Job)) as cur:
+            job = cur.execute(q("get_job"), {"id": job_id, "user_id": user_id}).fetchone()
+        if job is None:
+            raise NotFound(f"no job {job_id}")
+        return job
+
+    def get_jobs(self, job_ids: Iterable[UUID]) -> list[Job]:
+        with self.connection() as c, c.cursor(row_factory=class_row(Job)) as cur:
+            return cur.execute(q("get_jobs"), {"ids": list(job_ids)}).fetchall()
+
+    def list_jobs(
+        self,
+        *,
+        user_id: int | None = None,
+        status: str | None = None,
+        job_type: str | None = None,
+        limit: int = 50,
+        before: tuple[datetime, UUID] | None = None,
+    ) -> list[Job]:
+        """Newest first; ``before`` is the (created_at, id) of the last job of the previous page."""
+        args = {
+            "user_id": user_id, "status": status, "job_type": job_type, "limit": limit,
+            "before_created": before[0] if before else None,
+            "before_id": before[1] if before else None,
+        }
+        with self.connection() as c, c.cursor(row_factory=class_row(Job)) as cur:
+            return cur.execute(q("list_jobs"), args).fetchall()
+
+    def cancel(self, job_id: UUID, user_id: int | None = None) -> Job:
+        """Cancel a pending or running job; NotFound if missing or not theirs, Conflict if done."""
+        with self.connection() as c, c.cursor(row_factory=class_row(Job)) as cur:
+            job = cur.execute(q("cancel_job"), {"id": job_id, "user_id": user_id}).fetchone()
+            if job is not None:
+                return job
+            owner = c.execute(q("job_owner"), {"id": job_id}).fetchone()
+        if owner is None or (user_id is not None and owner[0] != user_id):
+            raise NotFound(f"no job {job_id}")
+        raise Conflict(f"job {job_id} has already finished", job_id)
+
+    def requeue(self, job_id: UUID) -> Job:
+        with self.connection() as c, c.cursor(row_factory=class_row(Job)) as cur:
+            job = cur.execute(q("requeue_job"), {"id": job_id}).fetchone()
+            if job is not None:
+                return job
+            exists = c.execute(q("job_owner"), {"id": job_id}).fetchone()
+        if exists is None:
+            raise NotFound(f"no job {job_id}")
+        raise Conflict(f"job {job_id} is already pending", job_id)
+
+    # Worker side ---------------------------------------------------------------------------
+
+    def claim(
+        self,
+        worker_id: str,
+        types: Sequence[str],
+        *,
+        limit: int = 1,
+        lease_seconds: int = 30,
+        now: datetime | None = None,
+    ) -> list[Job]:
+        """Claim like ``claim_specs`` (the same statement), returning whole rows, best first."""
+        specs = self.claim_specs(worker_id, types, limit=limit, lease_seconds=lease_seconds,
+                                 now=now)
+        if not specs:
+            return []
+        by_id = {job.id: job for job in self.get_jobs(spec.id for spec in specs)}
+        return [by_id[spec.id] for spec in specs if spec.id in by_id]
+
+    def claim_specs(
+        self,
+        worker_id: str,
+        types: Sequence[str],
+        *,
+        limit: int = 1,
+        lease_seconds: int = 30,
+        now: datetime | None = None,
+    ) -> list[Claimed]:
+        """Claim up to ``limit`` due jobs of ``types`` in one statement, best first.
+
+        Rows are (id, job_type, params, attempts, max_attempts, version): at thousands of jobs
+        a second, parsing whole rows (timestamps, progress) costs the worker more than running
+        them.
+        """
+        args = {"worker_id": worker_id, "types": list(types), "limit": limit,
+                "lease_seconds": lease_seconds, "now": now}
+        with self.connection() as c:
+            return [Claimed(*row) for row in c.execute(q("claim_jobs"), args)]
+
+    def next_run_after(self, types: Sequence[str]) -> datetime | None:
+        with self.connection() as c:
+            row = c.execute(q("next_run_after"), {"types": list(types)}).fetchone()
+        return row[0] if row else None
+
+    def heartbeat(self, attempts: Sequence[Attempt]) -> set[UUID]:
+        """Refresh heartbeats; returns the job ids still owned (the rest were lost)."""
+        return self._fenced("heartbeat_jobs", attempts, {})
+
+    def report_progress(self, updates: Sequence[ProgressUpdate]) -> set[UUID]:
+        """Write progress for many attempts at once; returns the job ids still owned."""
+        updates = [ProgressUpdate(*u) for u in updates]
+        return self._fenced("progress_jobs", [u.attempt for u in updates],
+                            {"progress": [Jsonb(u.progress) for u in updates]})
+
+    def complete(self, done: Sequence[Completion]) -> set[UUID]:
+        """Finish attempts as complete, with their results; returns the job ids still owned."""
+        done = [Completion(*d) for d in done]
+        return self._fenced("complete_jobs", [d.attempt for d in done], {
+            "results": [Jsonb(d.result) for d in done],
+            "progress": [Jsonb(d.progress) if d.progress is not None else None for d in done],
+        })
+
+    def fail(self, failed: Sequence[Failure]) -> dict[UUID, str]:
+        """End failed attempts (retried after their delay while allowed); {id: new status}."""
+        failed = [Failure(*f) for f in failed]
+        attempts = [f.attempt for f in failed]
+        args = {
+            **_attempt_arrays(attempts),
+            "errors": [Jsonb(f.error) for f in failed],
+            "retryable": [f.retryable for f in failed],
+            "delays": [float(f.delay) for f in failed],
+        }
+        if not attempts:
+            return {}
+        with self.connection() as c:
+            return {row[0]: row[1] for row in c.execute(q("fail_jobs"), args)}
+
+    def release(self, attempts: Sequence[Attempt]) -> set[UUID]:
+        """Hand attempts back to pending without spending an attempt (graceful shutdown)."""
+        return self._fenced("release_jobs", attempts, {})
+
+    def reap_stale(self, now: datetime | None = None) -> list[dict[str, Any]]:
+        """Take back jobs whose heartbeat is older than their lease (one reaper at a time)."""
+        with self.connection() as c, c.transaction(), c.cursor(row_factory=dict_row) as cur:
+            return cur.execute(q("reap_stale"), {"now": now}).fetchall()
+
+    def summary(self) -> list[dict[str, Any]]:
+        with self.connection() as c, c.cursor(row_factory=dict_row) as cur:
+            return cur.execute(q("summary")).fetchall()
+
+    def _fenced(self, query: str, attempts: Sequence[Attempt], extra: dict[str, Any]) -> set[UUID]:
+        if not attempts:
+            return set()
+        with self.connection() as c:
+            rows = c.execute(q(query), {**_attempt_arrays(attempts), **extra}).fetchall()
+        return {row[0] for row in rows}
+
+    # Users and tokens ------------------------------------------------------------------------
+
+    def create_user(self, name: str) -> tuple[User, str]:
+        """A new user and their first API token (returned in clear, stored hashed)."""
+        token = "bgj_" + secrets.token_urlsafe(32)
+        with self.connection() as c, c.transaction(), c.cursor(row_factory=class_row(User)) as cur:
+            try:
+                user = cur.execute(q("insert_user"), {"name": name}).fetchone()
+            except psycopg.errors.UniqueViolation as exc:
+                raise Conflict(f"user {name!r} already exists") from exc
+            except psycopg.errors.CheckViolation as exc:
+                raise InvalidInput(
+                    f"bad user name {name!r}: use 1-64 letters, digits, or . _ @ -") from exc
+            assert user is not None
+            c.execute(q("insert_token"), {"user_id": user.id, "token_hash": hash_token(token)})
+        return user, token
+
+    def create_token(self, name: str) -> tuple[User, str]:
+        """Another API token for an existing user."""
+        token = "bgj_" + secrets.token_urlsafe(32)
+        with self.connection() as c, c.transaction(), c.cursor(row_factory=class_row(User)) as cur:
+            user = cur.execute(q("get_user_by_name"), {"name": name}).fetchone()
+            if user is None:
+                raise NotFound(f"no user {name!r}")
+            c.execute(q("insert_token"), {"user_id": user.id, "token_hash": hash_token(token)})
+        return user, token
+
+    def get_user(self, name: str) -> User:
+        with self.connection() as c, c.cursor(row_factory=class_row(User)) as cur:
+            user = cur.execute(q("get_user_by_name"), {"name": name}).fetchone()
+        if user is None:
+            raise NotFound(f"no user {name!r}")
+        return user
+
+    def find_user(self, query: str, args: dict[str, Any]) -> User | None:
+        """Run one of the named user lookups (see ``server.auth.lookup``)."""
+        with self.connection() as c, c.cursor(row_factory=class_row(User)) as cur:
+            return cur.execute(q(query), args).fetchone()
+
+    def user_for_token(self, token: str) -> User | None:
+        return self.find_user("user_for_token", {"token_hash": hash_token(token)})
+
+    def user_for_session(self, user_id: int, token_id: int) -> User | None:
+        """The user behind a session cookie, if the token it was made from is still live."""
+        return self.find_user("token_is_live", {"user_id": user_id, "token_id": token_id})
+
+    def revoke_tokens(self, name: str) -> int:
+        user = self.get_user(name)
+        with self.connection() as c:
+            return len(c.execute(q("revoke_tokens"), {"user_id": user.id}).fetchall())
+
+    # API -------------------------------------------------------------------------------------
+
+    def ping(self) -> None:
+        """Raise DatabaseUnavailable unless a pooled connection answers (health checks)."""
+        with self.connection() as c:
+            c.execute(q("ping")).fetchone()
+
+    def finished_recently(self, seconds: int) -> list[dict[str, Any]]:
+        """Jobs that finished in the last ``seconds``, by type and status, with run times."""
+        with self.connection() as c, c.cursor(row_factory=dict_row) as cur:
+            return cur.execute(q("finished_recently"), {"seconds": seconds}).fetchall()
+
+
+def _attempt_arrays(attempts: Sequence[Attempt]) -> dict[str, list[Any]]:
+    return {
+        "ids": [a.job_id for a in attempts],
+        "worker_ids": [a.worker_id for a in attempts],
+        "attempts": [a.attempt for a in attempts],
+    }
+
+
+@contextmanager
+def translate_errors() -> Iterator[None]:
+    """Driver errors as bgjobs's exceptions (also used by the events service's async reads)."""
+    try:
+        yield
+    except PoolTimeout as exc:
+        raise DatabaseUnavailable("no database connection available (is Postgres up?)") from exc
+    except psycopg.OperationalError as exc:
+        raise DatabaseUnavailable(f"database unavailable: {first_line(exc)}") from exc
+    except psycopg.errors.ForeignKeyViolation as exc:
+        raise InvalidInput(f"no such user: {first_line(exc)}") from exc
+    except psycopg.DataError as exc:
+        # A value Postgres refuses to store (out of range, a NUL in JSON text): the caller's
+        # input, and the statement changed nothing.
+        raise InvalidInput(f"the database rejected a value: {first_line(exc)}") from exc

@@ -1,0 +1,298 @@
+"""One LISTEN connection per events process, fanned out in memory to the SSE streams.
+
+The broadcaster holds a single autocommit connection (outside any pool) on
+``background_jobs_progress`` and hands each change to the subscriptions that watch the job or
+its owner. A subscription keeps only the latest state per job, so a slow reader costs one job
+per watched job, never a backlog. When the connection drops it reconnects with backoff and
+re-reads every watched job, so a restart of Postgres costs clients a pause, not a final state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import random
+from datetime import datetime, timedelta
+from typing import Any, NotRequired, TypedDict
+from uuid import UUID
+
+import psycopg
+from psycopg import sql
+
+from bgjobs.core.errors import DatabaseUnavailable, first_line
+from bgjobs.core.jobs import FINISHED, Job, Status
+from bgjobs.core.queries import q
+from bgjobs.server.events_db import EventsDb
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "background_jobs_progress"
+APPLICATION_NAME = "bgjobs-events-listen"
+# With no notification for this long, the listener asks Postgres the time: it proves the
+# connection alive (a half-open socket would otherwise wait for ever) and dates the resync.
+PROBE_SECONDS = 20.0
+# Margin for notifications still in flight when a probe succeeded and the connection then broke.
+RESYNC_MARGIN = timedelta(seconds=PROBE_SECONDS * 2)
+BACKOFF_MIN, BACKOFF_MAX = 0.2, 5.0
+_STATUSES = frozenset(s.value for s in Status)
+
+
+class ProgressPayload(TypedDict):
+    """A ``background_jobs_progress`` payload; all but ``id`` are absent when it was too big."""
+
+    id: UUID
+    user_id: NotRequired[int | None]
+    job_type: NotRequired[str]
+    status: NotRequired[str]
+    version: NotRequired[int]
+    progress: NotRequired[dict[str, Any] | None]
+
+
+def parse_payload(raw: str) -> ProgressPayload | None:
+    """The payload as a ProgressPayload, or None if it is not one."""
+    try:
+        data = json.loads(raw)
+        job_id = UUID(data["id"])
+    except (ValueError, TypeError, KeyError):
+        return None
+    if len(data) == 1:
+        return ProgressPayload(id=job_id)
+    user_id, status, version = data.get("user_id"), data.get("status"), data.get("version")
+    progress = data.get("progress")
+    if (not (user_id is None or type(user_id) is int) or status not in _STATUSES
+            or type(version) is not int or not (progress is None or isinstance(progress, dict))):
+        return None
+    return ProgressPayload(id=job_id, user_id=user_id, status=status, version=version,
+                           progress=progress, job_type=str(data.get("job_type", "")))
+
+
+class Subscription:
+    """One stream's mailbox: the latest unsent state of each job it watches, never a backlog."""
+
+    def __init__(self, job_ids: frozenset[UUID], user_id: int | None) -> None:
+        self.job_ids = job_ids
+        self.user_id = user_id
+        self._latest: dict[UUID, Job] = {}
+        self._seen: dict[UUID, int] = {}  # highest version sent or waiting, per job
+        self._ready = asyncio.Event()
+        self.closed = False
+
+    @property
+    def pending(self) -> int:
+        """How many states wait to be sent (at most one per watched job)."""
+        return len(self._latest)
+
+    def offer(self, job: Job) -> None:
+        """Keep ``job`` if it is newer than anything sent or waiting; it replaces older ones."""
+        if job.version <= self._seen.get(job.id, 0):
+            return
+        self._seen[job.id] = job.version
+        self._latest[job.id] = job
+        self._ready.set()
+
+    def sent(self, job: Job) -> None:
+        """Record a state sent outside the mailbox (the initial read); older ones are dropped."""
+        self._seen[job.id] = max(job.version, self._seen.get(job.id, 0))
+        waiting = self._latest.get(job.id)
+        if waiting is not None and waiting.version <= job.version:
+            del self._latest[job.id]
+
+    def close(self) -> None:
+        """No more news: ``next`` returns what waits, then an empty list."""
+        self.closed = True
+        self._ready.set()
+
+    async def next(self) -> list[Job]:
+        """Wait for news; the waiting states (one per job, in the order the jobs first changed).
+
+        An empty list means the subscription was closed (the service is stopping).
+        """
+        while not self._latest and not self.closed:
+            self._ready.clear()
+            await self._ready.wait()
+        jobs = list(self._latest.values())
+        self._latest.clear()
+        return jobs
+
+
+class Broadcaster:
+    """The process's LISTEN connection and the in-memory fan-out to subscriptions."""
+
+    def __init__(self, url: str, db: EventsDb) -> None:
+        self.url = url
+        self.db = db
+        self.connected = False
+        self.notifications = 0
+        self.reconnects = 0
+        self._by_job: dict[UUID, set[Subscription]] = {}
+        self._by_user: dict[int, set[Subscription]] = {}
+        self._subs: set[Subscription] = set()
+        # The latest known row of each job someone watches: progress-only notifications are
+        # applied to it instead of re-reading the row.
+        self._rows: dict[UUID, Job] = {}
+        self._alive_at: datetime | None = None
+        self._closing = False
+
+    # Subscriptions ---------------------------------------------------------------------------
+
+    def subscribe(self, job_ids: frozenset[UUID] = frozenset(),
+                  user_id: int | None = None) -> Subscription:
+        sub = Subscription(job_ids, user_id)
+        if self._closing:
+            sub.close()
+        self._subs.add(sub)
+        for job_id in job_ids:
+            self._by_job.setdefault(job_id, set()).add(sub)
+        if user_id is not None:
+            self._by_user.setdefault(user_id, set()).add(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        self._subs.discard(sub)
+        for job_id in sub.job_ids:
+            _discard(self._by_job, job_id, sub)
+        candidates = set(sub.job_ids)
+        if sub.user_id is not None:
+            _discard(self._by_user, sub.user_id, sub)
+            if sub.user_id not in self._by_user:
+                candidates.update(j for j, row in self._rows.items() if row.user_id == sub.user_id)
+        for job_id in candidates:
+            row = self._rows.get(job_id)
+            if row is not None and not self._watched(row):
+                del self._rows[job_id]
+
+    def close_all(self) -> None:
+        """The process is stopping: end every stream (now and to come) after what it holds."""
+        self._closing = True
+        for sub in self._subs:
+            sub.close()
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "subscriptions": len(self._subs),
+            "listen_connected": self.connected,
+            "watched_jobs": len(self._by_job),
+            "watched_users": len(self._by_user),
+            "cached_jobs": len(self._rows),
+            "pending_max": max((s.pending for s in self._subs), default=0),
+            "pending_total": sum(s.pending for s in self._subs),
+            "notifications": self.notifications,
+            "reconnects": self.reconnects,
+        }
+
+    def publish(self, job: Job) -> None:
+        """A state of ``job`` (read or derived): remember it and offer it to its watchers."""
+        known = self._rows.get(job.id)
+        if known is not None and known.version >= job.version:
+            return
+        if job.id in self._by_job or (job.status not in FINISHED and self._watched(job)):
+            self._rows[job.id] = job
+        else:
+            self._rows.pop(job.id, None)  # finished and watched only through its owner
+        for sub in self._by_job.get(job.id, ()):
+            sub.offer(job)
+        for sub in self._by_user.get(job.user_id, ()) if job.user_id is not None else ():
+            sub.offer(job)
+
+    def _watched(self, job: Job) -> bool:
+        return job.id in self._by_job or job.user_id in self._by_user
+
+    # The connection -------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Listen for ever: reconnect with backoff, log each loss, never give up."""
+        delay = BACKOFF_MIN
+        while True:
+            try:
+                await self._listen()
+            except (psycopg.Error, DatabaseUnavailable, OSError) as exc:
+                log.warning("LISTEN connection lost or refused (%s); reconnecting in %.1fs",
+                            first_line(exc), delay)
+            except Exception:
+                log.exception("listener failed; reconnecting in %.1fs", delay)
+            if self.connected:
+                self.connected = False
+                delay = BACKOFF_MIN  # it was up: the first retry comes quickly
+            await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+            delay = min(delay * 2, BACKOFF_MAX)
+            self.reconnects += 1
+
+    async def _listen(self) -> None:
+        conn = await psycopg.AsyncConnection.connect(
+            self.url, autocommit=True, application_name=APPLICATION_NAME, connect_timeout=5,
+            keepalives=1, keepalives_idle=10, keepalives_interval=5, keepalives_count=3)
+        async with conn:
+            await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
+            since, self._alive_at = self._alive_at, await _db_now(conn)
+            await self._resync(since)
+            self.connected = True
+            log.info("listening on %s (%d subscriptions, %d jobs re-read)", CHANNEL,
+                     len(self._subs), len(self._rows))
+            while True:
+                async for note in conn.notifies(timeout=PROBE_SECONDS):
+                    self.notifications += 1
+                    payload = parse_payload(note.payload)
+                    if payload is None:
+                        log.warning("dropped an unparsable %s payload: %.200r", CHANNEL,
+                                    note.payload)
+                        continue
+                    await self._on_payload(payload)
+                    # Let the streams send what they were just handed before the next
+                    # notification of a burst replaces it (they keep only the latest).
+                    await asyncio.sleep(0)
+                self._alive_at = await _db_now(conn)
+
+    async def _resync(self, since: datetime | None) -> None:
+        """Re-read every watched job (and, after an outage, the watched users' recent jobs)."""
+        ids = set(self._by_job) | set(self._rows)
+        jobs = await self.db.get_jobs(ids)
+        if since is not None and self._by_user:
+            jobs += await self.db.user_jobs_since(list(self._by_user), since - RESYNC_MARGIN)
+        for job in sorted(jobs, key=lambda j: j.version):
+            self.publish(job)
+
+    async def _on_payload(self, payload: ProgressPayload) -> None:
+        job_id, user_id = payload["id"], payload.get("user_id")
+        complete = "version" in payload
+        if not (job_id in self._by_job or (user_id is not None and user_id in self._by_user)
+                or (not complete and self._by_user)):
+            return
+        known = self._rows.get(job_id)
+        if known is not None and complete and payload["version"] <= known.version:
+            return
+        job = _apply(known, payload)
+        if job is None:
+            # New to us, a status change (result, timestamps, attempts move with it) or an
+            # id-only payload: the table holds the truth.
+            jobs = await self.db.get_jobs([job_id])
+            if not jobs:
+                return
+            job = jobs[0]
+        self.publish(job)
+
+
+def _apply(known: Job | None, payload: ProgressPayload) -> Job | None:
+    """``known`` moved on by a progress-only payload; None when the row must be read."""
+    if known is None or "version" not in payload or payload.get("status") != known.status:
+        return None
+    progress = payload.get("progress")
+    if progress == known.progress:
+        return None  # something the payload does not carry changed (a result, say)
+    return dataclasses.replace(known, progress=progress, version=payload["version"])
+
+
+async def _db_now(conn: psycopg.AsyncConnection) -> datetime:
+    cur = await conn.execute(q("events_db_now"))
+    row = await cur.fetchone()
+    assert row is not None
+    return row[0]
+
+
+def _discard(index: dict[Any, set[Subscription]], key: Any, sub: Subscription) -> None:
+    subs = index.get(key)
+    if subs is not None:
+        subs.discard(sub)
+        if not subs:
+            del index[key]

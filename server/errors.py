@@ -1,0 +1,102 @@
+"""The one error vocabulary of bgjobs's HTTP services: exception -> status, code, message.
+
+The API (Flask) and the events service (Starlette) both answer every error as
+``{"error": {"code": "...", "message": "..."}}`` (plus ``job_id`` on a 409 about a job), built
+here; each framework only wraps the answer in its own response class. Nothing answers HTML or
+leaks a traceback: unexpected errors are logged by the caller and answered with a generic 500.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from bgjobs.core.errors import Conflict, DatabaseUnavailable, InvalidInput, NotFound
+from bgjobs.tasks.enqueue import InvalidRequest
+from bgjobs.tasks.registry import InvalidParams, UnknownTask
+
+log = logging.getLogger(__name__)
+
+#: Codes for the HTTP errors the frameworks raise themselves (routing, body size, methods).
+HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    503: "unavailable",
+}
+RETRY_AFTER_SECONDS = 5
+
+
+class ApiError(Exception):
+    """An error a view raises on purpose: status, machine-readable code, human message."""
+
+    def __init__(self, status: int, code: str, message: str, *,
+                 headers: dict[str, str] | None = None, **extra: Any) -> None:
+        super().__init__(message)
+        self.answer = Answer(status, code, message, headers or {}, extra)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """An error answer, framework-neutral."""
+
+    status: int
+    code: str
+    message: str
+    headers: dict[str, str] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def body(self) -> dict[str, Any]:
+        error: dict[str, Any] = {"code": self.code, "message": self.message}
+        error.update({k: v for k, v in self.extra.items() if v is not None})
+        return {"error": error}
+
+
+def answer_for(exc: BaseException) -> Answer | None:
+    """The answer for one of bgjobs's exceptions; None for anything unexpected (a 500)."""
+    if isinstance(exc, ApiError):
+        return exc.answer
+    if isinstance(exc, NotFound):
+        return Answer(404, "not_found", str(exc))
+    if isinstance(exc, Conflict):
+        job_id = str(exc.job_id) if exc.job_id else None
+        return Answer(409, "conflict", str(exc), extra={"job_id": job_id})
+    if isinstance(exc, UnknownTask):
+        # KeyError-style exceptions quote their message; show it plainly.
+        return Answer(422, "unknown_type", str(exc).strip("'\""))
+    if isinstance(exc, InvalidParams):
+        return Answer(422, "invalid_params", str(exc))
+    if isinstance(exc, InvalidRequest):
+        return Answer(422, "invalid_request", str(exc))
+    if isinstance(exc, InvalidInput):
+        return Answer(422, "invalid_input", str(exc))
+    if isinstance(exc, DatabaseUnavailable):
+        log.warning("answering 503: %s", exc)
+        return Answer(503, "database_unavailable", "the database is unavailable; retry shortly",
+                      {"Retry-After": str(RETRY_AFTER_SECONDS)})
+    return None
+
+
+INTERNAL_ERROR = Answer(500, "internal_error", "internal server error (logged)")
+
+
+def http_answer(status: int, method: str, path: str, description: str | None,
+                headers: dict[str, str] | None = None) -> Answer:
+    """The answer for an error the framework raised itself (no route, wrong method, ...)."""
+    if status == 404:
+        message = f"no such route: {path}"
+    elif status == 405:
+        message = f"{method} is not allowed on {path}"
+    else:
+        message = description or "request refused"
+    return Answer(status, HTTP_CODES.get(status, "http_error"), message, headers or {})
+
+
+def unauthorized(message: str) -> ApiError:
+    return ApiError(401, "unauthorized", message,
+                    headers={"WWW-Authenticate": 'Bearer realm="bgjobs"'})

@@ -1,0 +1,65 @@
+"""gunicorn settings for both bgjobs services; BGJOBS_SERVICE picks which one (api or events).
+
+`bgjobs api` and `bgjobs events` run ``gunicorn -c python:bgjobs.server.gunicorn_conf`` with
+BGJOBS_SERVICE set. Every value comes from bgjobs.core.config. The app factory runs in each
+worker after fork (no preload), so every worker makes its own connection pool.
+"""
+
+from bgjobs.core import config as _config
+
+_cfg = _config.load()
+service = _cfg.service
+
+if service == "events":
+    wsgi_app = "bgjobs.server.events:create_app()"
+    worker_class = "asgi"
+    bind = [_cfg.events_bind]
+    workers = _cfg.events_workers
+    # SSE streams live for minutes: no worker timeout on idle streams.
+    timeout = 0
+    keepalive = 75
+    # The app has a lifespan (the LISTEN connection, the pool); failing to start it is fatal.
+    asgi_lifespan = "on"
+    worker_connections = _cfg.events_connections
+
+    def post_worker_init(worker):
+        # On SIGTERM, end the open streams at once instead of waiting out graceful_timeout.
+        from bgjobs.server.events import drain_on_sigterm
+
+        drain_on_sigterm(worker)
+else:
+    wsgi_app = "bgjobs.server.api:create_app()"
+    worker_class = "gthread"
+    bind = [_cfg.api_bind]
+    workers = _cfg.api_workers
+    threads = _cfg.api_threads
+    # A request waits at most ~5 s for a pooled connection (then 503), so 30 s is generous.
+    timeout = 30
+    keepalive = 5
+    # The worker pid in each line shows which process answered.
+    access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms %(p)s'
+
+    def worker_exit(server, worker):
+        # Close the worker's connection pool so Postgres sees clean disconnects.
+        app = getattr(worker, "wsgi", None)
+        if app is not None:
+            from bgjobs.server.api import close
+
+            close(app)
+
+
+def post_fork(server, worker):
+    # bgjobs's loggers (listener reconnects, dropped payloads) go where gunicorn's error log
+    # goes; the handler is made here, after fork, so no worker shares a lock with the master.
+    _config.setup_logging(_cfg.log_level)
+
+
+preload_app = False
+# gunicorn 27's control socket defaults to one path per user ($HOME/.gunicorn/gunicorn.ctl):
+# the API, the events service and test instances would fight over it. bgjobs needs none.
+control_socket_disable = True
+graceful_timeout = _cfg.graceful_timeout
+accesslog = _cfg.access_log
+errorlog = "-"
+loglevel = _cfg.log_level.lower()
+proc_name = f"bgjobs-{service}"

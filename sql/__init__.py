@@ -1,0 +1,1 @@
+"""bgjobs's SQL, shipped as package data: queries.sql and the numbered migrations."""

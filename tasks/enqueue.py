@@ -1,0 +1,202 @@
+"""The one enqueue path: the API, the CLI, the dashboard and host code all go through here.
+
+Every job is checked the same way wherever it comes from: its type must be registered, its
+params pass the task's validation (defaults filled in), and the task's ``max_attempts`` and
+exclusivity are applied. One enqueue is one statement, one round trip; with ``conn=`` it joins
+the caller's transaction (rolled back: no job and no notification).
+
+Without ``conn=`` or ``store=``, the functions use a pool of this process's own, opened on first
+use against DATABASE_URL (or the running embedded cluster); ``configure()`` points it elsewhere.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, NamedTuple
+from uuid import UUID
+
+import psycopg
+
+from bgjobs.core import config as config_mod
+from bgjobs.core.db import database_url, make_pool
+from bgjobs.core.errors import Conflict, InvalidInput, NotFound
+from bgjobs.core.jobs import Job, parse_job_id, unstorable
+from bgjobs.core.store import NewJob, Store
+from bgjobs.tasks import registry
+from bgjobs.tasks.registry import InvalidParams
+
+PRIORITY_MIN, PRIORITY_MAX = -1000, 1000
+IDEMPOTENCY_KEY_MAX = 255
+
+
+class InvalidRequest(InvalidInput):
+    """A job's priority, run_after or idempotency key is out of bounds; the message says how."""
+
+
+class Enqueued(NamedTuple):
+    """A job and whether this call made it (False: an idempotency-key replay of an earlier one)."""
+
+    job: Job
+    created: bool
+
+
+def enqueue(
+    job_type: str,
+    params: dict[str, Any] | None = None,
+    *,
+    user_id: int | None = None,
+    priority: int = 0,
+    run_after: datetime | None = None,
+    idempotency_key: str | None = None,
+    conn: psycopg.Connection | None = None,
+    store: Store | None = None,
+) -> Job:
+    """Enqueue one job of a registered type and return it (pending).
+
+    Raises UnknownTask, InvalidParams or InvalidRequest for bad input (nothing is written),
+    Conflict when the type is exclusive and the user already has one pending or running (its
+    id in ``job_id``), and DatabaseUnavailable when Postgres cannot be reached.
+    """
+    return submit(job_type, params, user_id=user_id, priority=priority, run_after=run_after,
+                  idempotency_key=idempotency_key, conn=conn, store=store).job
+
+
+def submit(
+    job_type: str,
+    params: dict[str, Any] | None = None,
+    *,
+    user_id: int | None = None,
+    priority: int = 0,
+    run_after: datetime | None = None,
+    idempotency_key: str | None = None,
+    conn: psycopg.Connection | None = None,
+    store: Store | None = None,
+) -> Enqueued:
+    """``enqueue``, also telling whether the job is new or an idempotency-key replay."""
+    task = registry.get(job_type)
+    checked = _storable(task.validate(params))
+    _check_priority(priority)
+    _check_run_after(run_after)
+    _check_idempotency_key(idempotency_key)
+    new = NewJob(task.name, checked, user_id, priority, run_after, task.max_attempts,
+                 idempotency_key, task.exclusive)
+    job, created = (store or default_store()).insert_job(new, conn=conn)
+    if not created and (job.job_type != task.name or job.params != checked):
+        raise Conflict("the idempotency key was already used for a different job", job.id)
+    return Enqueued(job, created)
+
+
+def enqueue_many(
+    job_type: str,
+    params_list: Sequence[dict[str, Any] | None],
+    *,
+    user_id: int | None = None,
+    conn: psycopg.Connection | None = None,
+    store: Store | None = None,
+) -> list[Job]:
+    """Enqueue one job per params object, all of one type, in one statement; in that order."""
+    task = registry.get(job_type)
+    if task.exclusive and len(params_list) > 1:
+        raise InvalidRequest(f"{task.name} is exclusive (one pending or running job per user): "
+                             "enqueue_many cannot enqueue several")
+    checked = []
+    for n, params in enumerate(params_list):
+        try:
+            checked.append(_storable(task.validate(params)))
+        except InvalidParams as exc:
+            raise InvalidParams(f"params_list[{n}]: {exc}") from None
+    if not checked:
+        return []
+    if task.exclusive:
+        return [submit(task.name, checked[0], user_id=user_id, conn=conn, store=store).job]
+    return (store or default_store()).insert_jobs(task.name, checked, user_id=user_id,
+                                                  max_attempts=task.max_attempts, conn=conn)
+
+
+def get_job(job_id: UUID | str, *, user_id: int | None = None,
+            store: Store | None = None) -> Job | None:
+    """The job, or None if there is none (or, with ``user_id``, it is not that user's)."""
+    try:
+        return (store or default_store()).get_job(parse_job_id(job_id), user_id)
+    except NotFound:
+        return None
+
+
+def cancel(job_id: UUID | str, *, user_id: int | None = None, store: Store | None = None) -> Job:
+    """Cancel a pending or running job; its worker stops the handler.
+
+    Raises NotFound (no such job, or not that user's) or Conflict (it has already finished).
+    """
+    return (store or default_store()).cancel(parse_job_id(job_id), user_id)
+
+
+# The process's own pool --------------------------------------------------------------------
+
+_lock = threading.Lock()
+_default: tuple[int, Store] | None = None
+
+
+def configure(url: str | None = None, *, pool_max: int | None = None) -> Store:
+    """Use this database (default: DATABASE_URL, else the running embedded cluster) from now on."""
+    global _default
+    cfg = config_mod.load()
+    pool = make_pool(url or database_url(cfg), min_size=1, max_size=pool_max or cfg.pool_max,
+                     name="bgjobs-enqueue")
+    with _lock:
+        previous, _default = _default, (os.getpid(), Store(pool))
+    if previous is not None and previous[0] == os.getpid():
+        previous[1].pool.close()
+    return _default[1]
+
+
+def default_store() -> Store:
+    """The process's pool, opened on first use (and anew in a forked child)."""
+    current = _default
+    if current is not None and current[0] == os.getpid():
+        return current[1]
+    with _lock:
+        current = _default
+        if current is not None and current[0] == os.getpid():
+            return current[1]
+    # A pool inherited across fork shares its parent's sockets: leave it alone, open ours.
+    return configure()
+
+
+# Checks ------------------------------------------------------------------------------------
+
+
+def _storable(params: dict[str, Any]) -> dict[str, Any]:
+    """Refuse what jsonb cannot hold before the database would (and abort the caller's work)."""
+    problem = unstorable(params)
+    if problem:
+        raise InvalidParams(f"params {problem}")
+    return params
+
+
+def _check_priority(priority: int) -> None:
+    if not isinstance(priority, int) or isinstance(priority, bool):
+        raise InvalidRequest(f"priority must be a whole number, got {priority!r}")
+    if not PRIORITY_MIN <= priority <= PRIORITY_MAX:
+        raise InvalidRequest(f"priority must be between {PRIORITY_MIN} and {PRIORITY_MAX} "
+                             f"(lower runs first), got {priority}")
+
+
+def _check_run_after(run_after: datetime | None) -> None:
+    if run_after is None:
+        return
+    if not isinstance(run_after, datetime):
+        raise InvalidRequest(f"run_after must be a datetime, got {run_after!r}")
+    if run_after.tzinfo is None:
+        raise InvalidRequest("run_after needs a timezone (e.g. datetime.now(UTC))")
+
+
+def _check_idempotency_key(key: str | None) -> None:
+    if key is None:
+        return
+    if (not isinstance(key, str) or not key or len(key) > IDEMPOTENCY_KEY_MAX
+            or not key.isprintable()):
+        raise InvalidRequest(
+            f"an idempotency key is 1 to {IDEMPOTENCY_KEY_MAX} printable characters")

@@ -1,0 +1,174 @@
+"""Job types: register a handler with ``@task(...)``; enqueueing validates params with it.
+
+A host app registers its own types the same way, in a module named by BGJOBS_TASK_MODULES
+(comma-separated) so that the API and the workers both import it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import random
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+#: Seconds before a job's first retry, unless its task says otherwise.
+DEFAULT_RETRY_DELAY = 2.0
+
+
+class InvalidParams(ValueError):
+    """Params a task does not accept; the message says which and why."""
+
+
+class UnknownTask(LookupError):
+    """No task is registered under that name."""
+
+
+class NonRetryable(Exception):
+    """Raise (or subclass) in a handler to end the job in error at once, without retries."""
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter a task takes: its type, default and bounds."""
+
+    type: type
+    default: Any = None
+    required: bool = False
+    min: float | None = None
+    max: float | None = None
+    choices: tuple[Any, ...] | None = None
+
+    def check(self, name: str, value: Any) -> Any:
+        if self.type is object:
+            return value
+        if self.type is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, self.type) or (self.type is not bool and isinstance(value, bool)):
+            raise InvalidParams(f"{name} must be {_type_name(self.type)}, got {value!r}")
+        value = cast(Any, value)  # isinstance above narrowed it to object
+        if self.min is not None and value < self.min:
+            raise InvalidParams(f"{name} must be at least {self.min}, got {value!r}")
+        if self.max is not None and value > self.max:
+            raise InvalidParams(f"{name} must be at most {self.max}, got {value!r}")
+        if self.choices is not None and value not in self.choices:
+            raise InvalidParams(f"{name} must be one of {list(self.choices)}, got {value!r}")
+        return value
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    handler: Callable[..., Any]
+    params: dict[str, Param] = field(default_factory=dict)
+    exclusive: bool = False
+    max_attempts: int = 3
+    description: str = ""
+    #: Accept params not declared in ``params`` (as they are), instead of rejecting them.
+    open_params: bool = False
+    #: Seconds before the first retry; each later retry waits twice as long (plus jitter).
+    retry_delay: float = DEFAULT_RETRY_DELAY
+    #: Exception classes that end the job at once instead of being retried.
+    non_retryable: tuple[type[BaseException], ...] = ()
+
+    def retryable(self, exc: BaseException) -> bool:
+        """Whether a failed attempt with ``exc`` may be retried."""
+        return not isinstance(exc, (NonRetryable, *self.non_retryable))
+
+    def delay_before_retry(self, attempt: int) -> float:
+        """Seconds before retrying after failed attempt number ``attempt`` (1, 2, ...)."""
+        return retry_delay(self.retry_delay, attempt)
+
+    def validate(self, params: Any) -> dict[str, Any]:
+        """Checked params with defaults filled in; InvalidParams says what is wrong."""
+        if params is None:
+            params = {}
+        if not isinstance(params, dict):
+            raise InvalidParams("params must be a JSON object")
+        unknown = sorted(set(params) - set(self.params))
+        if unknown and not self.open_params:
+            raise InvalidParams(f"unknown param(s) for {self.name}: {', '.join(unknown)}")
+        out = dict(params) if self.open_params else {}
+        for name, spec in self.params.items():
+            if name in params:
+                out[name] = spec.check(name, params[name])
+            elif spec.required:
+                raise InvalidParams(f"{name} is required")
+            else:
+                out[name] = spec.default
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "type": self.name,
+            "description": self.description,
+            "exclusive": self.exclusive,
+            "params": {
+                n: {"type": _type_name(p.type), "default": p.default, "required": p.required,
+                    "min": p.min, "max": p.max}
+                for n, p in self.params.items()
+            },
+        }
+
+
+def retry_delay(base: float, attempt: int) -> float:
+    """The one backoff rule: ``base`` doubled per attempt, plus up to 25% jitter."""
+    return base * 2 ** (max(1, attempt) - 1) * random.uniform(1.0, 1.25)
+
+
+_TASKS: dict[str, Task] = {}
+_IMPORTED: set[str] = set()
+
+
+def task(
+    name: str,
+    *,
+    params: dict[str, Param] | None = None,
+    exclusive: bool = False,
+    max_attempts: int = 3,
+    open_params: bool = False,
+    retry_delay: float = DEFAULT_RETRY_DELAY,
+    non_retryable: tuple[type[BaseException], ...] = (),
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register ``handler(ctx)`` as job type ``name``; its return value becomes the result."""
+    if not name or len(name) > 50:
+        raise ValueError("a task name is 1 to 50 characters (background_jobs.job_type)")
+
+    def register(handler: Callable[..., Any]) -> Callable[..., Any]:
+        if name in _TASKS and _TASKS[name].handler is not handler:
+            raise ValueError(f"task {name!r} is registered twice")
+        doc = (handler.__doc__ or "").strip().splitlines()
+        _TASKS[name] = Task(name, handler, dict(params or {}), exclusive, max_attempts,
+                            doc[0] if doc else "", open_params, retry_delay,
+                            tuple(non_retryable))
+        return handler
+
+    return register
+
+
+def load_tasks(modules: Iterable[str] = ()) -> dict[str, Task]:
+    """Import the built-in tasks and ``modules`` (BGJOBS_TASK_MODULES); every registered task.
+
+    Processes call it once at start, so a host module that fails to import fails the start.
+    """
+    for module in ("bgjobs.tasks.builtin", *modules):
+        if module not in _IMPORTED:
+            importlib.import_module(module)
+            _IMPORTED.add(module)
+    return dict(_TASKS)
+
+
+def get(name: str) -> Task:
+    """The task registered as ``name`` (the built-in types are always known)."""
+    if name not in _TASKS:
+        load_tasks()
+    task = _TASKS.get(name)
+    if task is None:
+        raise UnknownTask(f"unknown job type {name!r}; known: {', '.join(sorted(_TASKS))} "
+                          "(a host's types must be imported first: see BGJOBS_TASK_MODULES)")
+    return task
+
+
+def _type_name(t: type) -> str:
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+            list: "a list", dict: "an object"}.get(t, t.__name__)

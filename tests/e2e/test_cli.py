@@ -1,0 +1,117 @@
+"""The bgjobs command: each command's happy path and its bad-input path."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import uuid
+
+import psycopg
+import pytest
+
+from bgjobs.core import migrate
+from tests.conftest import add_job, url_env
+from tests.procs import BGJOBS
+
+UNREACHABLE = "postgresql://postgres@127.0.0.1:1/nowhere"
+
+
+def bgjobs(url: str, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([BGJOBS, *args], env=url_env(url), capture_output=True, text=True,
+                          input=stdin, timeout=60)
+
+
+def assert_one_line_error(done: subprocess.CompletedProcess[str], text: str) -> None:
+    assert done.returncode != 0
+    assert text in done.stderr
+    assert "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+@pytest.mark.parametrize("args", [[], ["user"], ["enqueue"], ["jobs"], ["cancel"], ["psql"],
+                                  ["migrate"], ["run"], ["api"], ["events"], ["db"]])
+def test_every_command_has_help(db_url, args):
+    done = bgjobs(db_url, *args, "--help")
+    assert done.returncode == 0 and "usage: bgjobs" in done.stdout
+
+
+def test_migrate_is_idempotent(db_url):
+    done = bgjobs(db_url, "migrate")
+    assert done.returncode == 0 and "up to date" in done.stdout
+
+
+def test_user_create_prints_a_token_once(db_url, store):
+    done = bgjobs(db_url, "user", "create", "dora")
+    assert done.returncode == 0
+    token = done.stdout.strip().splitlines()[-1]
+    assert store.user_for_token(token).name == "dora"
+    assert_one_line_error(bgjobs(db_url, "user", "create", "dora"), "already exists")
+    assert_one_line_error(bgjobs(db_url, "user", "create", "bad name"), "bad user name")
+    revoke = bgjobs(db_url, "user", "revoke", "dora")
+    assert revoke.returncode == 0 and store.user_for_token(token) is None
+
+
+def test_enqueue_and_list(db_url, store):
+    store.create_user("erin")
+    done = bgjobs(db_url, "enqueue", "noop", "--params", '{"echo": 7}', "--user", "erin")
+    assert done.returncode == 0, done.stderr
+    job = store.get_job(uuid.UUID(done.stdout.strip()))
+    assert job.params == {"echo": 7} and job.user_id is not None and job.status == "pending"
+    listing = bgjobs(db_url, "jobs", "--status", "pending")
+    assert listing.returncode == 0 and str(job.id) in listing.stdout
+    as_json = bgjobs(db_url, "jobs", "--json", "--type", "noop")
+    assert [json.loads(line)["id"] for line in as_json.stdout.splitlines()] == [str(job.id)]
+    assert bgjobs(db_url, "jobs", "--type", "validation").stdout.count("\n") == 1  # header only
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["enqueue", "noop", "--params", "{not json"], "not valid JSON"),
+    (["enqueue", "no_such_type"], "unknown job type"),
+    (["enqueue", "noop", "--params", '{"bogus": 1}'], "unknown param"),
+    (["enqueue", "noop", "--params", "[1, 2]"], "JSON object"),
+    (["enqueue", "noop", "--user", "nobody"], "no user"),
+    (["jobs", "--user", "nobody"], "no user"),
+    (["cancel", "not-a-uuid"], "job ids are UUIDs"),
+    (["cancel", str(uuid.UUID(int=1))], "no job"),
+])
+def test_bad_input_is_one_line_and_changes_nothing(db_url, store, args, message):
+    assert_one_line_error(bgjobs(db_url, *args), message)
+    assert store.list_jobs() == []
+
+
+def test_jobs_rejects_an_unknown_status(db_url):
+    done = bgjobs(db_url, "jobs", "--status", "done")
+    assert done.returncode == 2 and "invalid choice" in done.stderr
+
+
+def test_cancel_and_requeue(db_url, store):
+    job = add_job(store, "noop")
+    done = bgjobs(db_url, "cancel", str(job.id))
+    assert done.returncode == 0 and store.get_job(job.id).status == "cancelled"
+    assert_one_line_error(bgjobs(db_url, "cancel", str(job.id)), "already finished")
+    assert bgjobs(db_url, "requeue", str(job.id)).returncode == 0
+    assert store.get_job(job.id).status == "pending"
+
+
+def test_psql_opens_the_database_in_use(db_url, store):
+    add_job(store, "noop")
+    done = bgjobs(db_url, "psql", stdin="SELECT 'n=' || count(*) FROM background_jobs;\n")
+    assert done.returncode == 0 and "n=1" in done.stdout
+
+
+@pytest.mark.parametrize("args", [["jobs"], ["enqueue", "noop"], ["cancel", str(uuid.UUID(int=2))],
+                                  ["migrate"], ["user", "create", "x"]])
+def test_unreachable_database_is_one_line(args):
+    assert_one_line_error(bgjobs(UNREACHABLE, *args), "Postgres")
+
+
+def test_two_concurrent_migrate_commands_both_succeed(new_database):
+    url = new_database()
+    procs = [subprocess.Popen([BGJOBS, "migrate"], env=url_env(url), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=60) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    assert sorted(out.strip().split()[0] for out, _ in outputs) == ["applied", "database"]
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT count(*) FROM bgjobs_migrations").fetchone()[0] == len(
+            migrate.discover())
