@@ -140,7 +140,7 @@ def cmd_events(ns: argparse.Namespace, cfg: Config) -> int:
 def cmd_migrate(ns: argparse.Namespace, cfg: Config) -> int:
     url = database_url(cfg, start=cfg.embedded)
     with connect(url) as conn:
-        applied = migrate.apply(conn)
+        applied = migrate.apply(conn, users_table=cfg.users_table)
     print(f"applied {', '.join(applied)}" if applied else "database is up to date")
     return 0
 
@@ -270,7 +270,7 @@ def cmd_run(ns: argparse.Namespace, cfg: Config) -> int:
     started = cluster.ensure_running() if cluster else False
     url = database_url(cfg, start=False)
     with connect(url) as conn:
-        migrate.apply(conn)
+        migrate.apply(conn, users_table=cfg.users_table)
     token = _demo_token(cfg, url)
     env = {**os.environ, "DATABASE_URL": url, "BGJOBS_DATA_DIR": str(cfg.data_dir)}
     procs = {

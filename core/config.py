@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
 LOG_FORMAT = "%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)?$")
 
 
 class ConfigError(ValueError):
@@ -51,6 +53,9 @@ class Config:
     service: str = "api"
     #: BGJOBS_SECRET_KEY; None in development: a key generated once into the data folder.
     secret_key_env: str | None = None
+    #: The host app's table of users (BGJOBS_USERS_TABLE): a new background_jobs references
+    #: its id when the database has it.
+    users_table: str = "users"
 
     @property
     def embedded(self) -> bool:
@@ -96,6 +101,13 @@ def _list(name: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in os.environ.get(name, "").split(",") if part.strip())
 
 
+def _identifier(name: str, default: str) -> str:
+    value = _text(name, default)
+    if not _IDENTIFIER.match(value):
+        raise ConfigError(f"{name} must be a table name (optionally schema.table), got {value!r}")
+    return value
+
+
 def load() -> Config:
     """Read the configuration from the environment, with development defaults."""
     cpus = os.cpu_count() or 2
@@ -124,6 +136,7 @@ def load() -> Config:
         access_log=_text("BGJOBS_ACCESS_LOG", "-"),
         service=_text("BGJOBS_SERVICE", "api"),
         secret_key_env=os.environ.get("BGJOBS_SECRET_KEY") or None,
+        users_table=_identifier("BGJOBS_USERS_TABLE", "users"),
     )
 
 

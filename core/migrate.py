@@ -1,4 +1,9 @@
-"""Apply the numbered SQL files of sql/migrations once each, in order, recorded in a table."""
+"""Apply the numbered SQL files of sql/migrations once each, in order, recorded in a table.
+
+A database bgjobs has never migrated gets sql/baseline/NNN_schema.sql instead of migrations
+1..NNN (the same schema, made at once, and fitted to a host app's users table), then the
+migrations after NNN like any other database.
+"""
 
 from __future__ import annotations
 
@@ -55,9 +60,26 @@ def discover(directory: Traversable | None = None) -> list[Migration]:
     return found
 
 
-def apply(conn: psycopg.Connection, directory: Traversable | None = None) -> list[str]:
-    """Apply what is missing; returns the names applied. Safe to run from many processes."""
+def baseline() -> Migration:
+    """The packaged baseline: the schema as of its number, for databases never migrated."""
+    [path] = [p for p in files("bgjobs.sql").joinpath("baseline").iterdir()
+              if p.name.endswith(".sql")]
+    match = _FILENAME.match(path.name)
+    if not match:
+        raise MigrationError(f"bad baseline file name {path.name!r}: want NNN_name.sql")
+    return Migration(int(match.group(1)), path.name, path.read_text(encoding="utf-8"))
+
+
+def apply(conn: psycopg.Connection, directory: Traversable | None = None, *,
+          users_table: str = "users") -> list[str]:
+    """Apply what is missing; returns the names applied. Safe to run from many processes.
+
+    ``users_table`` is the host app's table of users, if the database has one: a new
+    background_jobs references its ``id`` (see the baseline). ``directory`` replaces the
+    packaged migrations (and then no baseline is used).
+    """
     migrations = discover(directory)
+    start = baseline() if directory is None else None
     conn.autocommit = True
     conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
     try:
@@ -81,6 +103,10 @@ def apply(conn: psycopg.Connection, directory: Traversable | None = None) -> lis
                         "migrations are forward-only: restore it and add a new file instead"
                     )
         done = []
+        if not applied and start is not None:
+            done.append(_apply_baseline(conn, start, migrations, users_table))
+            applied = {m.version: (m.name, m.checksum) for m in migrations
+                       if m.version <= start.version}
         for migration in migrations:
             if migration.version in applied:
                 continue
@@ -100,3 +126,29 @@ def apply(conn: psycopg.Connection, directory: Traversable | None = None) -> lis
         return done
     finally:
         conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
+
+
+def _apply_baseline(conn: psycopg.Connection, start: Migration, migrations: list[Migration],
+                    users_table: str) -> str:
+    """Make the schema at once, recording the migrations it stands for as applied."""
+    if conn.execute("SELECT to_regclass('background_jobs')").fetchone() != (None,):
+        raise MigrationError(
+            "this database already has a background_jobs table that bgjobs did not create "
+            "(the seed's hand-made table?): rename or drop it, then run `bgjobs migrate` again "
+            "(docs/migrating.md)")
+    try:
+        with conn.transaction():
+            conn.execute("SELECT set_config('bgjobs.users_table', %s, true)", (users_table,))
+            conn.execute(start.sql)
+            for migration in migrations:
+                if migration.version <= start.version:
+                    conn.execute(
+                        "INSERT INTO bgjobs_migrations (version, name, checksum) "
+                        "VALUES (%s, %s, %s)",
+                        (migration.version, migration.name, migration.checksum),
+                    )
+    except psycopg.Error as exc:
+        raise MigrationError(f"creating the schema ({start.name}) failed: {first_line(exc)}; "
+                             "nothing was changed") from exc
+    log.info("created the schema from baseline/%s", start.name)
+    return f"baseline/{start.name}"

@@ -164,31 +164,31 @@ FROM bgjobs_summary ORDER BY job_type, status
 
 -- name: insert_user
 -- A new user.
-INSERT INTO users (name) VALUES (%(name)s) RETURNING id, name, created_at
+INSERT INTO bgjobs_users (name) VALUES (%(name)s) RETURNING id, name, created_at
 
 -- name: get_user_by_name
 -- A user by name.
-SELECT id, name, created_at FROM users WHERE name = %(name)s
+SELECT id, name, created_at FROM bgjobs_users WHERE name = %(name)s
 
 -- name: insert_token
 -- Store the hash of a new API token.
-INSERT INTO api_tokens (user_id, token_hash) VALUES (%(user_id)s, %(token_hash)s) RETURNING id
+INSERT INTO bgjobs_api_tokens (user_id, token_hash) VALUES (%(user_id)s, %(token_hash)s) RETURNING id
 
 -- name: user_for_token
 -- The user a live (unrevoked) token belongs to.
 SELECT u.id, u.name, u.created_at, t.id AS token_id
-FROM api_tokens t JOIN users u ON u.id = t.user_id
+FROM bgjobs_api_tokens t JOIN bgjobs_users u ON u.id = t.user_id
 WHERE t.token_hash = %(token_hash)s AND t.revoked_at IS NULL
 
 -- name: token_is_live
 -- Whether a token (by id) still belongs to the user and is not revoked (session checks).
 SELECT u.id, u.name, u.created_at, t.id AS token_id
-FROM api_tokens t JOIN users u ON u.id = t.user_id
+FROM bgjobs_api_tokens t JOIN bgjobs_users u ON u.id = t.user_id
 WHERE t.id = %(token_id)s AND t.user_id = %(user_id)s AND t.revoked_at IS NULL
 
 -- name: revoke_tokens
 -- Revoke every live token of a user.
-UPDATE api_tokens SET revoked_at = now()
+UPDATE bgjobs_api_tokens SET revoked_at = now()
 WHERE user_id = %(user_id)s AND revoked_at IS NULL
 RETURNING id
 

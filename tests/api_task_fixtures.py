@@ -33,8 +33,8 @@ def snapshot(url: str) -> dict[str, list[tuple[Any, ...]]]:
     with psycopg.connect(url) as conn:
         return {
             table: conn.execute(f"SELECT * FROM {table} ORDER BY {order}").fetchall()
-            for table, order in [("background_jobs", "id"), ("users", "id"),
-                                 ("api_tokens", "id")]
+            for table, order in [("background_jobs", "id"), ("bgjobs_users", "id"),
+                                 ("bgjobs_api_tokens", "id")]
         }
 
 

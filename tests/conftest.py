@@ -68,7 +68,8 @@ def database_url(server_url: str) -> Iterator[str]:
 
 def truncate(url: str) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("TRUNCATE background_jobs, api_tokens, users RESTART IDENTITY CASCADE")
+        conn.execute("TRUNCATE background_jobs, bgjobs_api_tokens, bgjobs_users "
+                     "RESTART IDENTITY CASCADE")
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ def test_cancel_and_requeue_functions(conn):
 
 
 def test_cancel_function_with_a_user_only_touches_that_users_job(conn):
-    uid = one(conn, "INSERT INTO users (name) VALUES ('u') RETURNING id")[0]
+    uid = one(conn, "INSERT INTO bgjobs_users (name) VALUES ('u') RETURNING id")[0]
     job = one(conn, "INSERT INTO background_jobs (job_type, user_id) VALUES ('noop', %s) "
                     "RETURNING id", uid)[0]
     assert one(conn, "SELECT count(*) FROM bgjobs_cancel(%s, %s)", job, uid + 1) == (0,)

@@ -21,7 +21,7 @@ def schema_snapshot(url: str) -> list[tuple]:
 def test_applying_twice_changes_nothing(new_database):
     url = new_database()
     with psycopg.connect(url) as conn:
-        assert migrate.apply(conn) == [m.name for m in migrate.discover()]
+        assert migrate.apply(conn)
     before = schema_snapshot(url)
     with psycopg.connect(url) as conn:
         assert migrate.apply(conn) == []
@@ -62,3 +62,160 @@ def test_a_failing_migration_leaves_nothing_behind(new_database, tmp_path):
         assert conn.execute("SELECT to_regclass('a') IS NOT NULL, to_regclass('b') IS NULL"
                             ).fetchone() == (True, True)
         assert conn.execute("SELECT version FROM bgjobs_migrations").fetchall() == [(1,)]
+
+
+# The baseline, the upgrade path and a host app's database -----------------------------------
+
+CATALOG = {
+    "columns": """SELECT c.relname, a.attnum, a.attname, format_type(a.atttypid, a.atttypmod),
+                         a.attnotnull, pg_get_expr(d.adbin, d.adrelid)
+                  FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+                  LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+                  WHERE c.relnamespace = 'public'::regnamespace AND a.attnum > 0
+                    AND NOT a.attisdropped AND c.relkind IN ('r', 'v')""",
+    "constraints": """SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid)
+                      FROM pg_constraint WHERE connamespace = 'public'::regnamespace""",
+    "indexes": """SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public'""",
+    "triggers": """SELECT tgrelid::regclass::text, tgname, pg_get_triggerdef(oid)
+                   FROM pg_trigger WHERE NOT tgisinternal""",
+    "functions": """SELECT proname, pg_get_functiondef(oid) FROM pg_proc
+                    WHERE pronamespace = 'public'::regnamespace""",
+    "views": """SELECT viewname, definition FROM pg_views WHERE schemaname = 'public'""",
+    "sequences": """SELECT sequencename FROM pg_sequences WHERE schemaname = 'public'""",
+    "options": """SELECT relname, reloptions FROM pg_class
+                  WHERE relnamespace = 'public'::regnamespace AND reloptions IS NOT NULL""",
+    "comments": """SELECT c.relname, d.objsubid, d.description FROM pg_description d
+                   JOIN pg_class c ON c.oid = d.objoid AND d.classoid = 'pg_class'::regclass
+                   WHERE c.relnamespace = 'public'::regnamespace
+                   UNION ALL
+                   SELECT p.proname, 0, d.description FROM pg_description d
+                   JOIN pg_proc p ON p.oid = d.objoid AND d.classoid = 'pg_proc'::regclass
+                   WHERE p.pronamespace = 'public'::regnamespace""",
+}
+
+
+def catalog(url: str) -> dict[str, list[tuple]]:
+    """Every part of the public schema that a migration can change, in a stable order."""
+    with psycopg.connect(url) as conn:
+        return {part: sorted(conn.execute(query).fetchall(), key=repr)
+                for part, query in CATALOG.items()}
+
+
+def test_a_fresh_database_gets_the_baseline_then_the_later_migrations(new_database):
+    url = new_database()
+    start = migrate.baseline()
+    with psycopg.connect(url) as conn:
+        done = migrate.apply(conn)
+        recorded = [r[0] for r in conn.execute("SELECT version FROM bgjobs_migrations "
+                                               "ORDER BY version")]
+    later = [m.name for m in migrate.discover() if m.version > start.version]
+    assert done == [f"baseline/{start.name}", *later]
+    assert recorded == [m.version for m in migrate.discover()]
+
+
+def test_a_database_migrated_before_the_baseline_upgrades_to_the_same_schema(new_database,
+                                                                            tmp_path):
+    start = migrate.baseline()
+    older = tmp_path / "older"
+    older.mkdir()
+    for m in migrate.discover():
+        if m.version < start.version:  # what the previous release shipped
+            (older / m.name).write_text(m.sql)
+    upgraded, fresh = new_database(), new_database()
+    with psycopg.connect(upgraded) as conn:
+        migrate.apply(conn, older)
+        conn.execute("INSERT INTO users (name) VALUES ('kept')")
+        user_id = conn.execute("SELECT id FROM users").fetchone()[0]
+        conn.execute("INSERT INTO background_jobs (job_type, user_id) VALUES ('noop', %s)",
+                     (user_id,))
+        conn.commit()
+        upgrade = migrate.apply(conn)
+    assert upgrade[0] == f"{start.version:03d}_bgjobs_names.sql"
+    with psycopg.connect(fresh) as conn:
+        migrate.apply(conn)
+    expected = catalog(fresh)
+    assert all(expected.values())  # a comparison of nothing would prove nothing
+    assert catalog(upgraded) == expected
+    with psycopg.connect(upgraded) as conn:
+        assert conn.execute("SELECT u.name FROM background_jobs j JOIN bgjobs_users u "
+                            "ON u.id = j.user_id").fetchall() == [("kept",)]
+
+
+HOST_SCHEMA = """
+CREATE TABLE users (
+    id SERIAL PRIMARY KEY,
+    email TEXT NOT NULL UNIQUE CHECK (email LIKE '%@%'),
+    password_hash TEXT
+);
+CREATE TABLE api_tokens (id SERIAL PRIMARY KEY, user_id INTEGER REFERENCES users(id));
+CREATE TABLE jobs (id SERIAL PRIMARY KEY, title TEXT);
+CREATE INDEX idx_jobs_status ON jobs (title);
+INSERT INTO users (email) VALUES ('ada@example.com'), ('grace@example.com');
+"""
+
+
+def host_tables(url: str) -> dict[str, list[tuple]]:
+    """The host app's own tables: columns, constraints and rows."""
+    with psycopg.connect(url) as conn:
+        return {
+            "columns": conn.execute(
+                "SELECT table_name, column_name, data_type, column_default, is_nullable "
+                "FROM information_schema.columns WHERE table_name IN ('users', 'api_tokens', "
+                "'jobs') ORDER BY 1, 2").fetchall(),
+            "constraints": conn.execute(
+                "SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid) "
+                "FROM pg_constraint WHERE conrelid IN ('users'::regclass, "
+                "'api_tokens'::regclass, 'jobs'::regclass) ORDER BY 1, 2").fetchall(),
+            "indexes": conn.execute(
+                "SELECT indexname, indexdef FROM pg_indexes WHERE tablename IN "
+                "('users', 'api_tokens', 'jobs') ORDER BY 1").fetchall(),
+            "users": conn.execute("SELECT * FROM users ORDER BY id").fetchall(),
+        }
+
+
+def test_a_host_apps_database_keeps_its_tables_and_jobs_reference_its_users(new_database):
+    url = new_database()
+    with psycopg.connect(url) as conn:
+        conn.execute(HOST_SCHEMA)
+    before = host_tables(url)
+    with psycopg.connect(url) as conn:
+        migrate.apply(conn)
+    assert host_tables(url) == before
+    with psycopg.connect(url) as conn:
+        refs = dict(conn.execute(
+            "SELECT conname, confrelid::regclass::text FROM pg_constraint WHERE conname IN "
+            "('background_jobs_user_id_fkey', 'bgjobs_users_id_fkey')").fetchall())
+        assert refs == {"background_jobs_user_id_fkey": "users",
+                        "bgjobs_users_id_fkey": "users"}
+        conn.execute("INSERT INTO background_jobs (job_type, user_id) VALUES ('noop', 2)")
+        with pytest.raises(psycopg.errors.ForeignKeyViolation):
+            conn.execute("INSERT INTO background_jobs (job_type, user_id) VALUES ('noop', 99)")
+
+
+@pytest.mark.parametrize(("schema", "message"), [
+    ("CREATE TABLE users (id UUID PRIMARY KEY)", "has no integer id column .found uuid"),
+    ("CREATE TABLE users (id INTEGER)", "is not unique"),
+    ("CREATE TABLE users (uid INTEGER PRIMARY KEY)", "has no integer id column .found none"),
+    ("CREATE TABLE background_jobs (id UUID PRIMARY KEY, job_type TEXT)",
+     "already has a background_jobs table that bgjobs did not create"),
+])
+def test_a_database_bgjobs_cannot_fit_is_refused_and_left_alone(new_database, schema, message):
+    url = new_database()
+    with psycopg.connect(url) as conn:
+        conn.execute(schema)
+    with psycopg.connect(url) as conn, pytest.raises(migrate.MigrationError, match=message):
+        migrate.apply(conn)
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT count(*) FROM bgjobs_migrations").fetchone() == (0,)
+        assert conn.execute("SELECT to_regclass('bgjobs_users')").fetchone() == (None,)
+
+
+def test_the_users_table_can_be_named(new_database):
+    url = new_database()
+    with psycopg.connect(url) as conn:
+        conn.execute("CREATE SCHEMA app; CREATE TABLE app.accounts (id BIGSERIAL PRIMARY KEY)")
+    with psycopg.connect(url) as conn:
+        migrate.apply(conn, users_table="app.accounts")
+        assert conn.execute(
+            "SELECT confrelid::regclass::text FROM pg_constraint "
+            "WHERE conname = 'background_jobs_user_id_fkey'").fetchone() == ("app.accounts",)

@@ -65,7 +65,7 @@ def test_claim_uses_the_partial_index(conn):
         {"worker_id": "w", "types": ["noop"], "limit": 1, "lease_seconds": 30, "now": None},
     ).fetchall()
     text = "\n".join(r[0] for r in plan)
-    assert "idx_jobs_claim" in text, text
+    assert "background_jobs_claim_idx" in text, text
 
 
 def test_status_check_rejects_unknown_status(conn):
@@ -214,7 +214,7 @@ def test_users_and_tokens(store, conn):
     user, token = store.create_user("carol")
     assert store.user_for_token(token).id == user.id
     assert store.user_for_token(token + "x") is None
-    stored = conn.execute("SELECT token_hash FROM api_tokens").fetchone()[0]
+    stored = conn.execute("SELECT token_hash FROM bgjobs_api_tokens").fetchone()[0]
     assert token.encode() not in bytes(stored)
     with pytest.raises(Conflict):
         store.create_user("carol")
