@@ -4,11 +4,13 @@ outside it, run from a directory whose own `worker.py` and `server.py` must neve
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -30,8 +32,8 @@ def greet(ctx):
 '''
 
 
-def run(argv: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=600, **kw)  # type: ignore[call-overload]
+def run(argv: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=600, **kw)
     assert done.returncode == 0, f"{argv}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     return done
 
@@ -40,8 +42,17 @@ def run(argv: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """The venv's bin folder, with bgjobs installed from a wheel of this checkout."""
     base = tmp_path_factory.mktemp("wheel")
+    # Build from a copy of the files git knows (committed or not, minus ignored ones): a build/
+    # folder left in the checkout by an earlier build could add stale modules to the wheel.
+    source = base / "source"
+    listed = run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+                 cwd=ROOT).stdout.split("\0")
+    for name in filter(None, listed):
+        if (ROOT / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, source / name)
     run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(base / "dist"),
-         str(ROOT)])
+         str(source)])
     [wheel] = (base / "dist").glob("bgjobs-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     roots = {name.split("/")[0] for name in names}
