@@ -78,6 +78,9 @@ def _parser() -> argparse.ArgumentParser:
     usub = user.add_subparsers(title="user commands", metavar="ACTION")
     uc = usub.add_parser("create", help="create a user and print a new API token (shown once)")
     uc.add_argument("name")
+    uc.add_argument("--id", type=int, dest="user_id", metavar="N",
+                    help="in your app's database (bgjobs installed beside a users table): the "
+                         "id of your app's user this bgjobs user is; required there")
     uc.set_defaults(func=cmd_user_create)
     ut = usub.add_parser("token", help="print a new API token for an existing user (shown once)")
     ut.add_argument("name")
@@ -153,7 +156,15 @@ def _store(cfg: Config) -> Store:
 
 
 def cmd_user_create(ns: argparse.Namespace, cfg: Config) -> int:
-    user, token = _store(cfg).create_user(ns.name)
+    store = _store(cfg)
+    host = store.host_users_table()
+    if host and ns.user_id is None:
+        raise CliError(f"bgjobs's users are rows of your app's table {host} in this database: "
+                       f"give the app user's id, `bgjobs user create {ns.name} --id N`")
+    if not host and ns.user_id is not None:
+        raise CliError("--id links to a row of your app's users table, and bgjobs was not "
+                       "installed beside one in this database (it numbers its own users)")
+    user, token = store.create_user(ns.name, user_id=ns.user_id)
     print(f"created user {user.name} (id {user.id}); API token (shown once, keep it safe):")
     print(token)
     return 0
@@ -278,8 +289,9 @@ def cmd_run(ns: argparse.Namespace, cfg: Config) -> int:
         for name, argv in [("api", ["api"]), ("events", ["events"]), ("worker", ["worker"])]
     }
     host = cfg.api_bind
-    print(f"\n  bgjobs is running.\n  Dashboard: http://{host}/\n"
-          f"  Sign in with the demo user's token: {token}\n"
+    sign_in = (f"Sign in with the demo user's token: {token}" if token else
+               "Sign in with a token: `bgjobs user create NAME --id N` (N: your app's user)")
+    print(f"\n  bgjobs is running.\n  Dashboard: http://{host}/\n  {sign_in}\n"
           f"  Events: http://{cfg.events_bind}/events/jobs   Database: {_redact(url)}\n"
           "  Ctrl-C stops everything.\n", flush=True)
     stopping = False
@@ -314,11 +326,16 @@ def cmd_run(ns: argparse.Namespace, cfg: Config) -> int:
     return status
 
 
-def _demo_token(cfg: Config, url: str) -> str:
-    """The demo user's token: created on first run, kept in the data folder (development only)."""
+def _demo_token(cfg: Config, url: str) -> str | None:
+    """The demo user's token: created on first run, kept in the data folder (development only).
+
+    None in an app's database, where a bgjobs user must be one of the app's users.
+    """
     path = cfg.data_dir / "demo_token"
     store = Store(make_pool(url, min_size=1, max_size=1, open_wait=True))
     try:
+        if store.host_users_table():
+            return None
         if path.exists():
             token = path.read_text().strip()
             if store.user_for_token(token):

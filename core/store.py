@@ -279,17 +279,31 @@ class Store:
 
     # Users and tokens ------------------------------------------------------------------------
 
-    def create_user(self, name: str) -> tuple[User, str]:
-        """A new user and their first API token (returned in clear, stored hashed)."""
+    def create_user(self, name: str, user_id: int | None = None) -> tuple[User, str]:
+        """A new user and their first API token (returned in clear, stored hashed).
+
+        ``user_id`` makes the user with that id: in an app's database (see
+        ``host_users_table``), the id of the app's user this bgjobs user is.
+        """
+        if user_id is None and self.host_users_table():
+            # Its own numbering would link the user to whichever app user has that id.
+            raise InvalidInput("bgjobs's users are the app's users in this database: "
+                               "give the id of the app's user")
         token = "bgj_" + secrets.token_urlsafe(32)
+        query, args = (("insert_user", {"name": name}) if user_id is None
+                       else ("insert_user_with_id", {"name": name, "id": user_id}))
         with self.connection() as c, c.transaction(), c.cursor(row_factory=class_row(User)) as cur:
             try:
-                user = cur.execute(q("insert_user"), {"name": name}).fetchone()
+                user = cur.execute(q(query), args).fetchone()
             except psycopg.errors.UniqueViolation as exc:
+                if exc.diag.constraint_name == "bgjobs_users_pkey":
+                    raise Conflict(f"user id {user_id} already has a bgjobs user") from exc
                 raise Conflict(f"user {name!r} already exists") from exc
             except psycopg.errors.CheckViolation as exc:
                 raise InvalidInput(
                     f"bad user name {name!r}: use 1-64 letters, digits, or . _ @ -") from exc
+            except psycopg.errors.ForeignKeyViolation as exc:
+                raise NotFound(f"the app's users table has no user with id {user_id}") from exc
             assert user is not None
             c.execute(q("insert_token"), {"user_id": user.id, "token_hash": hash_token(token)})
         return user, token
@@ -303,6 +317,12 @@ class Store:
                 raise NotFound(f"no user {name!r}")
             c.execute(q("insert_token"), {"user_id": user.id, "token_hash": hash_token(token)})
         return user, token
+
+    def host_users_table(self) -> str | None:
+        """The app's users table that bgjobs's users are rows of; None when stand-alone."""
+        with self.connection() as c:
+            row = c.execute(q("host_users_table")).fetchone()
+        return row[0] if row else None
 
     def get_user(self, name: str) -> User:
         with self.connection() as c, c.cursor(row_factory=class_row(User)) as cur:

@@ -166,6 +166,15 @@ FROM bgjobs_summary ORDER BY job_type, status
 -- A new user.
 INSERT INTO bgjobs_users (name) VALUES (%(name)s) RETURNING id, name, created_at
 
+-- name: insert_user_with_id
+-- A new user with a given id: in an app's database, the id of the app's user it is.
+INSERT INTO bgjobs_users (id, name) VALUES (%(id)s, %(name)s) RETURNING id, name, created_at
+
+-- name: host_users_table
+-- The app's users table that bgjobs_users.id references (no row: bgjobs numbers its own users).
+SELECT confrelid::regclass::text FROM pg_constraint
+WHERE conrelid = 'bgjobs_users'::regclass AND conname = 'bgjobs_users_id_fkey'
+
 -- name: get_user_by_name
 -- A user by name.
 SELECT id, name, created_at FROM bgjobs_users WHERE name = %(name)s

@@ -17,6 +17,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -52,18 +53,30 @@ def server_url() -> Iterator[str]:
         _started_cluster.stop()
 
 
-@pytest.fixture(scope="session")
-def database_url(server_url: str) -> Iterator[str]:
-    """A fresh database for this session, migrated once, dropped at the end."""
+@contextmanager
+def migrated_database(server_url: str, app_schema: str | None = None) -> Iterator[str]:
+    """A new database (first given ``app_schema``, an app's own tables), migrated; dropped after."""
     name = f"bgjobs_test_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(server_url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     url = make_conninfo(server_url, dbname=name)
-    with psycopg.connect(url) as conn:
-        migrate.apply(conn)
-    yield url
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    try:
+        if app_schema:
+            with psycopg.connect(url, autocommit=True) as conn:
+                conn.execute(app_schema)
+        with psycopg.connect(url) as conn:
+            migrate.apply(conn)
+        yield url
+    finally:
+        with psycopg.connect(server_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def database_url(server_url: str) -> Iterator[str]:
+    """A fresh database for this session, migrated once, dropped at the end."""
+    with migrated_database(server_url) as url:
+        yield url
 
 
 def truncate(url: str) -> None:
@@ -85,13 +98,20 @@ def conn(db_url: str) -> Iterator[psycopg.Connection]:
         yield c
 
 
-@pytest.fixture
-def store(db_url: str) -> Iterator[Store]:
-    pool = make_pool(db_url, min_size=1, max_size=10, open_wait=True)
+@contextmanager
+def store_on(url: str) -> Iterator[Store]:
+    """A store with a pool of its own on ``url``, closed after."""
+    pool = make_pool(url, min_size=1, max_size=10, open_wait=True)
     try:
         yield Store(pool)
     finally:
         pool.close()
+
+
+@pytest.fixture
+def store(db_url: str) -> Iterator[Store]:
+    with store_on(db_url) as s:
+        yield s
 
 
 @pytest.fixture
@@ -170,3 +190,44 @@ def listener(db_url: str) -> Iterator[psycopg.Connection]:
 def drain(conn: psycopg.Connection) -> list[tuple[str, str]]:
     """Every notification delivered so far (the sender has committed before we look)."""
     return [(n.channel, n.payload) for n in conn.notifies(timeout=0.5, stop_after=None)]
+
+
+# A host app's database: bgjobs installed beside the app's own users table ---------------------
+
+#: The users table of a host app (the seed's shape): bgjobs's jobs and users reference it.
+HOST_USERS_SCHEMA = """
+CREATE TABLE users (
+    id SERIAL PRIMARY KEY,
+    email TEXT NOT NULL UNIQUE,
+    created_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+"""
+
+
+@pytest.fixture(scope="session")
+def host_database_url(server_url: str) -> Iterator[str]:
+    """A database that held an app's users table before bgjobs was migrated into it."""
+    with migrated_database(server_url, HOST_USERS_SCHEMA) as url:
+        yield url
+
+
+@pytest.fixture
+def host_db_url(host_database_url: str) -> str:
+    """The host database with empty tables, the app's users included."""
+    with psycopg.connect(host_database_url, autocommit=True) as conn:
+        conn.execute("TRUNCATE background_jobs, bgjobs_api_tokens, bgjobs_users, users "
+                     "RESTART IDENTITY CASCADE")
+    return host_database_url
+
+
+@pytest.fixture
+def host_store(host_db_url: str) -> Iterator[Store]:
+    with store_on(host_db_url) as s:
+        yield s
+
+
+def add_host_user(url: str, email: str) -> int:
+    """A row of the host app's users table; its id."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        return conn.execute("INSERT INTO users (email) VALUES (%s) RETURNING id",
+                            (email,)).fetchone()[0]

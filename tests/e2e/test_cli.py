@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import uuid
 
@@ -10,7 +11,9 @@ import psycopg
 import pytest
 
 from bgjobs.core import migrate
-from tests.conftest import add_job, url_env
+from bgjobs.core.errors import NotFound
+from tests.conftest import add_host_user, add_job, url_env
+from tests.integration.test_migrations import REFUSALS
 from tests.procs import BGJOBS
 
 UNREACHABLE = "postgresql://postgres@127.0.0.1:1/nowhere"
@@ -115,3 +118,37 @@ def test_two_concurrent_migrate_commands_both_succeed(new_database):
     with psycopg.connect(url) as conn:
         assert conn.execute("SELECT count(*) FROM bgjobs_migrations").fetchone()[0] == len(
             migrate.discover())
+
+
+@pytest.mark.parametrize(("schema", "message"), REFUSALS)
+def test_migrate_refuses_a_database_it_cannot_fit_in_one_line(new_database, schema, message):
+    url = new_database()
+    with psycopg.connect(url) as conn:
+        conn.execute(schema)
+    done = bgjobs(url, "migrate")
+    assert_one_line_error(done, "bgjobs: ")
+    assert re.search(message, done.stderr), done.stderr
+    assert done.stdout == ""
+
+
+def test_user_create_in_an_apps_database_names_one_of_its_users(host_db_url, host_store):
+    store = host_store
+    ada = add_host_user(host_db_url, "ada@example.com")
+    assert_one_line_error(bgjobs(host_db_url, "user", "create", "ada"),
+                          "`bgjobs user create ada --id N`")
+    assert_one_line_error(bgjobs(host_db_url, "user", "create", "ada", "--id", str(ada + 1)),
+                          f"no user with id {ada + 1}")
+    done = bgjobs(host_db_url, "user", "create", "ada", "--id", str(ada))
+    assert done.returncode == 0, done.stderr
+    user = store.user_for_token(done.stdout.strip().splitlines()[-1])
+    assert (user.id, user.name) == (ada, "ada")
+    assert_one_line_error(bgjobs(host_db_url, "user", "create", "other", "--id", str(ada)),
+                          f"user id {ada} already has a bgjobs user")
+
+
+def test_user_create_refuses_an_id_when_bgjobs_numbers_its_own_users(db_url, store):
+    assert_one_line_error(bgjobs(db_url, "user", "create", "dora", "--id", "7"),
+                          "--id links to a row of your app's users table")
+    assert store.host_users_table() is None
+    with pytest.raises(NotFound):
+        store.get_user("dora")

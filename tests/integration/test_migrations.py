@@ -192,13 +192,17 @@ def test_a_host_apps_database_keeps_its_tables_and_jobs_reference_its_users(new_
             conn.execute("INSERT INTO background_jobs (job_type, user_id) VALUES ('noop', 99)")
 
 
-@pytest.mark.parametrize(("schema", "message"), [
+#: (an app's schema bgjobs cannot fit, the refusal's message as a regex); also tests/e2e/test_cli.py
+REFUSALS = [
     ("CREATE TABLE users (id UUID PRIMARY KEY)", "has no integer id column .found uuid"),
     ("CREATE TABLE users (id INTEGER)", "is not unique"),
     ("CREATE TABLE users (uid INTEGER PRIMARY KEY)", "has no integer id column .found none"),
     ("CREATE TABLE background_jobs (id UUID PRIMARY KEY, job_type TEXT)",
      "already has a background_jobs table that bgjobs did not create"),
-])
+]
+
+
+@pytest.mark.parametrize(("schema", "message"), REFUSALS)
 def test_a_database_bgjobs_cannot_fit_is_refused_and_left_alone(new_database, schema, message):
     url = new_database()
     with psycopg.connect(url) as conn:
