@@ -56,6 +56,9 @@ class Config:
     #: The host app's table of users (BGJOBS_USERS_TABLE): a new background_jobs references
     #: its id when the database has it.
     users_table: str = "users"
+    #: How long a stream URL made by the Flask extension's stream_url() may open (and reopen)
+    #: its stream (BGJOBS_STREAM_TOKEN_SECONDS).
+    stream_token_seconds: int = 600
 
     @property
     def embedded(self) -> bool:
@@ -137,6 +140,7 @@ def load() -> Config:
         service=_text("BGJOBS_SERVICE", "api"),
         secret_key_env=os.environ.get("BGJOBS_SECRET_KEY") or None,
         users_table=_identifier("BGJOBS_USERS_TABLE", "users"),
+        stream_token_seconds=_int("BGJOBS_STREAM_TOKEN_SECONDS", 600, minimum=1),
     )
 
 

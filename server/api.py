@@ -13,16 +13,16 @@ import os
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from flask import Flask, Response, current_app, g, jsonify, request
-from werkzeug.exceptions import HTTPException
+from flask import Flask, Response, g, jsonify, request
 
 from bgjobs.core import config as config_mod
 from bgjobs.core.db import database_url, make_pool
-from bgjobs.core.jobs import Job, User, parse_job_id
+from bgjobs.core.jobs import User, parse_job_id
 from bgjobs.core.store import Store
 from bgjobs.server import api_input, auth, dashboard, errors, metrics, openapi
 from bgjobs.server.errors import ApiError
-from bgjobs.tasks import enqueue, registry
+from bgjobs.server.job_views import JobViews, register_error_handlers
+from bgjobs.tasks import registry
 
 log = logging.getLogger(__name__)
 
@@ -120,48 +120,10 @@ def create_app(store: Store | None = None, config: config_mod.Config | None = No
         tasks = registry.load_tasks()
         return jsonify({"types": [tasks[name].describe() for name in sorted(tasks)]})
 
-    # Jobs ---------------------------------------------------------------------------------
+    # Jobs (the same views the Flask extension mounts in a host app) -------------------------
 
-    def create(job_type: str, params: Any, priority: int = 0,
-               run_after: Any = None) -> tuple[Job, bool]:
-        key = api_input.idempotency_key(request)
-        job, created = enqueue.submit(job_type, params, user_id=g.user.id, priority=priority,
-                                      run_after=run_after, idempotency_key=key, store=store)
-        if created:
-            log.info("job %s created: type=%s user=%s", job.id, job.job_type, g.user.id)
-        return job, created
-
-    @app.post("/api/jobs")
-    @login_required
-    def create_job() -> tuple[Response, int]:
-        req = api_input.job_request(api_input.json_body(request))
-        job, created = create(req.job_type, req.params, req.priority, req.run_after)
-        return _accepted(job.to_json(), job, created)
-
-    @app.get("/api/jobs")
-    @login_required
-    def list_jobs() -> Response:
-        query = api_input.list_query(request.args)
-        # One extra row tells whether another page exists without a count query.
-        jobs = store.list_jobs(user_id=g.user.id, status=query.status, job_type=query.job_type,
-                               limit=query.limit + 1, before=query.before)
-        page, more = jobs[:query.limit], len(jobs) > query.limit
-        last = page[-1] if page else None
-        cursor = (api_input.encode_cursor(last.created_at, last.id)
-                  if more and last is not None and last.created_at is not None else None)
-        return jsonify({"jobs": [j.to_json() for j in page], "next_cursor": cursor})
-
-    @app.get("/api/jobs/<raw_id>")
-    @login_required
-    def get_job(raw_id: str) -> Response:
-        return jsonify(store.get_job(parse_job_id(raw_id), g.user.id).to_json())
-
-    @app.post("/api/jobs/<raw_id>/cancel")
-    @login_required
-    def cancel_job(raw_id: str) -> Response:
-        job = store.cancel(parse_job_id(raw_id), g.user.id)
-        log.info("job %s cancelled by user %s", job.id, g.user.id)
-        return jsonify(job.to_json())
+    jobs = JobViews(lambda: store, lambda: g.user.id)
+    jobs.add_routes(app, "/api/jobs", login_required)
 
     # The seed front end's routes, kept working on top of the same jobs --------------------
 
@@ -169,8 +131,8 @@ def create_app(store: Store | None = None, config: config_mod.Config | None = No
     @login_required
     def seed_run(job_type: str) -> tuple[Response, int]:
         # The seed posted the task's params as the whole body (possibly empty).
-        job, created = create(job_type, api_input.json_body(request, required=False))
-        return _accepted(_seed_json(job.to_json()), job, created)
+        job, created = jobs.create(job_type, api_input.json_body(request, required=False))
+        return jobs.accepted(_seed_json(job.to_json()), job, created)
 
     @app.get(f"/api/<any({SEED_ANY}):job_type>/progress/<raw_id>")
     @login_required
@@ -181,38 +143,6 @@ def create_app(store: Store | None = None, config: config_mod.Config | None = No
         return jsonify(_seed_json(job.to_json()))
 
     return app
-
-
-def register_error_handlers(app: Flask) -> None:
-    """Answer every error as the API's JSON error (see bgjobs.server.errors)."""
-
-    @app.errorhandler(HTTPException)
-    def _http(exc: HTTPException) -> Response:
-        status = exc.code or 500
-        headers = {}
-        if status == 405 and exc.get_response().headers.get("Allow"):
-            headers["Allow"] = exc.get_response().headers["Allow"]
-        description = exc.description or exc.name
-        if status == 413:
-            limit = current_app.config.get("MAX_CONTENT_LENGTH")
-            description = f"request body too large (the limit is {limit} bytes)"
-        return _answer(errors.http_answer(status, request.method, request.path, description,
-                                          headers))
-
-    @app.errorhandler(Exception)
-    def _error(exc: Exception) -> Response:
-        answer = errors.answer_for(exc)
-        if answer is None:
-            log.exception("unhandled error: %s", exc)
-            answer = errors.INTERNAL_ERROR
-        return _answer(answer)
-
-
-def _answer(answer: errors.Answer) -> Response:
-    response = jsonify(answer.body())
-    response.status_code = answer.status
-    response.headers.update(answer.headers)
-    return response
 
 
 def _authenticate(store: Store, secret: str) -> User:
@@ -235,15 +165,6 @@ def _user_json(user: User) -> dict[str, Any]:
 def _seed_json(job: dict[str, Any]) -> dict[str, Any]:
     """The job as /api/jobs/<id> shows it, plus the field names the seed front end read."""
     return {**job, "job_id": job["id"]}
-
-
-def _accepted(body: dict[str, Any], job: Job, created: bool) -> tuple[Response, int]:
-    """202 with the job; a replayed Idempotency-Key says so in a header."""
-    response = jsonify(body)
-    response.headers["Location"] = f"/api/jobs/{job.id}"
-    if not created:
-        response.headers["Idempotent-Replayed"] = "true"
-    return response, 202
 
 
 def close(app: Flask) -> None:

@@ -30,7 +30,7 @@ from bgjobs.core import config as config_mod
 from bgjobs.core.db import database_url
 from bgjobs.core.errors import BgjobsError
 from bgjobs.core.jobs import FINISHED, Job, User, parse_job_id
-from bgjobs.server import errors
+from bgjobs.server import errors, stream_tokens
 from bgjobs.server.auth import SESSION_COOKIE
 from bgjobs.server.broadcast import Broadcaster, Subscription
 from bgjobs.server.errors import ApiError
@@ -62,14 +62,14 @@ class SubscriptionStream(EventSourceResponse):
 
 async def job_events(request: Request) -> Response:
     """One job: its state now, each change, the final state; then the stream ends."""
-    user = await _caller(request)
+    user_id = await _caller_id(request, request.path_params["job_id"])
     job_id = parse_job_id(request.path_params["job_id"])
     last_seen = _last_event_id(request)
     broadcaster: Broadcaster = request.app.state.broadcaster
     # Subscribe before reading the row: a change committed in between is not lost.
     sub = broadcaster.subscribe(job_ids=frozenset({job_id}))
     try:
-        job = await request.app.state.db.get_job(job_id, user.id)
+        job = await request.app.state.db.get_job(job_id, user_id)
     except BaseException:
         broadcaster.unsubscribe(sub)
         raise
@@ -102,9 +102,9 @@ async def _job_stream(sub: Subscription, first: Job | None) -> AsyncIterator[Ser
 
 async def user_events(request: Request) -> Response:
     """Every change to any of the caller's jobs, new ones included, until the client leaves."""
-    user = await _caller(request)
+    user_id = await _caller_id(request, None)
     broadcaster: Broadcaster = request.app.state.broadcaster
-    sub = broadcaster.subscribe(user_id=user.id)
+    sub = broadcaster.subscribe(user_id=user_id)
     return SubscriptionStream(broadcaster, sub, _user_stream(sub))
 
 
@@ -139,6 +139,17 @@ async def _caller(request: Request) -> User:
         raise errors.unauthorized(
             "sign in: send `Authorization: Bearer <token>` or the session cookie")
     return user
+
+
+async def _caller_id(request: Request, raw_job_id: str | None) -> int:
+    """The user of a stream token (a host app's user: see stream_tokens), else the caller's.
+
+    A token in the URL is judged alone, as a bearer token is: no cookie rescues a bad one.
+    """
+    token = request.query_params.get(stream_tokens.PARAM)
+    if token is not None:
+        return stream_tokens.user_for(request.app.state.secret, token, raw_job_id)
+    return (await _caller(request)).id
 
 
 def _last_event_id(request: Request) -> int | None:

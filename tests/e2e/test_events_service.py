@@ -42,10 +42,10 @@ class EventsService:
                           self.proc)  # type: ignore[return-value]
 
 
-def start_events(url: str, log: Path) -> EventsService:
+def start_events(url: str, log: Path, **settings: str) -> EventsService:
     port = free_port()
     env = {**url_env(url), "BGJOBS_EVENTS_BIND": f"127.0.0.1:{port}",
-           "BGJOBS_SECRET_KEY": SECRET}
+           "BGJOBS_SECRET_KEY": SECRET, **settings}
     proc = Proc([BGJOBS, "events"], env=env, log_path=log)
     service = EventsService(f"http://127.0.0.1:{port}", proc)
     try:
