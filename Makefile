@@ -25,6 +25,9 @@ run: $(STAMP) ## Run the whole stack: database, migrations, API, events, workers
 test: $(STAMP) ## Run the whole test suite against a real Postgres
 	$(BIN)/pytest $(PYTEST_ARGS)
 
+seed-app: $(STAMP) ## Run examples/seed_app: the seed's Flask app on bgjobs (Ctrl-C stops)
+	cd examples/seed_app && $(CURDIR)/$(BIN)/python run.py
+
 bench: $(STAMP) ## Run the benchmarks (medians over several runs; BENCH_ARGS="--only enqueue")
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
@@ -50,4 +53,4 @@ db-reset: $(STAMP) ## Delete the embedded cluster (all its data) and start afres
 clean: ## Remove the venv and caches (keeps the embedded database)
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache *.egg-info build
 
-.PHONY: help install run test bench lint migrate psql db-reset clean
+.PHONY: help install run test bench lint migrate psql db-reset clean seed-app

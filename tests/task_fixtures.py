@@ -71,3 +71,16 @@ def crash_once(ctx: Any) -> Any:
     if ctx.attempt == 1:
         os._exit(3)
     return {"attempt": ctx.attempt, "pid": os.getpid()}
+
+
+@task("gated", params={"steps": Param(int, default=10, min=2), "gate": Param(str, required=True)})
+def gated(ctx: Any) -> Any:
+    """Reports half its steps, waits until the file ``gate`` exists, then reports the rest."""
+    steps = ctx.params["steps"]
+    for i in range(steps):
+        while i == steps // 2 and not os.path.exists(ctx.params["gate"]):
+            ctx.check_cancelled()
+            time.sleep(0.05)
+        ctx.progress(i + 1, steps, stage="stepping")
+        time.sleep(0.15)
+    return {"steps": steps}

@@ -154,21 +154,23 @@ INSERT INTO users (email) VALUES ('ada@example.com'), ('grace@example.com');
 """
 
 
-def host_tables(url: str) -> dict[str, list[tuple]]:
-    """The host app's own tables: columns, constraints and rows."""
+def host_tables(url: str, tables: tuple[str, ...] = ("users", "api_tokens", "jobs")
+                ) -> dict[str, list[tuple]]:
+    """The host app's own tables: columns, constraints, indexes, and its users."""
+    names = list(tables)
     with psycopg.connect(url) as conn:
         return {
             "columns": conn.execute(
                 "SELECT table_name, column_name, data_type, column_default, is_nullable "
-                "FROM information_schema.columns WHERE table_name IN ('users', 'api_tokens', "
-                "'jobs') ORDER BY 1, 2").fetchall(),
+                "FROM information_schema.columns WHERE table_name = ANY(%s) ORDER BY 1, 2",
+                (names,)).fetchall(),
             "constraints": conn.execute(
                 "SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid) "
-                "FROM pg_constraint WHERE conrelid IN ('users'::regclass, "
-                "'api_tokens'::regclass, 'jobs'::regclass) ORDER BY 1, 2").fetchall(),
+                "FROM pg_constraint WHERE conrelid = ANY(%s::regclass[]) ORDER BY 1, 2",
+                (names,)).fetchall(),
             "indexes": conn.execute(
-                "SELECT indexname, indexdef FROM pg_indexes WHERE tablename IN "
-                "('users', 'api_tokens', 'jobs') ORDER BY 1").fetchall(),
+                "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = ANY(%s) "
+                "ORDER BY 1", (names,)).fetchall(),
             "users": conn.execute("SELECT * FROM users ORDER BY id").fetchall(),
         }
 

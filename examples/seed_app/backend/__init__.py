@@ -1,0 +1,1 @@
+"""The seed's backend, migrated from in-memory job dicts to bgjobs (see README.md)."""
