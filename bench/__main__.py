@@ -97,6 +97,7 @@ SECTIONS: dict[str, str] = {
     "enqueue": "bench.enqueue",
     "workers": "bench.workers",
     "api": "bench.api",
+    "seed_app": "bench.seed_app",
 }
 
 

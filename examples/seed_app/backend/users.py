@@ -10,7 +10,7 @@ from flask import Blueprint, jsonify, redirect, render_template, request, sessio
 
 from backend import database
 
-bp = Blueprint("users", __name__)
+bp = Blueprint("users", __name__, template_folder="templates")
 
 
 def current_user_id() -> int | None:

@@ -79,6 +79,11 @@ def create_app() -> Flask:
         response.headers["X-Served-By"] = str(os.getpid())
         return response
 
+    @app.get("/")
+    @users.login_required
+    def index() -> str:
+        return "Signed in. (The old page polled the progress routes; it is not kept here.)"
+
     @app.post("/api/<any(validation, optimization, rescoring, screening):feature>/run")
     @users.login_required
     def run(feature: str) -> Any:
