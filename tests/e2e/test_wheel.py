@@ -79,11 +79,13 @@ def host_dir(tmp_path: Path) -> Path:
 
 def test_the_public_api_imports_from_the_installed_wheel(installed: Path, host_dir: Path):
     done = run([str(installed / "python"), "-c",
-                "import bgjobs, sys; print(bgjobs.enqueue, bgjobs.task); "
+                "import bgjobs, bgjobs.flask, sys; "
+                "print(bgjobs.enqueue, bgjobs.task, bgjobs.flask.BgJobs); "
                 "print(bgjobs.__file__); print(sorted(m for m in sys.modules "
                 "if m in ('server', 'worker', 'core', 'tasks')))"], cwd=host_dir)
     lines = done.stdout.splitlines()
     assert "<function enqueue" in lines[0] and "<function task" in lines[0]
+    assert "<class 'bgjobs.flask.BgJobs'>" in lines[0]
     assert str(ROOT) not in lines[1] and "site-packages" in lines[1]
     assert lines[2] == "[]"
 
