@@ -73,10 +73,11 @@ class BgJobs:
         if not callable(current_user_id):
             raise TypeError("BgJobs needs current_user_id=: a callable that returns the signed-in "
                             f"user's id, or None (got {current_user_id!r})")
-        if not url_prefix.startswith("/") or url_prefix.endswith("/") and url_prefix != "/":
-            raise ValueError(f"url_prefix starts with / and does not end with one: {url_prefix!r}")
+        if not url_prefix.startswith("/") or url_prefix.endswith("/"):
+            raise ValueError("url_prefix is a path of its own, starting with / and not ending "
+                             f"with one (e.g. /jobs): got {url_prefix!r}")
         self.current_user_id = current_user_id
-        self.url_prefix = "" if url_prefix == "/" else url_prefix
+        self.url_prefix = url_prefix
         if app is not None:
             self.init_app(app)
 
@@ -106,10 +107,6 @@ class BgJobs:
         """The absolute URL of the events stream of ``job_id`` (None: every job of the signed-in
         user), with a signed token good for BGJOBS_STREAM_TOKEN_SECONDS."""
         return self._stream(job_id)[0]
-
-    def store(self) -> Store:
-        """The current app's store (its own pool, opened on first use in this process)."""
-        return _state().store()
 
     @staticmethod
     def close(app: Flask) -> None:
@@ -164,11 +161,10 @@ class BgJobs:
             return answer(errors.http_answer(status, request.method, request.path, None,
                                              headers))
 
-        if prefix:  # with no prefix, the rest of the app's paths are not the extension's
-            taken = {m for rule, _, methods in ROUTES if not rule for m in methods}
-            for rule, methods in [(f"{prefix}/<path:rest>", _METHODS), (f"{prefix}/", _METHODS),
-                                  (prefix, [m for m in _METHODS if m not in taken])]:
-                bp.add_url_rule(rule, "no_route", no_route, methods=methods)
+        taken = {m for rule, _, methods in ROUTES if not rule for m in methods}
+        for rule, methods in [(f"{prefix}/<path:rest>", _METHODS), (f"{prefix}/", _METHODS),
+                              (prefix, [m for m in _METHODS if m not in taken])]:
+            bp.add_url_rule(rule, "no_route", no_route, methods=methods)
 
         @bp.before_request
         def limit_body() -> None:

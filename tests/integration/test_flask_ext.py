@@ -261,8 +261,9 @@ def test_misuse_fails_fast(host_db_url: str) -> None:
         BgJobs(Flask("x"))  # type: ignore[call-arg]
     with pytest.raises(TypeError, match="needs current_user_id"):
         BgJobs(Flask("x"), current_user_id=None)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="url_prefix"):
-        BgJobs(current_user_id=lambda: 1, url_prefix="jobs/")
+    for prefix in ("jobs", "/jobs/", "/"):
+        with pytest.raises(ValueError, match="url_prefix"):
+            BgJobs(current_user_id=lambda: 1, url_prefix=prefix)
     app, ext = make_app(host_db_url)
     with pytest.raises(RuntimeError, match="already set up"):
         ext.init_app(app)
