@@ -52,11 +52,11 @@ def start(url: str, log: Path, *argv: str, **env: str) -> Example:
 
 
 def add_user(url: str, email: str, password: str) -> int:
-    """A user of the app (its own users table), as its sign-up would make one."""
+    """A user of the app (its own users table), with a cheap password hash (tests only)."""
+    hashed = generate_password_hash(password, method="pbkdf2:sha256:1000")
     with psycopg.connect(url) as conn:
         return conn.execute("INSERT INTO users (email, password_hash) VALUES (%s, %s) "
-                            "RETURNING id", (email, generate_password_hash(password))
-                            ).fetchone()[0]
+                            "RETURNING id", (email, hashed)).fetchone()[0]
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,11 @@ accesslog = os.environ.get("SEED_APP_ACCESS_LOG", "-")
 
 
 def worker_exit(server, worker):
+    # Postgres sees clean disconnects.
+    from backend import database
+    from backend.app import jobs
+
+    database.close()
     app = getattr(worker, "wsgi", None)
     if app is not None:
-        from backend.app import jobs
-
         jobs.close(app)

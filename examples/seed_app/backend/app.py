@@ -16,6 +16,7 @@ import os
 from typing import Any
 
 from flask import Flask, Response, jsonify, render_template, request, session
+from werkzeug.exceptions import HTTPException
 
 import backend.jobs  # noqa: F401 - registers the app's own job type, screening
 import bgjobs
@@ -40,6 +41,13 @@ def create_app() -> Flask:
     def served_by(response: Response) -> Response:
         response.headers["X-Served-By"] = str(os.getpid())
         return response
+
+    @app.errorhandler(HTTPException)
+    def api_errors(exc: HTTPException) -> Any:
+        # The front end reads JSON from /api/; pages keep Flask's own error pages.
+        if request.path.startswith("/api/"):
+            return jsonify({"error": exc.description}), exc.code
+        return exc
 
     @app.get("/")
     @users.login_required

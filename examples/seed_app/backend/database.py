@@ -36,6 +36,15 @@ def connection() -> Iterator[psycopg.Connection]:
         yield conn
 
 
+def close() -> None:
+    """Close this process's pool (gunicorn's worker_exit)."""
+    global _pool
+    with _lock:
+        current, _pool = _pool, None
+    if current is not None and current[0] == os.getpid():
+        current[1].close()
+
+
 def check_login(email: str, password: str) -> int | None:
     """The id of the user with this email and password, else None."""
     with connection() as conn:
