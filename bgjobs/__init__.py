@@ -10,6 +10,7 @@ The public API for host code::
     job = bgjobs.enqueue("report", {"account": 7}, user_id=current_user.id)
     bgjobs.get_job(job.id)      # a bgjobs.Job, or None
     bgjobs.cancel(job.id)
+    bgjobs.wait(job.id, timeout=60)   # the finished Job, woken by NOTIFY
 
 Names load on first use, so a worker process that imports ``bgjobs.worker`` pays for nothing
 here. See docs/tasks.md.
@@ -33,6 +34,8 @@ _EXPORTS = {
     "get_job": "bgjobs.tasks.enqueue",
     "cancel": "bgjobs.tasks.enqueue",
     "configure": "bgjobs.tasks.enqueue",
+    "wait": "bgjobs.tasks.wait",
+    "WaitTimeout": "bgjobs.tasks.wait",
     "InvalidRequest": "bgjobs.tasks.enqueue",
     "Job": "bgjobs.core.jobs",
     "Status": "bgjobs.core.jobs",
@@ -46,7 +49,8 @@ _EXPORTS = {
 __all__ = [
     "BgjobsError", "Conflict", "DatabaseUnavailable", "InvalidInput", "InvalidParams",
     "InvalidRequest", "Job", "JobCancelled", "JobContext", "NonRetryable", "NotFound", "Param",
-    "Status", "UnknownTask", "cancel", "configure", "enqueue", "enqueue_many", "get_job", "task",
+    "Status", "UnknownTask", "WaitTimeout", "cancel", "configure", "enqueue", "enqueue_many",
+    "get_job", "task", "wait",
 ]
 
 if TYPE_CHECKING:
@@ -68,6 +72,7 @@ if TYPE_CHECKING:
         get_job,
     )
     from bgjobs.tasks.registry import InvalidParams, NonRetryable, Param, UnknownTask, task
+    from bgjobs.tasks.wait import WaitTimeout, wait
 
 
 def __getattr__(name: str) -> Any:
