@@ -59,6 +59,12 @@ class Config:
     #: How long a stream URL made by the Flask extension's stream_url() may open (and reopen)
     #: its stream (BGJOBS_STREAM_TOKEN_SECONDS).
     stream_token_seconds: int = 600
+    #: The time zone of cron schedules that name none (BGJOBS_TIMEZONE).
+    timezone: str = "UTC"
+    #: Days finished jobs are kept, by status (BGJOBS_KEEP_{COMPLETE,ERROR,CANCELLED}_DAYS).
+    keep_complete_days: float = 7.0
+    keep_error_days: float = 30.0
+    keep_cancelled_days: float = 7.0
 
     @property
     def embedded(self) -> bool:
@@ -104,6 +110,31 @@ def _list(name: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in os.environ.get(name, "").split(",") if part.strip())
 
 
+def _days(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number of days, got {raw!r}") from None
+    if not 0 < value <= 36500:
+        raise ConfigError(f"{name} must be above 0 and at most 36500 days, got {raw!r}")
+    return value
+
+
+def _timezone(name: str) -> str:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    value = _text(name, "UTC")
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"{name} must be an IANA time zone such as UTC or Europe/Paris, "
+                          f"got {value!r}") from None
+    return value
+
+
 def _identifier(name: str, default: str) -> str:
     value = _text(name, default)
     if not _IDENTIFIER.match(value):
@@ -141,6 +172,10 @@ def load() -> Config:
         secret_key_env=os.environ.get("BGJOBS_SECRET_KEY") or None,
         users_table=_identifier("BGJOBS_USERS_TABLE", "users"),
         stream_token_seconds=_int("BGJOBS_STREAM_TOKEN_SECONDS", 600, minimum=1),
+        timezone=_timezone("BGJOBS_TIMEZONE"),
+        keep_complete_days=_days("BGJOBS_KEEP_COMPLETE_DAYS", 7.0),
+        keep_error_days=_days("BGJOBS_KEEP_ERROR_DAYS", 30.0),
+        keep_cancelled_days=_days("BGJOBS_KEEP_CANCELLED_DAYS", 7.0),
     )
 
 

@@ -92,6 +92,8 @@ class User:
     name: str
     created_at: datetime
     token_id: int | None = None
+    #: Sees and steers every user's jobs (the operator view).
+    is_admin: bool = False
 
 
 @dataclass(frozen=True)

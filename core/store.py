@@ -40,6 +40,7 @@ from bgjobs.core.jobs import (
     User,
 )
 from bgjobs.core.queries import q
+from bgjobs.core.store_ops import Operations
 
 
 class NewJob(NamedTuple):
@@ -66,8 +67,11 @@ def hash_token(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
 
 
-class Store:
-    """All job, user and token operations, over a psycopg connection pool."""
+class Store(Operations):
+    """All job, user and token operations, over a psycopg connection pool.
+
+    Periodic jobs, limits, retention, workers and the operator view: ``Operations``.
+    """
 
     def __init__(self, pool: ConnectionPool) -> None:
         self.pool = pool
@@ -279,7 +283,8 @@ class Store:
 
     # Users and tokens ------------------------------------------------------------------------
 
-    def create_user(self, name: str, user_id: int | None = None) -> tuple[User, str]:
+    def create_user(self, name: str, user_id: int | None = None, *,
+                    is_admin: bool = False) -> tuple[User, str]:
         """A new user and their first API token (returned in clear, stored hashed).
 
         ``user_id`` makes the user with that id: in an app's database (see
@@ -290,8 +295,9 @@ class Store:
             raise InvalidInput("bgjobs's users are the app's users in this database: "
                                "give the id of the app's user")
         token = "bgj_" + secrets.token_urlsafe(32)
-        query, args = (("insert_user", {"name": name}) if user_id is None
-                       else ("insert_user_with_id", {"name": name, "id": user_id}))
+        query, args = (("insert_user", {"name": name, "is_admin": is_admin}) if user_id is None
+                       else ("insert_user_with_id",
+                             {"name": name, "id": user_id, "is_admin": is_admin}))
         with self.connection() as c, c.transaction(), c.cursor(row_factory=class_row(User)) as cur:
             try:
                 user = cur.execute(q(query), args).fetchone()

@@ -60,15 +60,42 @@ LIMIT %(limit)s
 -- name: claim_jobs
 -- Claim up to `limit` due pending jobs of the given types in one statement, by priority then
 -- age, returning only what a worker needs to run each: (id, job_type, params, attempts,
--- max_attempts, version), best first.
-WITH next AS (
-    SELECT id FROM background_jobs
+-- max_attempts, version), best first. Types with a cluster-wide limit (bgjobs_job_types:
+-- max_running, starts_per_second) are locked one by one in bgjobs_claim_quotas, so racing
+-- claimers take turns on them, and only their quota is taken, oldest first; the rest wait as
+-- pending. Unlimited types are claimed exactly as before, and lock nothing but their rows.
+WITH quota AS MATERIALIZED (
+    SELECT q.job_type, q.quota
+    FROM bgjobs_claim_quotas(%(types)s::text[], coalesce(%(now)s::timestamptz, now()),
+                             %(limit)s) AS q
+    -- A one-time check: with no limited type among these, the function is never called.
+    WHERE EXISTS (SELECT FROM bgjobs_job_types t
+                  WHERE t.job_type = ANY(%(types)s::text[])
+                    AND (t.max_running IS NOT NULL OR t.starts_per_second IS NOT NULL))
+), free AS (
+    SELECT id, priority, created_at FROM background_jobs
     WHERE status = 'pending'
       AND run_after <= coalesce(%(now)s::timestamptz, now())
-      AND job_type = ANY(%(types)s::text[])
+      AND job_type = ANY(ARRAY(SELECT unnest(%(types)s::text[])
+                               EXCEPT SELECT job_type FROM quota))
     ORDER BY priority, created_at
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
+), limited AS (
+    SELECT c.id, c.priority, c.created_at FROM quota
+    CROSS JOIN LATERAL (
+        SELECT b.id, b.priority, b.created_at FROM background_jobs b
+        WHERE b.status = 'pending' AND b.job_type = quota.job_type
+          AND b.run_after <= coalesce(%(now)s::timestamptz, now())
+        ORDER BY b.priority, b.created_at
+        LIMIT quota.quota
+        FOR UPDATE SKIP LOCKED
+    ) AS c
+    WHERE quota.quota > 0
+), next AS (
+    SELECT id FROM (SELECT * FROM free UNION ALL SELECT * FROM limited) AS candidates
+    ORDER BY priority, created_at
+    LIMIT %(limit)s
 ), claimed AS (
     UPDATE background_jobs j
     SET status = 'running',
@@ -164,11 +191,13 @@ FROM bgjobs_summary ORDER BY job_type, status
 
 -- name: insert_user
 -- A new user.
-INSERT INTO bgjobs_users (name) VALUES (%(name)s) RETURNING id, name, created_at
+INSERT INTO bgjobs_users (name, is_admin) VALUES (%(name)s, %(is_admin)s)
+RETURNING id, name, created_at, NULL::int AS token_id, is_admin
 
 -- name: insert_user_with_id
 -- A new user with a given id: in an app's database, the id of the app's user it is.
-INSERT INTO bgjobs_users (id, name) VALUES (%(id)s, %(name)s) RETURNING id, name, created_at
+INSERT INTO bgjobs_users (id, name, is_admin) VALUES (%(id)s, %(name)s, %(is_admin)s)
+RETURNING id, name, created_at, NULL::int AS token_id, is_admin
 
 -- name: host_users_table
 -- The app's users table that bgjobs_users.id references (no row: bgjobs numbers its own users).
@@ -177,7 +206,13 @@ WHERE conrelid = 'bgjobs_users'::regclass AND conname = 'bgjobs_users_id_fkey'
 
 -- name: get_user_by_name
 -- A user by name.
-SELECT id, name, created_at FROM bgjobs_users WHERE name = %(name)s
+SELECT id, name, created_at, NULL::int AS token_id, is_admin FROM bgjobs_users
+WHERE name = %(name)s
+
+-- name: set_admin
+-- Make a user an admin (operator view), or not.
+UPDATE bgjobs_users SET is_admin = %(is_admin)s WHERE name = %(name)s
+RETURNING id, name, created_at, NULL::int AS token_id, is_admin
 
 -- name: insert_token
 -- Store the hash of a new API token.
@@ -185,13 +220,13 @@ INSERT INTO bgjobs_api_tokens (user_id, token_hash) VALUES (%(user_id)s, %(token
 
 -- name: user_for_token
 -- The user a live (unrevoked) token belongs to.
-SELECT u.id, u.name, u.created_at, t.id AS token_id
+SELECT u.id, u.name, u.created_at, t.id AS token_id, u.is_admin
 FROM bgjobs_api_tokens t JOIN bgjobs_users u ON u.id = t.user_id
 WHERE t.token_hash = %(token_hash)s AND t.revoked_at IS NULL
 
 -- name: token_is_live
 -- Whether a token (by id) still belongs to the user and is not revoked (session checks).
-SELECT u.id, u.name, u.created_at, t.id AS token_id
+SELECT u.id, u.name, u.created_at, t.id AS token_id, u.is_admin
 FROM bgjobs_api_tokens t JOIN bgjobs_users u ON u.id = t.user_id
 WHERE t.id = %(token_id)s AND t.user_id = %(user_id)s AND t.revoked_at IS NULL
 
@@ -230,3 +265,152 @@ LIMIT %(limit)s
 -- name: events_db_now
 -- The database's clock (what `since` above is measured against).
 SELECT clock_timestamp()
+
+-- Operations: job type settings, schedules, retention, workers (009_operations.sql) ----------
+
+-- name: sync_job_types
+-- Record the registered types with the limits their tasks declare; a limit the task does not
+-- declare is left as a DBA set it.
+INSERT INTO bgjobs_job_types (job_type, max_running, starts_per_second)
+SELECT t.job_type, t.max_running, t.rate
+FROM unnest(%(types)s::text[], %(max_running)s::int[], %(rates)s::float8[])
+    AS t(job_type, max_running, rate)
+ORDER BY t.job_type
+ON CONFLICT (job_type) DO UPDATE
+SET max_running = coalesce(EXCLUDED.max_running, bgjobs_job_types.max_running),
+    starts_per_second = coalesce(EXCLUDED.starts_per_second, bgjobs_job_types.starts_per_second)
+WHERE (bgjobs_job_types.max_running, bgjobs_job_types.starts_per_second)
+      IS DISTINCT FROM (coalesce(EXCLUDED.max_running, bgjobs_job_types.max_running),
+                        coalesce(EXCLUDED.starts_per_second, bgjobs_job_types.starts_per_second))
+
+-- name: limited_types
+-- Job types with a cluster-wide limit, and their rate (workers wake for them).
+SELECT job_type, max_running, starts_per_second FROM bgjobs_job_types
+WHERE max_running IS NOT NULL OR starts_per_second IS NOT NULL
+ORDER BY job_type
+
+-- name: job_type_limits
+-- Every limited type with its running jobs now (operator view).
+SELECT t.job_type, t.max_running, t.starts_per_second,
+       (SELECT count(*) FROM background_jobs b
+        WHERE b.status = 'running' AND b.job_type = t.job_type) AS running
+FROM bgjobs_job_types t
+WHERE t.max_running IS NOT NULL OR t.starts_per_second IS NOT NULL
+ORDER BY t.job_type
+
+-- name: sync_schedules
+-- Write the schedules tasks declare in code (one per task, named after it); a schedule of the
+-- same name made in SQL wins.
+INSERT INTO bgjobs_schedules (name, job_type, cron, timezone, source)
+SELECT s.name, s.name, s.cron, s.timezone, 'code'
+FROM unnest(%(names)s::text[], %(crons)s::text[], %(timezones)s::text[]) AS s(name, cron, timezone)
+ORDER BY s.name
+ON CONFLICT (name) DO UPDATE
+SET cron = EXCLUDED.cron, timezone = EXCLUDED.timezone, job_type = EXCLUDED.job_type
+WHERE bgjobs_schedules.source = 'code'
+  AND (bgjobs_schedules.cron, bgjobs_schedules.timezone, bgjobs_schedules.job_type)
+      IS DISTINCT FROM (EXCLUDED.cron, EXCLUDED.timezone, EXCLUDED.job_type)
+
+-- name: drop_code_schedules
+-- Remove code schedules of registered tasks that no longer declare one.
+DELETE FROM bgjobs_schedules WHERE source = 'code' AND name = ANY(%(names)s::text[])
+RETURNING name
+
+-- name: list_schedules
+-- Every schedule, by name.
+SELECT name, job_type, cron, timezone, params, priority, enabled, catch_up, source, last_tick,
+       last_job_id, created_at
+FROM bgjobs_schedules ORDER BY name
+
+-- name: get_schedule
+-- One schedule by name.
+SELECT name, job_type, cron, timezone, params, priority, enabled, catch_up, source, last_tick,
+       last_job_id, created_at
+FROM bgjobs_schedules WHERE name = %(name)s
+
+-- name: advance_schedule
+-- Compare-and-set a schedule's last tick: only the first worker to handle this tick gets a row
+-- (and then enqueues its job in the same transaction); the others get none.
+UPDATE bgjobs_schedules SET last_tick = %(tick)s
+WHERE name = %(name)s AND enabled AND (last_tick IS NULL OR last_tick < %(tick)s)
+RETURNING name
+
+-- name: schedule_enqueued
+-- Remember the job a schedule last enqueued.
+UPDATE bgjobs_schedules SET last_job_id = %(job_id)s WHERE name = %(name)s
+
+-- name: purge_batch
+-- Delete one batch of finished jobs past their retention, unless another worker is purging
+-- right now (NULL then); also forget workers silent for a day.
+WITH turn AS (SELECT pg_try_advisory_xact_lock(hashtext('bgjobs.purger')) AS got),
+workers AS (
+    DELETE FROM bgjobs_workers
+    WHERE (SELECT got FROM turn)
+      AND heartbeat_at < coalesce(%(now)s::timestamptz, now()) - interval '1 day'
+)
+SELECT CASE WHEN (SELECT got FROM turn)
+            THEN bgjobs_purge_batch(coalesce(%(now)s::timestamptz, now()), %(limit)s,
+                                    %(keep_complete)s, %(keep_error)s, %(keep_cancelled)s)
+       END
+
+-- name: worker_heartbeat
+-- A worker supervisor says it is alive, with how many jobs it runs.
+INSERT INTO bgjobs_workers (worker_id, machine, pid, processes, running, types, lease_seconds)
+VALUES (%(worker_id)s, %(machine)s, %(pid)s, %(processes)s, %(running)s, %(types)s,
+        %(lease_seconds)s)
+ON CONFLICT (worker_id) DO UPDATE
+SET processes = EXCLUDED.processes, running = EXCLUDED.running, types = EXCLUDED.types,
+    lease_seconds = EXCLUDED.lease_seconds, heartbeat_at = now()
+
+-- name: worker_stopped
+-- A worker supervisor stopped cleanly.
+DELETE FROM bgjobs_workers WHERE worker_id = %(worker_id)s
+
+-- Operator view ------------------------------------------------------------------------------
+
+-- name: admin_list_jobs
+-- Every user's jobs newest first, filtered, after a (created_at, id) cursor.
+SELECT * FROM background_jobs
+WHERE (%(user_id)s::int IS NULL OR user_id = %(user_id)s)
+  AND (%(status)s::text IS NULL OR status = %(status)s)
+  AND (%(job_type)s::text IS NULL OR job_type = %(job_type)s)
+  AND (%(since)s::timestamptz IS NULL OR created_at >= %(since)s)
+  AND (%(until)s::timestamptz IS NULL OR created_at < %(until)s)
+  AND (%(before_created)s::timestamptz IS NULL
+       OR (created_at, id) < (%(before_created)s::timestamptz, %(before_id)s::uuid))
+ORDER BY created_at DESC, id DESC
+LIMIT %(limit)s
+
+-- name: user_names
+-- Names of the given users.
+SELECT id, name FROM bgjobs_users WHERE id = ANY(%(ids)s::int[])
+
+-- name: throughput
+-- Jobs started, completed and failed per minute since `since` (the operator's chart): reads
+-- only running jobs and those finished since then, through their partial indexes.
+WITH recent AS (
+    SELECT status, started_at, finished_at FROM background_jobs
+    WHERE status = 'running' OR finished_at >= %(since)s::timestamptz
+)
+SELECT minute, kind, count(*) AS jobs FROM (
+    SELECT date_trunc('minute', started_at) AS minute, 'started' AS kind FROM recent
+    WHERE started_at >= %(since)s::timestamptz
+    UNION ALL
+    SELECT date_trunc('minute', finished_at), CASE status WHEN 'complete' THEN 'completed'
+                                                          ELSE 'failed' END
+    FROM recent
+    WHERE finished_at >= %(since)s::timestamptz AND status IN ('complete', 'error')
+) AS events
+GROUP BY minute, kind ORDER BY minute, kind
+
+-- name: workers
+-- Worker supervisors that heartbeat, and whether they are alive.
+SELECT worker_id, machine, pid, processes, running, types, started_at, heartbeat_at,
+       heartbeat_at >= now() - make_interval(secs => lease_seconds) AS alive
+FROM bgjobs_workers ORDER BY machine, pid
+
+-- name: stuck_jobs
+-- Running jobs whose heartbeat is older than their lease (the bgjobs_stuck view).
+SELECT id, job_type, user_id, worker_id, attempts, max_attempts, started_at, heartbeat_at,
+       extract(epoch FROM silent_for)::float8 AS silent_seconds
+FROM bgjobs_stuck ORDER BY heartbeat_at NULLS FIRST LIMIT %(limit)s

@@ -70,6 +70,14 @@ class Task:
     retry_delay: float = DEFAULT_RETRY_DELAY
     #: Exception classes that end the job at once instead of being retried.
     non_retryable: tuple[type[BaseException], ...] = ()
+    #: At most this many jobs of the type run at once, across all workers (None: no limit).
+    max_running: int | None = None
+    #: At most this many jobs of the type start per second, across all workers.
+    starts_per_second: float | None = None
+    #: A 5-field cron expression: one job of the type (default params) at each tick.
+    cron: str | None = None
+    #: The time zone ``cron`` is read in (None: BGJOBS_TIMEZONE, default UTC).
+    timezone: str | None = None
 
     def retryable(self, exc: BaseException) -> bool:
         """Whether a failed attempt with ``exc`` may be retried."""
@@ -103,6 +111,9 @@ class Task:
             "type": self.name,
             "description": self.description,
             "exclusive": self.exclusive,
+            "max_running": self.max_running,
+            "starts_per_second": self.starts_per_second,
+            "cron": self.cron,
             "params": {
                 n: {"type": _type_name(p.type), "default": p.default, "required": p.required,
                     "min": p.min, "max": p.max}
@@ -129,10 +140,30 @@ def task(
     open_params: bool = False,
     retry_delay: float = DEFAULT_RETRY_DELAY,
     non_retryable: tuple[type[BaseException], ...] = (),
+    max_running: int | None = None,
+    starts_per_second: float | None = None,
+    cron: str | None = None,
+    timezone: str | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Register ``handler(ctx)`` as job type ``name``; its return value becomes the result."""
+    """Register ``handler(ctx)`` as job type ``name``; its return value becomes the result.
+
+    ``max_running`` and ``starts_per_second`` limit the type across all workers; ``cron``
+    enqueues one job of it at each tick (see docs/tasks.md).
+    """
     if not name or len(name) > 50:
         raise ValueError("a task name is 1 to 50 characters (background_jobs.job_type)")
+    if max_running is not None and (type(max_running) is not int or max_running < 1):
+        raise ValueError(f"max_running must be a whole number of at least 1, got {max_running!r}")
+    if starts_per_second is not None and (
+            isinstance(starts_per_second, bool) or not isinstance(starts_per_second, int | float)
+            or not 0 < starts_per_second < float("inf")):
+        raise ValueError(f"starts_per_second must be a number above 0, got {starts_per_second!r}")
+    if cron is not None:
+        from bgjobs.tasks.schedules import check_cron  # the cron library, only when used
+
+        check_cron(cron, timezone or "UTC")
+    elif timezone is not None:
+        raise ValueError("timezone= goes with cron=")
 
     def register(handler: Callable[..., Any]) -> Callable[..., Any]:
         if name in _TASKS and _TASKS[name].handler is not handler:
@@ -140,7 +171,9 @@ def task(
         doc = (handler.__doc__ or "").strip().splitlines()
         _TASKS[name] = Task(name, handler, dict(params or {}), exclusive, max_attempts,
                             doc[0] if doc else "", open_params, retry_delay,
-                            tuple(non_retryable))
+                            tuple(non_retryable), max_running,
+                            float(starts_per_second) if starts_per_second else None, cron,
+                            timezone)
         return handler
 
     return register

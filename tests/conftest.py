@@ -81,7 +81,8 @@ def database_url(server_url: str) -> Iterator[str]:
 
 def truncate(url: str) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("TRUNCATE background_jobs, bgjobs_api_tokens, bgjobs_users "
+        conn.execute("TRUNCATE background_jobs, bgjobs_api_tokens, bgjobs_users, "
+                     "bgjobs_job_types, bgjobs_schedules, bgjobs_workers "
                      "RESTART IDENTITY CASCADE")
 
 

@@ -84,3 +84,16 @@ def gated(ctx: Any) -> Any:
         ctx.progress(i + 1, steps, stage="stepping")
         time.sleep(0.15)
     return {"steps": steps}
+
+
+@task("limited", max_running=2, params={"seconds": Param(float, default=0.2)})
+def limited(ctx: Any) -> Any:
+    """At most two run at once across all workers."""
+    time.sleep(ctx.params["seconds"])
+    return {"pid": os.getpid()}
+
+
+@task("nightly", cron="0 2 * * *", timezone="Europe/Paris")
+def nightly(ctx: Any) -> Any:
+    """Declares a schedule in code."""
+    return {"ran": True}

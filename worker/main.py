@@ -15,6 +15,7 @@ from bgjobs.core import config as config_mod
 from bgjobs.core.db import database_url
 from bgjobs.core.errors import DatabaseUnavailable
 from bgjobs.tasks import registry
+from bgjobs.worker.retention import retention
 from bgjobs.worker.supervisor import Settings, Supervisor
 
 log = logging.getLogger(__name__)
@@ -102,6 +103,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         concurrency=args.concurrency, types=types or None, lease=max(1, round(args.lease)),
         poll_interval=args.poll_interval, cancel_grace=args.cancel_grace,
         shutdown_grace=args.shutdown_grace, max_batch=args.max_batch,
-        log_level=args.log_level,
+        log_level=args.log_level, timezone=cfg.timezone, keep=retention(cfg),
     )
     return Supervisor(url, settings).run()

@@ -14,17 +14,24 @@ import selectors
 import signal
 import socket
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
 
 from bgjobs.core.errors import DatabaseUnavailable
 from bgjobs.core.store import Store
+from bgjobs.core.store_ops import Retention
+from bgjobs.tasks import registry
+from bgjobs.tasks.sync import sync_registry
 from bgjobs.worker.backoff import Backoff
 from bgjobs.worker.connection import OneConnection
 from bgjobs.worker.fleet import Fleet
 from bgjobs.worker.notifications import NEW, NotificationListener, parse_taken_back
 from bgjobs.worker.outbox import Outbox
+from bgjobs.worker.retention import Purger
+from bgjobs.worker.scheduler import Scheduler
 from bgjobs.worker.writer import Writer
 
 log = logging.getLogger(__name__)
@@ -43,6 +50,9 @@ class Settings:
     shutdown_grace: float = 30.0
     max_batch: int = 100
     log_level: str = "INFO"
+    #: Time zone of schedules declared in code without one (BGJOBS_TIMEZONE).
+    timezone: str = "UTC"
+    keep: Retention = Retention()
 
     @property
     def heartbeat_interval(self) -> float:
@@ -82,6 +92,13 @@ class Supervisor:
         self.stop_deadline = 0.0
         self.signals = 0
         self.first_signal = 0.0
+        # Operations: declared limits and schedules, periodic jobs, retention, our heartbeat.
+        self.synced = False
+        self.limited: dict[str, float | None] = {}  # limited types -> starts per second
+        self.scheduler = Scheduler(self.store)
+        self.next_schedule = now
+        self.purger = Purger(self.store, settings.keep)
+        self.next_beat = now
 
     @property
     def types(self) -> tuple[str, ...]:
@@ -105,6 +122,7 @@ class Supervisor:
             while not self._finished():
                 self._tick()
         finally:
+            self._forget_worker()
             self.fleet.close()
             self.writer.close()
             self.listener.close()
@@ -151,7 +169,8 @@ class Supervisor:
                 self.db_state.failed(exc, now)
 
     def _next_wakeup(self, now: float) -> float:
-        times = [self.next_poll, self.next_reap, now + self.settings.poll_interval]
+        times = [self.next_poll, self.next_reap, now + self.settings.poll_interval,
+                 self.next_schedule, self.next_beat, self.purger.next_at]
         if self.fleet.running:
             times.append(self.next_heartbeat)
         for t in (self.next_due, self.fleet.next_deadline()):
@@ -181,6 +200,10 @@ class Supervisor:
             self.fleet.lost(lost, "a fenced write or heartbeat")
             if error is None:
                 self.write_state.ok(now)
+                # A finished job of a limited type frees a slot that no notification announces.
+                finished = [o.running for o in batch.done] + [o.running for o in batch.failed]
+                if self.limited and any(r.job_type in self.limited for r in finished):
+                    self.wake = True
                 continue
             self.outbox.put_back(batch)
             if not isinstance(error, DatabaseUnavailable):
@@ -188,6 +211,24 @@ class Supervisor:
             self.write_state.failed(error, now)
 
     def _database_work(self, now: float) -> None:
+        if not self.synced:
+            sync_registry(self.store, registry.load_tasks(), self.settings.timezone)
+            self.limited = self.store.limited_types()
+            self.synced = True
+        if now >= self.next_beat:
+            self.next_beat = now + self.settings.heartbeat_interval
+            self.store.worker_heartbeat(
+                self.worker_id, socket.gethostname(), os.getpid(), self.settings.concurrency,
+                len(self.fleet.running), self.types, self.settings.lease)
+        if now >= self.next_schedule and not self.stopping:
+            self.next_schedule = now + self.settings.poll_interval
+            with _side_loop("periodic jobs"):
+                soonest = self.scheduler.run(self.settings.types or tuple(registry.load_tasks()))
+                if soonest is not None:
+                    wait = (soonest - datetime.now(UTC)).total_seconds()
+                    self.next_schedule = now + max(0.0, min(self.settings.poll_interval, wait))
+        with _side_loop("retention"):
+            self.purger.run(now)
         if now >= self.next_reap:
             self.next_reap = now + self.settings.reap_interval
             for row in self.store.reap_stale():
@@ -196,6 +237,7 @@ class Supervisor:
         if now >= self.next_poll:
             self.next_poll = now + self.settings.poll_interval
             self.wake = True
+            self.limited = self.store.limited_types()  # a DBA may have changed them
         if self.next_due is not None and now >= self.next_due:
             self.next_due, self.wake = None, True
         if not self.stopping and (self.wake or self.more):
@@ -220,6 +262,7 @@ class Supervisor:
         self.more = len(jobs) == limit
         if not self.more:
             self._schedule_next_due()
+            self._schedule_rate_refill(now)
         if jobs and not self.fleet.running:
             self.next_heartbeat = now + self.settings.heartbeat_interval
         if jobs:
@@ -233,6 +276,19 @@ class Supervisor:
             wait = (due - datetime.now(UTC)).total_seconds()
             if wait > 0:  # past-due rows are being claimed by someone else right now
                 self.next_due = time.monotonic() + min(wait, self.settings.poll_interval)
+
+    def _schedule_rate_refill(self, now: float) -> None:
+        """Rate-limited types earn a start every 1/rate s, unannounced: claim again by then."""
+        rates = [r for t, r in self.limited.items() if r and t in self.types]
+        if rates:
+            at = now + min(self.settings.poll_interval, max(0.25, 1 / max(rates)))
+            self.next_due = at if self.next_due is None else min(self.next_due, at)
+
+    def _forget_worker(self) -> None:
+        try:
+            self.store.worker_stopped(self.worker_id)
+        except Exception as exc:  # noqa: BLE001 - the row goes stale and the purger drops it
+            log.warning("could not remove this worker from bgjobs_workers: %s", exc)
 
     # Notifications ------------------------------------------------------------------------
 
@@ -252,6 +308,8 @@ class Supervisor:
             # News of an older attempt (reaped from us, then claimed by us again) is not news.
             if r is not None and taken is not None and taken["attempt"] == r.attempt.attempt:
                 self.fleet.lost({r.id}, "notification")
+                if r.job_type in self.limited:
+                    self.wake = True  # its slot is free now
 
     def _listen(self, now: float) -> None:
         try:
@@ -295,6 +353,17 @@ class Supervisor:
         if self.signals > 1 and not self.force:
             self.force = True
             log.info("second signal: stopping now, handing running jobs back")
+
+
+@contextmanager
+def _side_loop(name: str) -> Iterator[None]:
+    """A side job's bug is logged and retried later; it must not stop the claims."""
+    try:
+        yield
+    except DatabaseUnavailable:
+        raise
+    except Exception:
+        log.exception("%s failed; retrying later", name)
 
 
 def _drain_socket(sock: socket.socket) -> None:

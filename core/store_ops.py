@@ -1,0 +1,167 @@
+"""The store's operations half: job type settings, schedules, retention, worker heartbeats and
+the operator view's reads (009_operations.sql). Mixed into ``Store``; the SQL is in queries.sql.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+import psycopg
+from psycopg.rows import class_row, dict_row
+
+from bgjobs.core.errors import NotFound
+from bgjobs.core.jobs import Job, User
+from bgjobs.core.queries import q
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """One row of bgjobs_schedules."""
+
+    name: str
+    job_type: str
+    cron: str
+    timezone: str
+    params: dict[str, Any]
+    priority: int
+    enabled: bool
+    catch_up: bool
+    source: str
+    last_tick: datetime | None
+    last_job_id: UUID | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class Retention:
+    """How long finished jobs are kept, unless their type says otherwise in bgjobs_job_types."""
+
+    complete: timedelta = timedelta(days=7)
+    error: timedelta = timedelta(days=30)
+    cancelled: timedelta = timedelta(days=7)
+
+
+class Operations:
+    """Operations queries; ``connection`` comes from the Store."""
+
+    def connection(self, conn: psycopg.Connection | None = None
+                   ) -> AbstractContextManager[psycopg.Connection]:
+        raise NotImplementedError
+
+    def _dicts(self, query: str, args: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        with self.connection() as c, c.cursor(row_factory=dict_row) as cur:
+            return cur.execute(q(query), args or {}).fetchall()
+
+    # Job types and limits ------------------------------------------------------------------
+
+    def sync_job_types(self, limits: Sequence[tuple[str, int | None, float | None]]) -> None:
+        """Record registered types with the limits their tasks declare: (type, max, rate)."""
+        rows = sorted(limits)
+        with self.connection() as c:
+            c.execute(q("sync_job_types"), {"types": [r[0] for r in rows],
+                                            "max_running": [r[1] for r in rows],
+                                            "rates": [r[2] for r in rows]})
+
+    def limited_types(self) -> dict[str, float | None]:
+        """Limited job types and their starts per second (None: a max_running limit only)."""
+        return {r["job_type"]: r["starts_per_second"] for r in self._dicts("limited_types")}
+
+    def job_type_limits(self) -> list[dict[str, Any]]:
+        return self._dicts("job_type_limits")
+
+    # Schedules ---------------------------------------------------------------------------------
+
+    def sync_schedules(self, declared: Sequence[tuple[str, str, str]],
+                       undeclared: Sequence[str]) -> None:
+        """Write code schedules (name, cron, timezone); drop those of tasks that lost theirs."""
+        rows = sorted(declared)
+        with self.connection() as c, c.transaction():
+            c.execute(q("sync_schedules"), {"names": [r[0] for r in rows],
+                                            "crons": [r[1] for r in rows],
+                                            "timezones": [r[2] for r in rows]})
+            c.execute(q("drop_code_schedules"), {"names": sorted(undeclared)})
+
+    def schedules(self) -> list[Schedule]:
+        with self.connection() as c, c.cursor(row_factory=class_row(Schedule)) as cur:
+            return cur.execute(q("list_schedules")).fetchall()
+
+    def get_schedule(self, name: str) -> Schedule:
+        with self.connection() as c, c.cursor(row_factory=class_row(Schedule)) as cur:
+            found = cur.execute(q("get_schedule"), {"name": name}).fetchone()
+        if found is None:
+            raise NotFound(f"no schedule {name!r}")
+        return found
+
+    def advance_schedule(self, c: psycopg.Connection, name: str, tick: datetime) -> bool:
+        """In the caller's transaction: True if this caller won ``tick`` of the schedule."""
+        return c.execute(q("advance_schedule"), {"name": name, "tick": tick}).fetchone() is not None
+
+    def schedule_enqueued(self, c: psycopg.Connection, name: str, job_id: UUID) -> None:
+        c.execute(q("schedule_enqueued"), {"name": name, "job_id": job_id})
+
+    # Retention and workers -----------------------------------------------------------------
+
+    def purge_batch(self, limit: int, retention: Retention,
+                    now: datetime | None = None) -> int | None:
+        """Delete up to ``limit`` expired finished jobs; None if another worker is purging."""
+        args = {"limit": limit, "now": now, "keep_complete": retention.complete,
+                "keep_error": retention.error, "keep_cancelled": retention.cancelled}
+        with self.connection() as c:
+            row = c.execute(q("purge_batch"), args).fetchone()
+        return None if row is None or row[0] is None else int(row[0])
+
+    def worker_heartbeat(self, worker_id: str, machine: str, pid: int, processes: int,
+                         running: int, types: Sequence[str], lease_seconds: int) -> None:
+        with self.connection() as c:
+            c.execute(q("worker_heartbeat"), {
+                "worker_id": worker_id, "machine": machine, "pid": pid,
+                "processes": processes, "running": running, "types": list(types),
+                "lease_seconds": lease_seconds})
+
+    def worker_stopped(self, worker_id: str) -> None:
+        with self.connection() as c:
+            c.execute(q("worker_stopped"), {"worker_id": worker_id})
+
+    # Users ---------------------------------------------------------------------------------
+
+    def set_admin(self, name: str, is_admin: bool) -> User:
+        with self.connection() as c, c.cursor(row_factory=class_row(User)) as cur:
+            user = cur.execute(q("set_admin"), {"name": name, "is_admin": is_admin}).fetchone()
+        if user is None:
+            raise NotFound(f"no user {name!r}")
+        return user
+
+    # The operator view -------------------------------------------------------------------
+
+    def admin_list_jobs(self, *, user_id: int | None = None, status: str | None = None,
+                        job_type: str | None = None, since: datetime | None = None,
+                        until: datetime | None = None, limit: int = 50,
+                        before: tuple[datetime, UUID] | None = None) -> list[Job]:
+        """Every user's jobs, newest first; ``before`` is the previous page's last position."""
+        args = {"user_id": user_id, "status": status, "job_type": job_type, "since": since,
+                "until": until, "limit": limit,
+                "before_created": before[0] if before else None,
+                "before_id": before[1] if before else None}
+        with self.connection() as c, c.cursor(row_factory=class_row(Job)) as cur:
+            return cur.execute(q("admin_list_jobs"), args).fetchall()
+
+    def user_names(self, ids: Iterator[int] | Sequence[int]) -> dict[int, str]:
+        wanted = sorted(set(ids))
+        if not wanted:
+            return {}
+        return {r["id"]: r["name"] for r in self._dicts("user_names", {"ids": wanted})}
+
+    def throughput(self, since: datetime) -> list[dict[str, Any]]:
+        """(minute, kind, jobs) rows: kind is started, completed or failed."""
+        return self._dicts("throughput", {"since": since})
+
+    def workers(self) -> list[dict[str, Any]]:
+        return self._dicts("workers")
+
+    def stuck_jobs(self, limit: int = 50) -> list[dict[str, Any]]:
+        return self._dicts("stuck_jobs", {"limit": limit})
