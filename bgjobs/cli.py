@@ -21,7 +21,7 @@ from bgjobs.core.db import connect, database_url, make_pool
 from bgjobs.core.errors import BgjobsError, Conflict, first_line
 from bgjobs.core.jobs import parse_job_id
 from bgjobs.core.store import Store
-from bgjobs.tasks import enqueue, registry
+from bgjobs.tasks import enqueue, registry, schedules
 
 log = logging.getLogger("bgjobs")
 
@@ -47,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config_mod.setup_logging(cfg.log_level)
         return ns.func(ns, cfg) or 0
     except (CliError, BgjobsError, ConfigError, registry.UnknownTask, registry.InvalidParams,
-            migrate.MigrationError, embedded.EmbeddedError) as exc:
+            migrate.MigrationError, embedded.EmbeddedError, schedules.InvalidSchedule) as exc:
         print(f"bgjobs: {first_line(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -81,7 +81,13 @@ def _parser() -> argparse.ArgumentParser:
     uc.add_argument("--id", type=int, dest="user_id", metavar="N",
                     help="in your app's database (bgjobs installed beside a users table): the "
                          "id of your app's user this bgjobs user is; required there")
+    uc.add_argument("--admin", action="store_true",
+                    help="an admin: sees and steers every user's jobs in the operator view")
     uc.set_defaults(func=cmd_user_create)
+    ua = usub.add_parser("admin", help="make a user an admin (or not, with --remove)")
+    ua.add_argument("name")
+    ua.add_argument("--remove", action="store_true", help="no longer an admin")
+    ua.set_defaults(func=cmd_user_admin)
     ut = usub.add_parser("token", help="print a new API token for an existing user (shown once)")
     ut.add_argument("name")
     ut.set_defaults(func=cmd_user_token)
@@ -106,6 +112,13 @@ def _parser() -> argparse.ArgumentParser:
     cancel.add_argument("id")
     requeue = cmd("requeue", cmd_requeue, "run a job again from the start")
     requeue.add_argument("id")
+
+    sched = cmd("schedules", cmd_schedules, "list the periodic jobs with their next run")
+    sched.add_argument("--json", action="store_true", help="one JSON object per line")
+    ssub = sched.add_subparsers(title="schedule commands", metavar="ACTION")
+    run_now = ssub.add_parser("run", help="enqueue a schedule's job now (its ticks are kept)")
+    run_now.add_argument("name")
+    run_now.set_defaults(func=cmd_schedule_run)
 
     cmd("psql", cmd_psql, "open psql on the database in use (embedded or DATABASE_URL)")
 
@@ -164,9 +177,16 @@ def cmd_user_create(ns: argparse.Namespace, cfg: Config) -> int:
     if not host and ns.user_id is not None:
         raise CliError("--id links to a row of your app's users table, and bgjobs was not "
                        "installed beside one in this database (it numbers its own users)")
-    user, token = store.create_user(ns.name, user_id=ns.user_id)
-    print(f"created user {user.name} (id {user.id}); API token (shown once, keep it safe):")
+    user, token = store.create_user(ns.name, user_id=ns.user_id, is_admin=ns.admin)
+    kind = "admin" if user.is_admin else "user"
+    print(f"created {kind} {user.name} (id {user.id}); API token (shown once, keep it safe):")
     print(token)
+    return 0
+
+
+def cmd_user_admin(ns: argparse.Namespace, cfg: Config) -> int:
+    user = _store(cfg).set_admin(ns.name, not ns.remove)
+    print(f"{user.name} is {'now an admin' if user.is_admin else 'no longer an admin'}")
     return 0
 
 
@@ -230,6 +250,31 @@ def cmd_cancel(ns: argparse.Namespace, cfg: Config) -> int:
 def cmd_requeue(ns: argparse.Namespace, cfg: Config) -> int:
     job = _store(cfg).requeue(parse_job_id(ns.id))
     print(f"requeued {job.id}")
+    return 0
+
+
+def cmd_schedules(ns: argparse.Namespace, cfg: Config) -> int:
+    rows = [schedules.describe(s) for s in _store(cfg).schedules()]
+    if ns.json:
+        for row in rows:
+            print(json.dumps(row))
+        return 0
+    print(f"{'NAME':24}  {'TYPE':14}  {'CRON':16}  {'TIMEZONE':16}  {'NEXT RUN (UTC)':20}  "
+          "SOURCE")
+    for row in rows:
+        when = ("disabled" if not row["enabled"] else row["problem"] and "invalid"
+                or row["next_run"][:19].replace("T", " "))
+        print(f"{row['name']:24.24}  {row['type']:14.14}  {row['cron']:16.16}  "
+              f"{row['timezone']:16.16}  {when:20}  {row['source']}")
+    if not rows:
+        print("(no schedules: declare @task(..., cron=...) or insert into bgjobs_schedules)")
+    return 0
+
+
+def cmd_schedule_run(ns: argparse.Namespace, cfg: Config) -> int:
+    registry.load_tasks(cfg.task_modules)
+    job = schedules.run_now(_store(cfg), ns.name)
+    print(job.id)
     return 0
 
 

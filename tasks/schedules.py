@@ -8,9 +8,15 @@ only checks that an expression has the standard five fields and that the zone ex
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cronsim import CronSim, CronSimError
+
+from bgjobs.core.jobs import Job
+from bgjobs.core.store import Store
+from bgjobs.core.store_ops import Schedule
+from bgjobs.tasks.enqueue import enqueue
 
 
 class InvalidSchedule(ValueError):
@@ -48,3 +54,29 @@ def last_tick(expr: str, timezone: str, now: datetime) -> datetime:
     # Reverse iteration starts strictly before its start; ticks fall on whole minutes.
     start = now.astimezone(zone(timezone)).replace(microsecond=0) + timedelta(seconds=1)
     return next(CronSim(expr, start, reverse=True)).astimezone(UTC)
+
+
+def describe(schedule: Schedule, now: datetime | None = None) -> dict[str, Any]:
+    """A schedule as the CLI and the operator view show it, with its next run (None if bad)."""
+    now = now or datetime.now(UTC)
+    try:
+        upcoming: str | None = next_tick(schedule.cron, schedule.timezone, now).isoformat()
+        problem = None
+    except InvalidSchedule as exc:
+        upcoming, problem = None, str(exc)
+    return {
+        "name": schedule.name, "type": schedule.job_type, "cron": schedule.cron,
+        "timezone": schedule.timezone, "params": schedule.params, "enabled": schedule.enabled,
+        "catch_up": schedule.catch_up, "source": schedule.source,
+        "next_run": upcoming if schedule.enabled else None,
+        "last_tick": schedule.last_tick.isoformat() if schedule.last_tick else None,
+        "last_job_id": str(schedule.last_job_id) if schedule.last_job_id else None,
+        "problem": problem,
+    }
+
+
+def run_now(store: Store, name: str, *, user_id: int | None = None) -> Job:
+    """Enqueue a schedule's job at once, through the one enqueue path; its ticks are unchanged."""
+    schedule = store.get_schedule(name)
+    return enqueue(schedule.job_type, schedule.params, priority=schedule.priority,
+                   user_id=user_id, store=store)
