@@ -19,7 +19,7 @@ from bgjobs.core import config as config_mod
 from bgjobs.core.db import database_url, make_pool
 from bgjobs.core.jobs import User, parse_job_id
 from bgjobs.core.store import Store
-from bgjobs.server import api_input, auth, dashboard, errors, metrics, openapi
+from bgjobs.server import admin, api_input, auth, dashboard, errors, metrics, openapi
 from bgjobs.server.errors import ApiError
 from bgjobs.server.job_views import JobViews, register_error_handlers
 from bgjobs.tasks import registry
@@ -52,6 +52,7 @@ def create_app(store: Store | None = None, config: config_mod.Config | None = No
     cookie_secure = config.cookie_secure
     register_error_handlers(app)
     app.register_blueprint(dashboard.bp)
+    admin.register(app, store, lambda: _authenticate(store, secret))
 
     def login_required(view: F) -> F:
         @functools.wraps(view)
@@ -159,7 +160,7 @@ def _authenticate(store: Store, secret: str) -> User:
 
 
 def _user_json(user: User) -> dict[str, Any]:
-    return {"id": user.id, "name": user.name}
+    return {"id": user.id, "name": user.name, "is_admin": user.is_admin}
 
 
 def _seed_json(job: dict[str, Any]) -> dict[str, Any]:

@@ -115,6 +115,7 @@ def spec() -> dict[str, Any]:
                 parameters=[_SEED_TYPE, _IDEMPOTENCY],
                 requestBody={"required": False, "content": {
                     "application/json": {"schema": {"type": "object"}}}})},
+            **_admin_paths(),
             "/api/{job_type}/progress/{id}": {"get": _op(
                 "Seed-compatible: a job of that type, as /api/jobs/{id} shows it", {
                     "200": _json(_ref("SeedJob"), "The job, plus job_id"),
@@ -138,9 +139,60 @@ def spec() -> dict[str, Any]:
                                  "(error.job_id names it)"),
                     ("Invalid", "Unknown type, bad params, priority or run_after"),
                     ("Unavailable", "The database is unreachable; retry"),
+                    ("Forbidden", "Signed in, but not an admin (the operator view)"),
                 ]
             },
         },
+    }
+
+
+def _admin_paths() -> dict[str, Any]:
+    """The operator view (admins only; everyone else gets 403)."""
+    def op(summary: str, responses: dict[str, Any], **extra: Any) -> dict[str, Any]:
+        return _op(summary, {**responses, "403": _err("Forbidden")}, tags=["admin"], **extra)
+
+    name = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"},
+            "description": "The schedule's name (bgjobs_schedules.name)."}
+    when = {"type": "string", "format": "date-time"}
+    return {
+        "/api/admin/overview": {"get": op(
+            "Counts by type and status, queue depth and oldest pending age, started/completed/"
+            "failed per minute over the last hour, live workers, stuck jobs, schedules, limits",
+            {"200": _json(_ref("Overview"), "The whole queue, read from Postgres now")})},
+        "/api/admin/jobs": {"get": op(
+            "Every user's jobs, newest first, filtered, a page at a time", {
+                "200": _json({"type": "object", "properties": {
+                    "jobs": {"type": "array", "items": {"allOf": [_ref("Job"), {
+                        "type": "object", "properties": {
+                            "user": {"type": ["string", "null"]},
+                            "worker_id": {"type": ["string", "null"]}}}]}},
+                    "next_cursor": {"type": ["string", "null"]}}}, "A page of jobs"),
+                "400": _err("BadRequest")},
+            parameters=[
+                {"name": "status", "in": "query", "schema": {"type": "string",
+                                                             "enum": _STATUSES}},
+                {"name": "type", "in": "query", "schema": {"type": "string"}},
+                {"name": "user", "in": "query", "schema": {"type": "string"},
+                 "description": "A user name or id"},
+                {"name": "since", "in": "query", "schema": when,
+                 "description": "Created at or after (ISO 8601 with a timezone)"},
+                {"name": "until", "in": "query", "schema": when,
+                 "description": "Created before (ISO 8601 with a timezone)"},
+                {"name": "limit", "in": "query", "schema": {
+                    "type": "integer", "minimum": 1, "maximum": LIMIT_MAX,
+                    "default": LIMIT_DEFAULT}},
+                {"name": "cursor", "in": "query", "schema": {"type": "string"}}])},
+        "/api/admin/jobs/{id}/cancel": {"post": op("Cancel any user's pending or running job", {
+            "200": _json(_ref("Job"), "The cancelled job"), "404": _err("NotFound"),
+            "409": _err("Conflict")}, parameters=[_JOB_ID])},
+        "/api/admin/jobs/{id}/requeue": {"post": op(
+            "Run any job again from the start (any status but pending)", {
+                "200": _json(_ref("Job"), "The job, pending again"), "404": _err("NotFound"),
+                "409": _err("Conflict")}, parameters=[_JOB_ID])},
+        "/api/admin/schedules/{name}/run": {"post": op(
+            "Enqueue a schedule's job now (its ticks are unchanged)", {
+                "202": _json(_ref("Job"), "The new job"), "404": _err("NotFound"),
+                "409": _err("Conflict"), "422": _err("Invalid")}, parameters=[name])},
     }
 
 
@@ -176,7 +228,35 @@ def _schemas() -> dict[str, Any]:
             "jobs": {"type": "array", "items": _ref("Job")},
             "next_cursor": {"type": ["string", "null"]}}},
         "Me": {"type": "object", "properties": {"user": {"type": "object", "properties": {
-            "id": {"type": "integer"}, "name": {"type": "string"}}}}},
+            "id": {"type": "integer"}, "name": {"type": "string"},
+            "is_admin": {"type": "boolean", "description": "Sees the operator view"}}}}},
+        "Overview": {"type": "object", "properties": {
+            "now": {"type": "string", "format": "date-time"},
+            "counts": {"type": "array", "items": {"type": "object", "properties": {
+                "type": {"type": "string"}, "status": {"type": "string", "enum": _STATUSES},
+                "jobs": {"type": "integer"}}}},
+            "queue": {"type": "object", "properties": {
+                "pending": {"type": "integer"},
+                "oldest_pending_seconds": {"type": ["number", "null"]}}},
+            "throughput": {"type": "object", "properties": {
+                "since": {"type": "string", "format": "date-time"},
+                "minutes": {"type": "array", "items": {"type": "object", "properties": {
+                    "minute": {"type": "string", "format": "date-time"},
+                    "started": {"type": "integer"}, "completed": {"type": "integer"},
+                    "failed": {"type": "integer"}}}}}},
+            "workers": {"type": "array", "items": {"type": "object", "properties": {
+                "worker_id": {"type": "string"}, "machine": {"type": "string"},
+                "pid": {"type": "integer"}, "processes": {"type": "integer"},
+                "running": {"type": "integer"}, "alive": {"type": "boolean"},
+                "heartbeat_at": {"type": "string", "format": "date-time"}}}},
+            "stuck": {"type": "array", "items": {"type": "object"},
+                      "description": "Rows of the bgjobs_stuck view"},
+            "schedules": {"type": "array", "items": {"type": "object", "properties": {
+                "name": {"type": "string"}, "type": {"type": "string"},
+                "cron": {"type": "string"}, "timezone": {"type": "string"},
+                "next_run": {"type": ["string", "null"], "format": "date-time"}}}},
+            "limits": {"type": "array", "items": {"type": "object"}},
+            "types": {"type": "array", "items": {"type": "string"}}}},
         "Error": {"type": "object", "properties": {"error": {
             "type": "object", "required": ["code", "message"], "properties": {
                 "code": {"type": "string"}, "message": {"type": "string"},

@@ -75,7 +75,8 @@ def _session_cookie(api: Api):
 def test_session_sign_in_and_out(api: Api) -> None:
     job = _new_job(api)
     r = api.client.post("/api/session", json={"token": api.alice.token})
-    assert r.status_code == 200 and r.json == {"user": {"id": api.alice.id, "name": "alice"}}
+    assert r.status_code == 200
+    assert r.json == {"user": {"id": api.alice.id, "name": "alice", "is_admin": False}}
     set_cookie = r.headers["Set-Cookie"]
     assert set_cookie.startswith(f"{auth.SESSION_COOKIE}=")
     for attribute in ("HttpOnly", "SameSite=Lax", "Path=/"):

@@ -203,12 +203,13 @@ def test_openapi_describes_every_route(api: Api) -> None:
         if rule.endpoint == "static" or rule.endpoint.startswith("dashboard."):
             continue  # the browser page and its assets, not API
         path = (rule.rule.replace("<raw_id>", "{id}")
-                .replace("<any(validation, optimization, rescoring):job_type>", "{job_type}"))
+                .replace("<any(validation, optimization, rescoring):job_type>", "{job_type}")
+                .replace("<name>", "{name}"))
         for method in rule.methods - {"HEAD", "OPTIONS"}:
             assert (path, method.lower()) in documented, (path, method)
 
 
 def test_responses_name_the_worker_and_are_not_cached(api: Api) -> None:
     r = api.client.get("/api/me", headers=api.alice.headers)
-    assert r.json == {"user": {"id": api.alice.id, "name": "alice"}}
+    assert r.json == {"user": {"id": api.alice.id, "name": "alice", "is_admin": False}}
     assert r.headers["X-Served-By"].isdigit() and r.headers["Cache-Control"] == "no-store"
