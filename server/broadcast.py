@@ -37,6 +37,28 @@ PROBE_SECONDS = 20.0
 RESYNC_MARGIN = timedelta(seconds=PROBE_SECONDS * 2)
 BACKOFF_MIN, BACKOFF_MAX = 0.2, 5.0
 _STATUSES = frozenset(s.value for s in Status)
+#: Most job states an all-jobs (admin) stream holds for a slow client; past it, news is dropped.
+FIREHOSE_MAX_WAITING = 5000
+
+
+@dataclasses.dataclass(frozen=True)
+class Change:
+    """A job's new state as its notification tells it: the all-jobs stream reads no rows."""
+
+    id: UUID
+    version: int
+    user_id: int | None
+    job_type: str
+    status: str
+    progress: dict[str, Any] | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": str(self.id), "type": self.job_type, "status": self.status,
+                "user_id": self.user_id, "version": self.version,
+                "progress": self.progress or {}}
+
+
+State = Job | Change
 
 
 class ProgressPayload(TypedDict):
@@ -74,7 +96,7 @@ class Subscription:
     def __init__(self, job_ids: frozenset[UUID], user_id: int | None) -> None:
         self.job_ids = job_ids
         self.user_id = user_id
-        self._latest: dict[UUID, Job] = {}
+        self._latest: dict[UUID, State] = {}
         self._seen: dict[UUID, int] = {}  # highest version sent or waiting, per job
         self._ready = asyncio.Event()
         self.closed = False
@@ -84,7 +106,7 @@ class Subscription:
         """How many states wait to be sent (at most one per watched job)."""
         return len(self._latest)
 
-    def offer(self, job: Job) -> None:
+    def offer(self, job: State) -> None:
         """Keep ``job`` if it is newer than anything sent or waiting; it replaces older ones."""
         if job.version <= self._seen.get(job.id, 0):
             return
@@ -104,7 +126,7 @@ class Subscription:
         self.closed = True
         self._ready.set()
 
-    async def next(self) -> list[Job]:
+    async def next(self) -> list[State]:
         """Wait for news; the waiting states (one per job, in the order the jobs first changed).
 
         An empty list means the subscription was closed (the service is stopping).
@@ -115,6 +137,25 @@ class Subscription:
         jobs = list(self._latest.values())
         self._latest.clear()
         return jobs
+
+
+class Firehose(Subscription):
+    """Every job's changes (admins): the latest waiting state per job, at most
+    FIREHOSE_MAX_WAITING of them, and no memory of what was sent (it would grow for ever)."""
+
+    def __init__(self) -> None:
+        super().__init__(frozenset(), None)
+        self.dropped = 0
+
+    def offer(self, job: State) -> None:
+        waiting = self._latest.get(job.id)
+        if waiting is not None and waiting.version >= job.version:
+            return
+        if waiting is None and len(self._latest) >= FIREHOSE_MAX_WAITING:
+            self.dropped += 1
+            return
+        self._latest[job.id] = job
+        self._ready.set()
 
 
 class Broadcaster:
@@ -129,6 +170,7 @@ class Broadcaster:
         self._by_job: dict[UUID, set[Subscription]] = {}
         self._by_user: dict[int, set[Subscription]] = {}
         self._subs: set[Subscription] = set()
+        self._firehoses: set[Firehose] = set()
         # The latest known row of each job someone watches: progress-only notifications are
         # applied to it instead of re-reading the row.
         self._rows: dict[UUID, Job] = {}
@@ -149,8 +191,19 @@ class Broadcaster:
             self._by_user.setdefault(user_id, set()).add(sub)
         return sub
 
+    def subscribe_all(self) -> Firehose:
+        """Every change to every job (the operator view), from the notifications alone."""
+        sub = Firehose()
+        if self._closing:
+            sub.close()
+        self._subs.add(sub)
+        self._firehoses.add(sub)
+        return sub
+
     def unsubscribe(self, sub: Subscription) -> None:
         self._subs.discard(sub)
+        if isinstance(sub, Firehose):
+            self._firehoses.discard(sub)
         for job_id in sub.job_ids:
             _discard(self._by_job, job_id, sub)
         candidates = set(sub.job_ids)
@@ -180,6 +233,8 @@ class Broadcaster:
             "pending_total": sum(s.pending for s in self._subs),
             "notifications": self.notifications,
             "reconnects": self.reconnects,
+            "all_jobs_streams": len(self._firehoses),
+            "all_jobs_dropped": sum(f.dropped for f in self._firehoses),
         }
 
     def publish(self, job: Job) -> None:
@@ -254,6 +309,8 @@ class Broadcaster:
             self.publish(job)
 
     async def _on_payload(self, payload: ProgressPayload) -> None:
+        if self._firehoses:
+            await self._to_firehoses(payload)
         job_id, user_id = payload["id"], payload.get("user_id")
         complete = "version" in payload
         if not (job_id in self._by_job or (user_id is not None and user_id in self._by_user)
@@ -271,6 +328,21 @@ class Broadcaster:
                 return
             job = jobs[0]
         self.publish(job)
+
+
+    async def _to_firehoses(self, payload: ProgressPayload) -> None:
+        state: State
+        if "version" in payload:
+            state = Change(payload["id"], payload["version"], payload.get("user_id"),
+                           payload.get("job_type", ""), payload.get("status", ""),
+                           payload.get("progress"))
+        else:  # too big to tell: the row
+            rows = await self.db.get_jobs([payload["id"]])
+            if not rows:
+                return
+            state = rows[0]
+        for sub in self._firehoses:
+            sub.offer(state)
 
 
 def _apply(known: Job | None, payload: ProgressPayload) -> Job | None:

@@ -32,7 +32,7 @@ from bgjobs.core.errors import BgjobsError
 from bgjobs.core.jobs import FINISHED, Job, User, parse_job_id
 from bgjobs.server import errors, stream_tokens
 from bgjobs.server.auth import SESSION_COOKIE
-from bgjobs.server.broadcast import Broadcaster, Subscription
+from bgjobs.server.broadcast import Broadcaster, State, Subscription
 from bgjobs.server.errors import ApiError
 from bgjobs.server.events_db import EventsDb, make_pool
 
@@ -116,7 +116,17 @@ async def _user_stream(sub: Subscription) -> AsyncIterator[ServerSentEvent]:
             yield _event(job)
 
 
-def _event(job: Job, retry: int | None = None) -> ServerSentEvent:
+async def all_events(request: Request) -> Response:
+    """Every change to every job (admins only), from the notifications; for the operator view."""
+    user = await _caller(request)
+    if not user.is_admin:
+        raise ApiError(403, "forbidden", "the all-jobs stream is for admins")
+    broadcaster: Broadcaster = request.app.state.broadcaster
+    sub = broadcaster.subscribe_all()
+    return SubscriptionStream(broadcaster, sub, _user_stream(sub))
+
+
+def _event(job: State, retry: int | None = None) -> ServerSentEvent:
     return ServerSentEvent(data=json.dumps(job.to_json(), separators=(",", ":")),
                            id=str(job.version), retry=retry)
 
@@ -215,6 +225,7 @@ def create_app(url: str | None = None) -> Starlette:
         routes=[
             Route("/events/jobs/{job_id}", job_events, methods=["GET"]),
             Route("/events/jobs", user_events, methods=["GET"]),
+            Route("/events/admin/jobs", all_events, methods=["GET"]),
             Route("/events/healthz", healthz, methods=["GET"]),
             Route("/events/stats", stats, methods=["GET"]),
         ],

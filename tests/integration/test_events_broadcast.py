@@ -161,3 +161,17 @@ def test_a_terminated_listen_backend_reconnects_and_bad_payloads_are_dropped(
     messages = [r.getMessage() for r in caplog.records]
     assert any("LISTEN connection lost" in m for m in messages), messages
     assert any("dropped an unparsable" in m and "garbage" in m for m in messages), messages
+
+
+def test_an_all_jobs_stream_holds_a_bounded_latest_state_per_job(monkeypatch) -> None:
+    from bgjobs.server import broadcast
+
+    monkeypatch.setattr(broadcast, "FIREHOSE_MAX_WAITING", 3)
+    sub = broadcast.Firehose()
+    for n in range(1, 6):
+        for version in (1, 2):
+            sub.offer(_job(version, id=uuid.UUID(int=n)))
+    assert sub.pending == 3 and sub.dropped == 4  # jobs 4 and 5, twice each
+    assert [(j.id.int, j.version) for j in asyncio.run(sub.next())] == [(1, 2), (2, 2), (3, 2)]
+    sub.offer(_job(1, id=uuid.UUID(int=1)))  # nothing remembered once sent: memory stays flat
+    assert sub.pending == 1
