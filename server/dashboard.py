@@ -31,6 +31,7 @@ def index() -> Response:
         events_url=events_base(current_app.extensions[CONFIG_KEY]),
         css=_asset("dashboard.css"),
         js=_asset("dashboard.js"),
+        admin_js=_asset("admin.js"),  # loaded by the page only for admins
     )
     return Response(html, content_type="text/html; charset=utf-8",
                     headers={"Cache-Control": "no-cache"})

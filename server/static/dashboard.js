@@ -77,6 +77,7 @@ async function signOut() {
 
 function signedIn(user) {
   $("#who").textContent = user.name;
+  if (user.is_admin) loadAdmin();
   $("#sign-out").hidden = false;
   $("#sign-in").hidden = true;
   $("#app").hidden = false;
@@ -87,6 +88,7 @@ function signedIn(user) {
 
 function signedOut(message) {
   disconnect();
+  if (window.bgjobsAdmin) window.bgjobsAdmin.stop();
   jobs.clear();
   cards.clear();
   $("#jobs").replaceChildren();
@@ -97,6 +99,17 @@ function signedOut(message) {
   $("#sign-in-error").textContent = message || "";
   setConn("");
   document.body.dataset.state = "signed-out";
+}
+
+// Admins also get the operator view (admin.js), which nobody else's page ever loads.
+function loadAdmin() {
+  if (window.bgjobsAdmin) {
+    window.bgjobsAdmin.start();
+    return;
+  }
+  const script = document.createElement("script");
+  script.src = document.querySelector('meta[name="bgjobs-admin"]').content;
+  document.head.append(script);
 }
 
 // The stream ------------------------------------------------------------------------------
