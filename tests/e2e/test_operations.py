@@ -59,3 +59,8 @@ def test_a_due_tick_is_enqueued_once_by_three_supervisors(db_url, store, start_w
     assert alive == 3
     logs = "".join(w.output() for w in workers)
     assert logs.count("schedule daily: enqueued job") == 1
+    # A clean stop removes the worker's row; the others stay.
+    assert workers[0].stop() == 0
+    with psycopg.connect(db_url, autocommit=True) as c:
+        left = c.execute("SELECT pid FROM bgjobs_workers ORDER BY pid").fetchall()
+    assert sorted(p for (p,) in left) == sorted(w.pid for w in workers[1:])

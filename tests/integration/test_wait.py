@@ -105,3 +105,13 @@ def test_missing_or_someone_elses_job_is_not_found(store: Store):
         bgjobs.wait("not-a-uuid", timeout=1, store=store)
     with pytest.raises(ValueError, match="timeout"):
         bgjobs.wait(job.id, timeout=-1, store=store)
+
+
+def test_losing_the_database_while_waiting_is_database_unavailable(store: Store, db_url, conn):
+    job = add_job(store, "noop")
+    thread, out = wait_in_thread(store, job.id, timeout=60)
+    wait_for(lambda: listening(db_url, conn), message="the waiter listening")
+    conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                 "WHERE application_name = 'bgjobs-wait'")
+    thread.join(30)
+    assert isinstance(out.get("error"), bgjobs.DatabaseUnavailable), out

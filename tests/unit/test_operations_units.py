@@ -1,0 +1,61 @@
+"""Operations pieces that need no database: settings, task declarations, side-loop errors."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from bgjobs.core import config
+from bgjobs.core.errors import DatabaseUnavailable
+from bgjobs.tasks import registry
+from bgjobs.worker.retention import retention
+from bgjobs.worker.supervisor import _side_loop
+
+
+@pytest.mark.parametrize(("name", "value", "message"), [
+    ("BGJOBS_TIMEZONE", "Mars/Olympus", "IANA time zone"),
+    ("BGJOBS_KEEP_COMPLETE_DAYS", "a week", "number of days"),
+    ("BGJOBS_KEEP_ERROR_DAYS", "0", "above 0"),
+    ("BGJOBS_KEEP_CANCELLED_DAYS", "-1", "above 0"),
+])
+def test_bad_operations_settings_are_refused(monkeypatch, name, value, message):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(config.ConfigError, match=message):
+        config.load()
+
+
+def test_operations_settings_and_defaults(monkeypatch):
+    for name in ("BGJOBS_TIMEZONE", "BGJOBS_KEEP_COMPLETE_DAYS", "BGJOBS_KEEP_ERROR_DAYS",
+                 "BGJOBS_KEEP_CANCELLED_DAYS"):
+        monkeypatch.delenv(name, raising=False)
+    keep = retention(config.load())
+    assert (keep.complete.days, keep.error.days, keep.cancelled.days) == (7, 30, 7)
+    assert config.load().timezone == "UTC"
+    monkeypatch.setenv("BGJOBS_TIMEZONE", "Europe/Paris")
+    monkeypatch.setenv("BGJOBS_KEEP_ERROR_DAYS", "0.5")
+    assert config.load().timezone == "Europe/Paris"
+    assert retention(config.load()).error.total_seconds() == 43200
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"max_running": 0}, "max_running"),
+    ({"max_running": 1.5}, "max_running"),
+    ({"starts_per_second": 0}, "starts_per_second"),
+    ({"starts_per_second": True}, "starts_per_second"),
+    ({"starts_per_second": float("inf")}, "starts_per_second"),
+    ({"timezone": "UTC"}, "goes with cron"),
+    ({"cron": "every day"}, "5 fields"),
+])
+def test_bad_task_declarations_fail_at_import(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        registry.task("declared_badly", **kwargs)
+    assert "declared_badly" not in registry._TASKS
+
+
+def test_a_side_loop_logs_its_bug_and_lets_outages_through(caplog):
+    with caplog.at_level(logging.ERROR), _side_loop("periodic jobs"):
+        raise KeyError("a bug")
+    assert "periodic jobs failed; retrying later" in caplog.text
+    with pytest.raises(DatabaseUnavailable), _side_loop("retention"):
+        raise DatabaseUnavailable("down")
