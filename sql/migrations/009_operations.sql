@@ -22,38 +22,51 @@ COMMENT ON COLUMN bgjobs_job_types.keep_complete IS 'Delete complete jobs of thi
 COMMENT ON COLUMN bgjobs_job_types.keep_error IS 'Delete failed jobs of this type this long after they finished (NULL: the default, 30 days).';
 COMMENT ON COLUMN bgjobs_job_types.keep_cancelled IS 'Delete cancelled jobs of this type this long after they finished (NULL: the default, 7 days).';
 
--- The claim's view of the limits: for each limited type it is asked about, lock the type (so
--- racing claimers take turns), then count its running jobs and refill its rate bucket with a
--- fresh snapshot (a VOLATILE function sees what committed while it waited for the lock), and
--- say how many more may start now. Rate tokens are taken here for what the quota allows and
--- the queue holds, so starts never exceed the rate (an unused token is lost, never doubled).
+-- The claim's view of the limits: for each limited type it is asked about, in name order, say
+-- how many more of its jobs may start now. A type with no due pending job, or already at its
+-- limit, is answered 0 at once, without a lock (both only make the claim more careful). Any
+-- other is locked (so racing claimers take turns on it, each until its claim commits), then its
+-- running jobs are counted and its rate bucket refilled with a fresh snapshot: a VOLATILE
+-- function sees what committed while it waited for the lock. Rate tokens are taken here for
+-- what the quota allows and the queue holds, so starts never exceed the rate (a token the
+-- claim then does not use is lost, never doubled).
 CREATE FUNCTION bgjobs_claim_quotas(p_types text[], p_now timestamptz, p_limit integer)
 RETURNS TABLE (job_type text, quota integer) LANGUAGE plpgsql VOLATILE ROWS 4 AS $$
 DECLARE
+    ltype text;
     t record;
     room integer;
     tokens double precision;
     burst double precision;
 BEGIN
-    FOR t IN
-        SELECT jt.job_type, jt.max_running, jt.starts_per_second, jt.rate_tokens, jt.rate_at
-        FROM bgjobs_job_types jt
+    FOR ltype IN
+        SELECT jt.job_type FROM bgjobs_job_types jt
         WHERE jt.job_type = ANY(p_types)
           AND (jt.max_running IS NOT NULL OR jt.starts_per_second IS NOT NULL)
         ORDER BY jt.job_type
-        FOR NO KEY UPDATE
     LOOP
+        job_type := ltype;
+        quota := 0;
+        IF NOT EXISTS (SELECT FROM background_jobs b WHERE b.status = 'pending'
+                       AND b.job_type = ltype AND b.run_after <= p_now)
+           OR (SELECT jt.max_running <= (SELECT count(*) FROM background_jobs b
+                                         WHERE b.status = 'running' AND b.job_type = ltype)
+               FROM bgjobs_job_types jt WHERE jt.job_type = ltype) THEN
+            RETURN NEXT;
+            CONTINUE;
+        END IF;
+        SELECT jt.max_running, jt.starts_per_second, jt.rate_tokens, jt.rate_at INTO t
+        FROM bgjobs_job_types jt WHERE jt.job_type = ltype FOR NO KEY UPDATE;
         room := p_limit;
         IF t.max_running IS NOT NULL THEN
-            SELECT greatest(0, t.max_running - count(*))::integer INTO room
-            FROM background_jobs b WHERE b.status = 'running' AND b.job_type = t.job_type;
-            room := least(room, p_limit);
+            SELECT least(p_limit, greatest(0, t.max_running - count(*)))::integer INTO room
+            FROM background_jobs b WHERE b.status = 'running' AND b.job_type = ltype;
         END IF;
         IF room > 0 THEN
             -- Only what the queue can use now: a bucket is not drained by empty claims.
             SELECT count(*)::integer INTO room FROM (
                 SELECT 1 FROM background_jobs b
-                WHERE b.status = 'pending' AND b.job_type = t.job_type AND b.run_after <= p_now
+                WHERE b.status = 'pending' AND b.job_type = ltype AND b.run_after <= p_now
                 LIMIT room) AS due;
         END IF;
         IF t.starts_per_second IS NOT NULL THEN
@@ -63,14 +76,13 @@ BEGIN
                   * t.starts_per_second);
             room := least(room, floor(tokens)::integer);
             UPDATE bgjobs_job_types SET rate_tokens = tokens - room, rate_at = p_now
-            WHERE bgjobs_job_types.job_type = t.job_type;
+            WHERE bgjobs_job_types.job_type = ltype;
         END IF;
-        job_type := t.job_type;
         quota := room;
         RETURN NEXT;
     END LOOP;
 END $$;
-COMMENT ON FUNCTION bgjobs_claim_quotas(text[], timestamptz, integer) IS 'For the claim: lock each limited type among p_types in turn and return how many of its jobs may start now (max_running, starts_per_second).';
+COMMENT ON FUNCTION bgjobs_claim_quotas(text[], timestamptz, integer) IS 'For the claim: how many jobs of each limited type among p_types may start now (max_running, starts_per_second); locks a type only when some of its jobs could start.';
 
 -- Limited types are claimed per type, in order, from this index (a blocked type is skipped
 -- without reading its queue).
