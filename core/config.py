@@ -65,6 +65,8 @@ class Config:
     keep_complete_days: float = 7.0
     keep_error_days: float = 30.0
     keep_cancelled_days: float = 7.0
+    #: Bearer token for /metrics and /events/stats (BGJOBS_METRICS_TOKEN); None: both are off.
+    metrics_token: str | None = None
 
     @property
     def embedded(self) -> bool:
@@ -176,6 +178,7 @@ def load() -> Config:
         keep_complete_days=_days("BGJOBS_KEEP_COMPLETE_DAYS", 7.0),
         keep_error_days=_days("BGJOBS_KEEP_ERROR_DAYS", 30.0),
         keep_cancelled_days=_days("BGJOBS_KEEP_CANCELLED_DAYS", 7.0),
+        metrics_token=os.environ.get("BGJOBS_METRICS_TOKEN") or None,
     )
 
 

@@ -19,7 +19,7 @@ from bgjobs.core import config as config_mod
 from bgjobs.core.db import database_url, make_pool
 from bgjobs.core.jobs import User, parse_job_id
 from bgjobs.core.store import Store
-from bgjobs.server import admin, api_input, auth, dashboard, errors, metrics, openapi
+from bgjobs.server import admin, api_input, auth, csrf, dashboard, errors, metrics, openapi
 from bgjobs.server.errors import ApiError
 from bgjobs.server.job_views import JobViews, register_error_handlers
 from bgjobs.tasks import registry
@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 STORE_KEY = "bgjobs_store"
 SEED_TYPES = ("validation", "optimization", "rescoring")
 SEED_ANY = ", ".join(SEED_TYPES)
+#: The policy of every answer but the dashboard's page: JSON loads nothing and is never framed.
+NO_CONTENT_POLICY = "default-src 'none'; frame-ancestors 'none'"
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -62,12 +64,27 @@ def create_app(store: Store | None = None, config: config_mod.Config | None = No
 
         return wrapper  # type: ignore[return-value]
 
+    @app.before_request
+    def _same_origin() -> None:
+        schemes = frozenset({request.scheme, *(("https",) if cookie_secure else ())})
+        reason = csrf.refusal(
+            request.method, has_cookie=auth.SESSION_COOKIE in request.cookies,
+            authorization=request.headers.get("Authorization"),
+            origin=request.headers.get("Origin"), referer=request.headers.get("Referer"),
+            host=request.host, schemes=schemes)
+        if reason:
+            raise ApiError(403, "forbidden", reason)
+
     @app.after_request
     def _headers(response: Response) -> Response:
         # Which worker process answered: lets tests (and operators) see the load spread.
         response.headers["X-Served-By"] = str(os.getpid())
         if request.path.startswith("/api/"):
             response.headers.setdefault("Cache-Control", "no-store")
+        # Nothing of the API's is to be framed or sniffed; the dashboard sets its own policy.
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["X-Frame-Options"] = "DENY"
+        response.headers.setdefault("Content-Security-Policy", NO_CONTENT_POLICY)
         return response
 
     # Health, metrics, description ---------------------------------------------------------
@@ -79,6 +96,7 @@ def create_app(store: Store | None = None, config: config_mod.Config | None = No
 
     @app.get("/metrics")
     def metrics_page() -> Response:
+        auth.check_metrics_token(config.metrics_token, request.headers.get("Authorization"))
         return Response(metrics.render(store), content_type=metrics.CONTENT_TYPE)
 
     @app.get("/api/openapi.json")

@@ -12,12 +12,14 @@ import base64
 import binascii
 import json
 import math
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from flask import Request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from bgjobs.core.jobs import Status
 from bgjobs.server.errors import ApiError
@@ -27,6 +29,12 @@ LIMIT_DEFAULT, LIMIT_MAX = 50, 200
 # Deep enough for any real params; shallow enough that nothing downstream hits a recursion limit.
 MAX_JSON_DEPTH = 64
 JOB_FIELDS = frozenset({"type", "params", "priority", "run_after"})
+#: An Idempotency-Key: visible ASCII, inner spaces allowed (HTTP strips outer ones).
+IDEMPOTENCY_KEY_PATTERN = rf"^[!-~]([ -~]{{0,{IDEMPOTENCY_KEY_MAX - 2}}}[!-~])?$"
+#: A job type in a query string: what a task name can be (1-50 characters, no controls).
+TYPE_QUERY_PATTERN = r"^[^\x00-\x1f\x7f]{1,50}$"
+#: A cursor as encode_cursor writes it: unpadded base64url.
+CURSOR_PATTERN = r"^[A-Za-z0-9_-]+$"
 
 
 @dataclass(frozen=True)
@@ -59,14 +67,23 @@ def _depth_ok(value: Any, depth: int = 0) -> bool:
 
 
 def json_body(request: Request, *, required: bool = True) -> dict[str, Any]:
-    """The request body as a JSON object; ``{}`` for an empty body when not ``required``."""
+    """The request body as a JSON object, sent as application/json.
+
+    The content type is required even for an empty body: a plain HTML form (another site's
+    page) cannot send it, so no job is made by a cross-site form post. An empty body with it
+    is ``{}`` when not ``required``.
+    """
     data = request.get_data(cache=True)  # raises 413 over MAX_CONTENT_LENGTH
-    if not data and not required:
-        return {}
+    limit = request.max_content_length
+    if request.content_length is None and limit is not None and len(data) >= limit:
+        # A chunked body is cut at the limit, not refused: whatever follows is too much.
+        raise RequestEntityTooLarge()
     if not request.mimetype or not (request.mimetype == "application/json"
                                     or request.mimetype.endswith("+json")):
         raise ApiError(415, "unsupported_media_type",
                        f"send the body as application/json (got {request.mimetype or 'none'})")
+    if not data and not required:
+        return {}
     if not data:
         raise ApiError(400, "bad_request", "the request body is empty; send a JSON object")
     try:
@@ -133,9 +150,10 @@ def idempotency_key(request: Request) -> str | None:
     key = request.headers.get("Idempotency-Key")
     if key is None:
         return None
-    if not key or len(key) > IDEMPOTENCY_KEY_MAX or not key.isprintable():
+    if not re.fullmatch(IDEMPOTENCY_KEY_PATTERN, key):
         raise ApiError(400, "bad_request",
-                       f"Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_MAX} printable characters")
+                       f"Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_MAX} printable ASCII "
+                       "characters (spaces only inside)")
     return key
 
 
@@ -151,21 +169,21 @@ def list_query(args: Any) -> ListQuery:
     unknown = sorted(set(args) - {"status", "type", "limit", "cursor"})
     if unknown:
         raise _bad_query(f"unknown query parameter(s): {', '.join(unknown)}")
-    status = args.get("status") or None
+    status = args.get("status")
     if status is not None and status not in {s.value for s in Status}:
         raise _bad_query(f"status must be one of {', '.join(s.value for s in Status)}")
-    job_type = args.get("type") or None
-    if job_type is not None and len(job_type) > 50:
-        raise _bad_query("type is at most 50 characters")
+    job_type = args.get("type")
+    if job_type is not None and not re.fullmatch(TYPE_QUERY_PATTERN, job_type):
+        raise _bad_query("type is a job type's name: 1 to 50 characters, no control characters")
     raw_limit = args.get("limit")
     try:
-        limit = LIMIT_DEFAULT if raw_limit in (None, "") else int(raw_limit)
+        limit = LIMIT_DEFAULT if raw_limit is None else int(raw_limit)
     except ValueError:
         raise _bad_query(f"limit must be a whole number, got {raw_limit!r}") from None
     if not 1 <= limit <= LIMIT_MAX:
         raise _bad_query(f"limit must be between 1 and {LIMIT_MAX}, got {limit}")
-    cursor = args.get("cursor") or None
-    return ListQuery(status, job_type, limit, decode_cursor(cursor) if cursor else None)
+    cursor = args.get("cursor")
+    return ListQuery(status, job_type, limit, decode_cursor(cursor) if cursor is not None else None)
 
 
 def encode_cursor(created_at: datetime, id_: uuid.UUID) -> str:
@@ -175,6 +193,8 @@ def encode_cursor(created_at: datetime, id_: uuid.UUID) -> str:
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    if not re.fullmatch(CURSOR_PATTERN, cursor):
+        raise _bad_query("cursor is not one this API returned (use next_cursor as is)")
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         created, id_ = json.loads(raw)

@@ -6,12 +6,14 @@ A session names the token it was made from; revoking the token ends the session 
 
 from __future__ import annotations
 
+import hmac
 from typing import Any
 
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
 from bgjobs.core.jobs import User
 from bgjobs.core.store import Store, hash_token
+from bgjobs.server.errors import ApiError
 
 SESSION_COOKIE = "bgjobs_session"
 SESSION_MAX_AGE = 7 * 24 * 3600
@@ -67,3 +69,17 @@ def authenticate(store: Store, secret: str, authorization: str | None,
     """The user behind a bearer token, else behind a session cookie; None if neither is valid."""
     found = lookup(secret, authorization, cookie)
     return store.find_user(*found) if found else None
+
+
+def check_metrics_token(expected: str | None, authorization: str | None) -> None:
+    """Let the monitoring endpoints answer only to BGJOBS_METRICS_TOKEN; ApiError otherwise.
+
+    A token of its own, not a user's: a scraper is no user, and the numbers cover every user.
+    """
+    if expected is None:
+        raise ApiError(403, "forbidden", "metrics are off: set BGJOBS_METRICS_TOKEN on the "
+                                         "server and send it as a bearer token")
+    token = bearer_token(authorization)
+    if token is None or not hmac.compare_digest(token.encode(), expected.encode()):
+        raise ApiError(401, "unauthorized", "send Authorization: Bearer <BGJOBS_METRICS_TOKEN>",
+                       headers={"WWW-Authenticate": 'Bearer realm="bgjobs-metrics"'})

@@ -222,6 +222,11 @@ class Broadcaster:
         for sub in self._subs:
             sub.close()
 
+    @property
+    def open_streams(self) -> int:
+        """How many subscriptions (streams) are open in this process."""
+        return len(self._subs)
+
     def stats(self) -> dict[str, Any]:
         return {
             "subscriptions": len(self._subs),

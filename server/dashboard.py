@@ -26,15 +26,26 @@ bp = Blueprint("dashboard", __name__, static_folder="static",
 
 @bp.get("/")
 def index() -> Response:
+    events_url = events_base(current_app.extensions[CONFIG_KEY])
     html = render_template_string(
         _template(),
-        events_url=events_base(current_app.extensions[CONFIG_KEY]),
+        events_url=events_url,
         css=_asset("dashboard.css"),
         js=_asset("dashboard.js"),
         admin_js=_asset("admin.js"),  # loaded by the page only for admins
     )
     return Response(html, content_type="text/html; charset=utf-8",
-                    headers={"Cache-Control": "no-cache"})
+                    headers={"Cache-Control": "no-cache",
+                             "Content-Security-Policy": content_policy(events_url)})
+
+
+def content_policy(events_url: str) -> str:
+    """The page's CSP: its own script, style and API, the events service, nothing else."""
+    parts = urlsplit(events_url)
+    events = f"{parts.scheme}://{parts.netloc}" if parts.scheme and parts.netloc else ""
+    return ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+            f"connect-src 'self'{' ' + events if events else ''}; base-uri 'none'; "
+            "form-action 'self'; frame-ancestors 'none'")
 
 
 def events_base(cfg: Config) -> str:

@@ -8,6 +8,7 @@ leaks a traceback: unexpected errors are logged by the caller and answered with 
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,7 +27,11 @@ HTTP_CODES = {
     404: "not_found",
     405: "method_not_allowed",
     413: "payload_too_large",
+    414: "uri_too_long",
     415: "unsupported_media_type",
+    417: "expectation_failed",
+    431: "headers_too_large",
+    501: "not_implemented",
     503: "unavailable",
 }
 RETRY_AFTER_SECONDS = 5
@@ -100,3 +105,20 @@ def http_answer(status: int, method: str, path: str, description: str | None,
 def unauthorized(message: str) -> ApiError:
     return ApiError(401, "unauthorized", message,
                     headers={"WWW-Authenticate": 'Bearer realm="bgjobs"'})
+
+
+def raw_response(status: int, reason: str, message: str,
+                 headers: tuple[tuple[str, str], ...] = ()) -> bytes:
+    """A whole HTTP/1.1 error response, for errors answered before any app sees the request.
+
+    gunicorn answers requests it cannot parse (bad Content-Length, a NUL or bare CR in a
+    header, obs-fold, a request line or headers too long) itself; with this they get the
+    same JSON error as everything else (see bgjobs.server.gunicorn_conf).
+    """
+    body = json.dumps(Answer(status, HTTP_CODES.get(status, "bad_request"),
+                             message or reason).body()).encode()
+    head = (f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+            "X-Content-Type-Options: nosniff\r\n"
+            + "".join(f"{name}: {value}\r\n" for name, value in headers) + "\r\n")
+    return head.encode("latin-1") + body

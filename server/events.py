@@ -30,7 +30,7 @@ from bgjobs.core import config as config_mod
 from bgjobs.core.db import database_url
 from bgjobs.core.errors import BgjobsError
 from bgjobs.core.jobs import FINISHED, Job, User, parse_job_id
-from bgjobs.server import errors, stream_tokens
+from bgjobs.server import auth, errors, stream_tokens
 from bgjobs.server.auth import SESSION_COOKIE
 from bgjobs.server.broadcast import Broadcaster, State, Subscription
 from bgjobs.server.errors import ApiError
@@ -62,6 +62,7 @@ class SubscriptionStream(EventSourceResponse):
 
 async def job_events(request: Request) -> Response:
     """One job: its state now, each change, the final state; then the stream ends."""
+    _check_room(request)
     user_id = await _caller_id(request, request.path_params["job_id"])
     job_id = parse_job_id(request.path_params["job_id"])
     last_seen = _last_event_id(request)
@@ -102,6 +103,7 @@ async def _job_stream(sub: Subscription, first: Job | None) -> AsyncIterator[Ser
 
 async def user_events(request: Request) -> Response:
     """Every change to any of the caller's jobs, new ones included, until the client leaves."""
+    _check_room(request)
     user_id = await _caller_id(request, None)
     broadcaster: Broadcaster = request.app.state.broadcaster
     sub = broadcaster.subscribe(user_id=user_id)
@@ -138,7 +140,17 @@ async def healthz(request: Request) -> Response:
 
 
 async def stats(request: Request) -> Response:
+    auth.check_metrics_token(request.app.state.metrics_token, request.headers.get("authorization"))
     return JSONResponse({"pid": os.getpid(), **request.app.state.broadcaster.stats()})
+
+
+def _check_room(request: Request) -> None:
+    """Refuse a new stream once this process holds BGJOBS_EVENTS_CONNECTIONS of them."""
+    cap = request.app.state.max_streams
+    if request.app.state.broadcaster.open_streams >= cap:
+        raise ApiError(503, "too_many_streams",
+                       f"this events process already holds {cap} streams; retry shortly",
+                       headers={"Retry-After": str(errors.RETRY_AFTER_SECONDS)})
 
 
 async def _caller(request: Request) -> User:
@@ -242,6 +254,8 @@ def create_app(url: str | None = None) -> Starlette:
         lifespan=lifespan,
     )
     app.state.secret = cfg.secret_key()
+    app.state.metrics_token = cfg.metrics_token
+    app.state.max_streams = cfg.events_connections
     return app
 
 

@@ -5,14 +5,45 @@ BGJOBS_SERVICE set. Every value comes from bgjobs.core.config. The app factory r
 worker after fork (no preload), so every worker makes its own connection pool.
 """
 
+from gunicorn import util as _gunicorn_util
+
 from bgjobs.core import config as _config
 
 _cfg = _config.load()
 service = _cfg.service
 
+
+def _write_json_error(sock, status_int, reason, mesg):
+    # gunicorn's answer to a request it cannot parse is an HTML page: make it the JSON error
+    # every other answer is. Its workers call util.write_error, so replacing it here (in the
+    # master, before the fork) covers every worker.
+    from bgjobs.server.errors import raw_response
+
+    _gunicorn_util.write_nonblock(sock, raw_response(status_int, reason, mesg))
+
+
+_gunicorn_util.write_error = _write_json_error
+
+
+def _json_errors_in_asgi():
+    # The asgi worker (the events service) answers them as text/plain, from its protocol.
+    from http import HTTPStatus
+
+    from gunicorn.asgi import protocol
+
+    from bgjobs.server.errors import raw_response
+
+    def send_error(self, status, message, extra_headers=()):
+        reason = protocol._REASON_PHRASES.get(status) or HTTPStatus(status).phrase
+        self._safe_write(raw_response(status, reason, message, tuple(extra_headers)))
+
+    protocol.ASGIProtocol._send_error_response = send_error
+
+
 if service == "events":
     wsgi_app = "bgjobs.server.events:create_app()"
     worker_class = "asgi"
+    _json_errors_in_asgi()
     bind = [_cfg.events_bind]
     workers = _cfg.events_workers
     # SSE streams live for minutes: no worker timeout on idle streams.
@@ -20,7 +51,9 @@ if service == "events":
     keepalive = 75
     # The app has a lifespan (the LISTEN connection, the pool); failing to start it is fatal.
     asgi_lifespan = "on"
-    worker_connections = _cfg.events_connections
+    # The app refuses streams past BGJOBS_EVENTS_CONNECTIONS with a JSON 503; this leaves room
+    # for those answers and for health checks should gunicorn enforce the limit itself.
+    worker_connections = _cfg.events_connections + 100
 
     def post_worker_init(worker):
         # On SIGTERM, end the open streams at once instead of waiting out graceful_timeout.

@@ -20,6 +20,8 @@ from bgjobs.tasks.registry import Param, task
 
 EXCLUSIVE = "api_exclusive"
 SEED_TYPES = ("validation", "optimization", "rescoring")
+METRICS_TOKEN = "metrics-test-token"
+METRICS_AUTH = {"Authorization": f"Bearer {METRICS_TOKEN}"}
 
 
 @task(EXCLUSIVE, params={"n": Param(int, default=1, min=1, max=100)}, exclusive=True)
@@ -65,6 +67,7 @@ def api_fixture(store: Any, db_url: str, monkeypatch: pytest.MonkeyPatch) -> Ite
     from bgjobs.server.api import create_app
 
     monkeypatch.setenv("BGJOBS_SECRET_KEY", "api-test-secret")
+    monkeypatch.setenv("BGJOBS_METRICS_TOKEN", METRICS_TOKEN)
     monkeypatch.delenv("BGJOBS_COOKIE_SECURE", raising=False)
     users = []
     for name in ("alice", "bob"):

@@ -26,6 +26,7 @@ from tests.conftest import add_job, dbname, url_env
 from tests.procs import BGJOBS, Proc, free_port, wait_until
 
 SECRET = "test"
+METRICS_TOKEN = "events-metrics-test"
 
 
 @dataclass
@@ -34,7 +35,8 @@ class EventsService:
     proc: Proc
 
     def stats(self) -> dict[str, Any]:
-        return httpx.get(f"{self.base}/events/stats", timeout=5).json()
+        return httpx.get(f"{self.base}/events/stats", timeout=5,
+                         headers=auth(METRICS_TOKEN)).json()
 
     def wait_stats(self, predicate: Callable[[dict[str, Any]], bool], what: str,
                    timeout: float = 20) -> dict[str, Any]:
@@ -45,7 +47,7 @@ class EventsService:
 def start_events(url: str, log: Path, **settings: str) -> EventsService:
     port = free_port()
     env = {**url_env(url), "BGJOBS_EVENTS_BIND": f"127.0.0.1:{port}",
-           "BGJOBS_SECRET_KEY": SECRET, **settings}
+           "BGJOBS_SECRET_KEY": SECRET, "BGJOBS_METRICS_TOKEN": METRICS_TOKEN, **settings}
     proc = Proc([BGJOBS, "events"], env=env, log_path=log)
     service = EventsService(f"http://127.0.0.1:{port}", proc)
     try:

@@ -7,6 +7,10 @@ import pytest
 from bgjobs.server import auth
 from tests.api_task_fixtures import Api, api_fixture, snapshot  # noqa: F401
 
+# What a browser sends with every state-changing request from the dashboard (the test
+# client's host is localhost); see test_api_hardening.py for requests without it.
+SAME_ORIGIN = {"Origin": "http://localhost"}
+
 
 def _new_job(api: Api) -> dict:
     r = api.client.post("/api/jobs", json={"type": "noop"}, headers=api.alice.headers)
@@ -87,10 +91,10 @@ def test_session_sign_in_and_out(api: Api) -> None:
     # The cookie alone is enough for every endpoint.
     assert api.client.get("/api/me").json["user"]["name"] == "alice"
     assert api.client.get(f"/api/jobs/{job['id']}").status_code == 200
-    created = api.client.post("/api/jobs", json={"type": "noop"})
+    created = api.client.post("/api/jobs", json={"type": "noop"}, headers=SAME_ORIGIN)
     assert created.status_code == 202 and created.json["user_id"] == api.alice.id
 
-    out = api.client.delete("/api/session")
+    out = api.client.delete("/api/session", headers=SAME_ORIGIN)
     assert out.status_code == 204 and _session_cookie(api) is None
     _assert_401(api.client.get("/api/me"))
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from tests.api_task_fixtures import EXCLUSIVE, Api, api_fixture, snapshot  # noqa: F401
+from tests.api_task_fixtures import EXCLUSIVE, METRICS_AUTH, Api, api_fixture, snapshot  # noqa: F401
 
 JSON = {"Content-Type": "application/json"}
 LIMIT = 256 * 1024
@@ -87,6 +87,10 @@ CASES = [
          _json({"type": "noop", "run_after": 1700000000})),
     Case("idempotency-key-too-long", "POST", "/api/jobs", 400, "bad_request",
          _json({"type": "noop"}), headers={**JSON, "Idempotency-Key": "k" * 256}),
+    Case("idempotency-key-control", "POST", "/api/jobs", 400, "bad_request",
+         _json({"type": "noop"}), headers={**JSON, "Idempotency-Key": "a\tb"}),
+    Case("idempotency-key-not-ascii", "POST", "/api/jobs", 400, "bad_request",
+         _json({"type": "noop"}), headers={**JSON, "Idempotency-Key": "cl\u00e9"}),
     Case("exclusive-already-active", "POST", "/api/jobs", 409, "conflict",
          _json({"type": EXCLUSIVE})),
     Case("seed-run-exclusive-active", "POST", "/api/validation/run", 409, "conflict",
@@ -110,6 +114,14 @@ CASES = [
     Case("cursor-garbage", "GET", "/api/jobs?cursor=%%%", 400, "bad_query"),
     Case("cursor-wrong-shape", "GET", "/api/jobs?cursor=WzFd", 400, "bad_query"),
     Case("query-unknown", "GET", "/api/jobs?user_id=2", 400, "bad_query"),
+    Case("type-nul", "GET", "/api/jobs?type=%00", 400, "bad_query"),
+    Case("type-control", "GET", "/api/jobs?type=a%0Ab", 400, "bad_query"),
+    Case("type-too-long", "GET", "/api/jobs?type=" + "t" * 51, 400, "bad_query"),
+    Case("status-empty", "GET", "/api/jobs?status=", 400, "bad_query"),
+    Case("type-empty", "GET", "/api/jobs?type=", 400, "bad_query"),
+    Case("limit-empty", "GET", "/api/jobs?limit=", 400, "bad_query"),
+    Case("cursor-empty", "GET", "/api/jobs?cursor=", 400, "bad_query"),
+    Case("cursor-padded", "GET", "/api/jobs?cursor=WzFd%3D", 400, "bad_query"),
     # Routes and methods.
     Case("unknown-api-route", "GET", "/api/nothing-here", 404, "not_found"),
     Case("unknown-route", "GET", "/admin.php", 404, "not_found", auth=False),
@@ -159,6 +171,21 @@ def test_bad_input(api: Api, existing: dict[str, str], case: Case) -> None:
     assert snapshot(api.url) == before
 
 
+def test_a_chunked_body_over_the_limit_is_413(api: Api) -> None:
+    import io
+
+    before = snapshot(api.url)
+    body = _json({"type": "noop", "params": {"echo": "x" * (10 * 1024 * 1024)}})
+    # No Content-Length: the body arrives chunked, and gunicorn says where it ends.
+    r = api.client.post("/api/jobs", input_stream=io.BytesIO(body),
+                        headers={**JSON, **api.alice.headers},
+                        environ_overrides={"wsgi.input_terminated": True,
+                                           "HTTP_TRANSFER_ENCODING": "chunked"})
+    assert r.status_code == 413, r.get_data(as_text=True)[:300]
+    assert r.json["error"]["code"] == "payload_too_large"
+    assert snapshot(api.url) == before
+
+
 def test_unexpected_errors_are_a_generic_json_500_and_logged(api: Api, caplog) -> None:
     @api.app.get("/api/boom")
     def boom() -> None:
@@ -182,7 +209,7 @@ def test_unreachable_database_is_a_503(api: Api) -> None:
     try:
         client = create_app(store=Store(pool)).test_client()
         for r in (client.get("/healthz"), client.get("/api/jobs", headers=api.alice.headers),
-                  client.get("/metrics")):
+                  client.get("/metrics", headers=METRICS_AUTH)):
             assert r.status_code == 503 and r.headers["Retry-After"] == "5"
             assert r.json["error"]["code"] == "database_unavailable"
         # Credentials are checked against the database, but their absence is not.

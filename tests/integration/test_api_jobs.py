@@ -9,7 +9,14 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tests.api_task_fixtures import EXCLUSIVE, SEED_TYPES, Api, api_fixture, snapshot  # noqa: F401
+from tests.api_task_fixtures import (  # noqa: F401
+    EXCLUSIVE,
+    METRICS_AUTH,
+    SEED_TYPES,
+    Api,
+    api_fixture,
+    snapshot,
+)
 
 
 def _post(api: Api, body: dict, user=None, **headers):
@@ -157,7 +164,7 @@ def test_seed_routes_return_the_same_job_as_api_jobs(api: Api, job_type: str) ->
     assert progress.json["job_id"] == canonical["id"]
 
     # The seed types are exclusive: a second run while this one is pending is a 409.
-    again = api.client.post(f"/api/{job_type}/run", headers=api.alice.headers)
+    again = api.client.post(f"/api/{job_type}/run", json={}, headers=api.alice.headers)
     assert again.status_code == 409 and again.json["error"]["job_id"] == job_id
     # The progress route of another type does not show it; nor does another user's.
     other = next(t for t in SEED_TYPES if t != job_type)
@@ -167,8 +174,19 @@ def test_seed_routes_return_the_same_job_as_api_jobs(api: Api, job_type: str) ->
                           headers=api.bob.headers).status_code == 404
 
 
-def test_seed_run_accepts_an_empty_body(api: Api) -> None:
-    r = api.client.post("/api/rescoring/run", headers=api.alice.headers)
+def test_seed_run_takes_an_empty_json_body_but_nothing_a_form_can_send(api: Api, db_url) -> None:
+    before = snapshot(db_url)
+    for body, content_type in [(b"", None), (b"", "application/x-www-form-urlencoded"),
+                               (b"tickers=5", "application/x-www-form-urlencoded"),
+                               (b"{}", "text/plain"), (b"", "multipart/form-data; boundary=x")]:
+        headers = {**api.alice.headers, **({"Content-Type": content_type} if content_type else {})}
+        r = api.client.post("/api/rescoring/run", data=body, headers=headers)
+        assert r.status_code == 415, (body, content_type, r.json)
+        assert r.json["error"]["code"] == "unsupported_media_type"
+    assert snapshot(db_url) == before
+    # With the JSON content type, an empty body is the seed's "no params": {}.
+    r = api.client.post("/api/rescoring/run", data=b"",
+                        headers={**api.alice.headers, "Content-Type": "application/json"})
     assert r.status_code == 202 and r.json["type"] == "rescoring"
 
 
@@ -185,7 +203,7 @@ def test_healthz_and_metrics_read_postgres(api: Api) -> None:
     a = _post(api, {"type": "noop"}).json
     _post(api, {"type": "noop"})
     api.client.post(f"/api/jobs/{a['id']}/cancel", headers=api.alice.headers)
-    r = api.client.get("/metrics")
+    r = api.client.get("/metrics", headers=METRICS_AUTH)
     assert r.status_code == 200 and r.mimetype == "text/plain"
     text = r.get_data(as_text=True)
     assert 'bgjobs_jobs{type="noop",status="pending"} 1' in text
