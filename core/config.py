@@ -35,6 +35,8 @@ class Config:
     #: Open streams per events process (BGJOBS_EVENTS_CONNECTIONS).
     events_connections: int = 2000
     pool_max: int = 8
+    #: Seconds a request waits for a pooled connection before its 503 (BGJOBS_POOL_TIMEOUT).
+    pool_timeout: float = 5.0
     cors_origins: tuple[str, ...] = ()
     max_body_bytes: int = 256 * 1024
     #: Mark the session cookie Secure (BGJOBS_COOKIE_SECURE=1) when served over HTTPS.
@@ -104,6 +106,19 @@ def _int(name: str, default: int, minimum: int = 0) -> int:
     return value
 
 
+def _float(name: str, default: float, minimum: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number of seconds, got {raw!r}") from None
+    if not value >= minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {raw}")
+    return value
+
+
 def _flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no", "off")
 
@@ -161,6 +176,7 @@ def load() -> Config:
         events_workers=_int("BGJOBS_EVENTS_WORKERS", 1, minimum=1),
         events_connections=_int("BGJOBS_EVENTS_CONNECTIONS", 2000, minimum=1),
         pool_max=_int("BGJOBS_POOL_MAX", 8, minimum=1),
+        pool_timeout=_float("BGJOBS_POOL_TIMEOUT", 5.0, minimum=0.1),
         cors_origins=_list("BGJOBS_CORS_ORIGINS"),
         max_body_bytes=_int("BGJOBS_MAX_BODY_BYTES", 256 * 1024, minimum=1),
         cookie_secure=_flag("BGJOBS_COOKIE_SECURE"),

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import psycopg
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from bgjobs.core import embedded
 from bgjobs.core.config import Config
@@ -20,6 +23,10 @@ log = logging.getLogger(__name__)
 #: ``mark_used``) is lent as is.
 IDLE_CHECK_SECONDS = 2.0
 CONNECT_TIMEOUT = 5
+#: While Postgres is known to be down, how often a background probe tries to connect.
+PROBE_INTERVAL = 0.5
+#: A request waiting for a pooled connection looks at the breaker this often.
+LEND_SLICE = 0.2
 
 
 def database_url(config: Config, start: bool = False) -> str:
@@ -45,28 +52,157 @@ def connect(url: str, **kwargs) -> psycopg.Connection:
         raise DatabaseUnavailable(f"cannot connect to Postgres: {first_line(exc)}") from exc
 
 
+class Breaker:
+    """Whether Postgres is known to be down, so that callers fail at once instead of waiting.
+
+    A failed connection attempt opens it (the pool giving up a reconnection, a probe); any
+    successful one closes it. While it is open, every ``check`` raises DatabaseUnavailable at
+    once, and one background thread tries to connect every PROBE_INTERVAL: recovery needs no
+    request and no restart. A query failing on a live connection (a terminated backend) does
+    not open it, but starts a probe (``suspect``) that opens it if Postgres is really gone.
+    """
+
+    def __init__(self, url: str, name: str, *, probe: Callable[[], None] | None = None,
+                 **connect_kwargs: Any) -> None:
+        self.url, self.name = url, name
+        self.connect_kwargs = connect_kwargs
+        #: One connection attempt (raises psycopg.Error on failure).
+        self.probe = probe or self._connect
+        self.down_since: float | None = None
+        self.reason = ""
+        self._lock = threading.Lock()
+        self._probing = False
+
+    @property
+    def is_open(self) -> bool:
+        return self.down_since is not None
+
+    def check(self) -> None:
+        """Raise DatabaseUnavailable while Postgres is known to be down."""
+        down_since = self.down_since
+        if down_since is not None:
+            raise DatabaseUnavailable(
+                f"the database has been unreachable for {time.monotonic() - down_since:.0f}s "
+                f"({self.reason})")
+
+    def failed(self, reason: str) -> None:
+        """A connection attempt failed: Postgres is down until a probe connects."""
+        with self._lock:
+            self.reason = reason
+            if self.down_since is None:
+                self.down_since = time.monotonic()
+                log.warning("%s: Postgres is unreachable (%s); answering 503 until it is back",
+                            self.name, reason)
+        self._start_probe()
+
+    def succeeded(self) -> None:
+        """A connection was made: Postgres is up."""
+        with self._lock:
+            down_since, self.down_since = self.down_since, None
+        if down_since is not None:
+            log.info("%s: Postgres is reachable again after %.1fs", self.name,
+                     time.monotonic() - down_since)
+
+    def suspect(self) -> None:
+        """A connection broke: find out at once whether Postgres is still there."""
+        self._start_probe()
+
+    def _start_probe(self) -> None:
+        with self._lock:
+            if self._probing:
+                return
+            self._probing = True
+        threading.Thread(target=self._probe, name=f"{self.name}-probe", daemon=True).start()
+
+    def _connect(self) -> None:
+        psycopg.connect(self.url, connect_timeout=CONNECT_TIMEOUT, **self.connect_kwargs).close()
+
+    def _probe(self) -> None:
+        try:
+            while True:
+                try:
+                    self.probe()
+                except psycopg.Error as exc:
+                    self.failed(first_line(exc))
+                else:
+                    self.succeeded()
+                    return
+                time.sleep(PROBE_INTERVAL)
+        finally:
+            with self._lock:
+                self._probing = False
+
+
+class Pool(ConnectionPool):
+    """A connection pool with a Breaker: known outages are answered at once (see ``lend``)."""
+
+    def __init__(self, *args: Any, breaker: Breaker, **kwargs: Any) -> None:
+        self.breaker = breaker
+        super().__init__(*args, **kwargs)
+
+    @contextmanager
+    def lend(self) -> Iterator[psycopg.Connection]:
+        """A connection, like ``connection()``; DatabaseUnavailable at once during an outage.
+
+        Waiting for a connection is done in slices, so a request that started waiting before
+        the outage was known gives up as soon as it is.
+        """
+        for wait in waits(self.timeout, self.breaker):
+            with suppress(PoolTimeout):
+                conn = self.getconn(timeout=wait)
+                break
+        else:
+            raise PoolTimeout(f"no connection after {self.timeout:.1f}s")
+        try:
+            with conn:
+                yield conn
+        finally:
+            self.putconn(conn)
+
+
+def waits(timeout: float, breaker: Breaker) -> Iterator[float]:
+    """How long each try to get a pooled connection may wait: ``timeout`` in LEND_SLICEs,
+    each after checking the breaker (which raises once Postgres is known to be down)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        breaker.check()
+        left = deadline - time.monotonic()
+        yield max(0.0, min(LEND_SLICE, left))
+        if left <= LEND_SLICE:
+            return
+
+
 def make_pool(url: str, *, min_size: int = 1, max_size: int = 8, name: str = "bgjobs",
               open_wait: bool = False, timeout: float = 5.0,
-              **connect_kwargs: Any) -> ConnectionPool:
+              **connect_kwargs: Any) -> Pool:
     """An autocommit pool that opens lazily and survives Postgres restarts.
 
     Lending a connection costs no round trip unless it sat idle (see IDLE_CHECK_SECONDS).
     ``connect_kwargs`` go to every ``psycopg.connect``.
     """
-    pool = ConnectionPool(
+    kwargs = {"autocommit": True, "connect_timeout": CONNECT_TIMEOUT, "application_name": name,
+              **connect_kwargs}
+    breaker = Breaker(url, name, **{k: v for k, v in kwargs.items() if k != "connect_timeout"})
+
+    def configure(conn: psycopg.Connection) -> None:
+        mark_used(conn)
+        breaker.succeeded()
+
+    pool = Pool(
         url,
+        breaker=breaker,
         min_size=min_size,
         max_size=max_size,
         name=name,
         open=False,
         timeout=timeout,
-        # Give up a failed reconnection quickly: the next request that needs a connection
-        # starts a new attempt, and requests meanwhile get a 503 instead of piling up.
+        # Give up a failed reconnection at once and open the breaker: requests get a 503
+        # instead of piling up, and the breaker's probe notices when Postgres is back.
         reconnect_timeout=0,
-        configure=mark_used,
+        reconnect_failed=lambda _pool: breaker.failed("cannot connect to Postgres"),
+        configure=configure,
         check=_check_if_idle,
-        kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT,
-                "application_name": name, **connect_kwargs},
+        kwargs=kwargs,
     )
     pool.open(wait=open_wait)
     return pool

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -21,7 +21,7 @@ from psycopg.rows import class_row, dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from bgjobs.core.db import mark_used
+from bgjobs.core.db import Pool, mark_used
 from bgjobs.core.errors import (
     Conflict,
     DatabaseUnavailable,
@@ -82,6 +82,11 @@ class Store(Operations):
         if conn is not None:
             with translate_errors():
                 yield conn
+            return
+        if isinstance(self.pool, Pool):  # fails at once while Postgres is known to be down
+            with translate_errors(self.pool.breaker.suspect), self.pool.lend() as pooled:
+                yield pooled
+                mark_used(pooled)
             return
         with translate_errors(), self.pool.connection() as pooled:
             yield pooled
@@ -376,13 +381,20 @@ def _attempt_arrays(attempts: Sequence[Attempt]) -> dict[str, list[Any]]:
 
 
 @contextmanager
-def translate_errors() -> Iterator[None]:
-    """Driver errors as bgjobs's exceptions (also used by the events service's async reads)."""
+def translate_errors(suspect: Callable[[], None] | None = None) -> Iterator[None]:
+    """Driver errors as bgjobs's exceptions (also used by the events service's async reads).
+
+    ``suspect`` is called when the database seems gone (a Breaker's, to find out at once).
+    """
     try:
         yield
     except PoolTimeout as exc:
+        if suspect:
+            suspect()
         raise DatabaseUnavailable("no database connection available (is Postgres up?)") from exc
     except psycopg.OperationalError as exc:
+        if suspect:
+            suspect()
         raise DatabaseUnavailable(f"database unavailable: {first_line(exc)}") from exc
     except psycopg.errors.ForeignKeyViolation as exc:
         raise InvalidInput(f"no such user: {first_line(exc)}") from exc

@@ -40,7 +40,8 @@ def create_app(store: Store | None = None, config: config_mod.Config | None = No
     owns_pool = store is None
     if store is None:
         url = database_url(config)
-        store = Store(make_pool(url, min_size=1, max_size=config.pool_max, name="bgjobs-api"))
+        store = Store(make_pool(url, min_size=1, max_size=config.pool_max, name="bgjobs-api",
+                                timeout=config.pool_timeout))
     # Import failures in host task modules show at start, not per request.
     registry.load_tasks(config.task_modules)
 

@@ -219,7 +219,7 @@ def create_app(url: str | None = None) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         db_url = url or database_url(cfg)
-        pool = make_pool(db_url, max_size=cfg.pool_max)
+        pool = make_pool(db_url, max_size=cfg.pool_max, timeout=cfg.pool_timeout)
         await pool.open(wait=False)
         broadcaster = Broadcaster(db_url, EventsDb(pool))
         app.state.db, app.state.broadcaster = broadcaster.db, broadcaster

@@ -7,14 +7,16 @@ it, so it reads the same rows with the same SQL over an AsyncConnectionPool.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from datetime import datetime
+from typing import Any
 from uuid import UUID
 
 import psycopg
 from psycopg.rows import class_row
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from bgjobs.core.db import CONNECT_TIMEOUT, Breaker, waits
 from bgjobs.core.jobs import Job, User
 from bgjobs.core.queries import q
 from bgjobs.core.store import translate_errors
@@ -23,18 +25,50 @@ from bgjobs.server import auth
 POOL_APPLICATION_NAME = "bgjobs-events"
 
 
-def make_pool(url: str, max_size: int) -> AsyncConnectionPool:
+class AsyncPool(AsyncConnectionPool):
+    """The async pool with a Breaker (bgjobs.core.db): known outages are answered at once."""
+
+    def __init__(self, *args: Any, breaker: Breaker, **kwargs: Any) -> None:
+        self.breaker = breaker
+        super().__init__(*args, **kwargs)
+
+    @asynccontextmanager
+    async def lend(self) -> AsyncIterator[psycopg.AsyncConnection]:
+        """Like ``connection()``, but DatabaseUnavailable at once while Postgres is down."""
+        for wait in waits(self.timeout, self.breaker):
+            with suppress(PoolTimeout):
+                conn = await self.getconn(timeout=wait)
+                break
+        else:
+            raise PoolTimeout(f"no connection after {self.timeout:.1f}s")
+        try:
+            async with conn:
+                yield conn
+        finally:
+            await self.putconn(conn)
+
+
+def make_pool(url: str, max_size: int, timeout: float = 5.0) -> AsyncPool:
     """A lazily opened pool that outlives Postgres restarts (connections are checked)."""
-    return AsyncConnectionPool(
+    breaker = Breaker(url, "bgjobs-events", autocommit=True,
+                      application_name=POOL_APPLICATION_NAME)
+
+    async def configure(conn: psycopg.AsyncConnection) -> None:
+        breaker.succeeded()
+
+    return AsyncPool(
         url,
+        breaker=breaker,
         min_size=1,
         max_size=max_size,
         name="bgjobs-events",
         open=False,
-        timeout=10,
-        reconnect_timeout=0,  # give up a failed reconnection; the next read tries anew
+        timeout=timeout,
+        reconnect_timeout=0,  # give up a failed reconnection and open the breaker
+        reconnect_failed=lambda _pool: breaker.failed("cannot connect to Postgres"),
+        configure=configure,
         check=AsyncConnectionPool.check_connection,
-        kwargs={"autocommit": True, "connect_timeout": 5,
+        kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT,
                 "application_name": POOL_APPLICATION_NAME},
     )
 
@@ -42,13 +76,13 @@ def make_pool(url: str, max_size: int) -> AsyncConnectionPool:
 class EventsDb:
     """Job and session reads for the events service."""
 
-    def __init__(self, pool: AsyncConnectionPool) -> None:
+    def __init__(self, pool: AsyncPool) -> None:
         self.pool = pool
 
     @asynccontextmanager
     async def _conn(self) -> AsyncIterator[psycopg.AsyncConnection]:
-        with translate_errors():
-            async with self.pool.connection() as conn:
+        with translate_errors(self.pool.breaker.suspect):
+            async with self.pool.lend() as conn:
                 yield conn
 
     async def get_job(self, job_id: UUID, user_id: int | None) -> Job | None:

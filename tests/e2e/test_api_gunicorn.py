@@ -60,11 +60,12 @@ def _children(pid: int) -> set[int]:
 def start_api(tmp_path: Path) -> Iterator[Callable[[str], Server]]:
     procs: list[Proc] = []
 
-    def start(url: str) -> Server:
+    def start(url: str, **settings: str) -> Server:
         port = free_port()
         env = {**url_env(url), "BGJOBS_API_BIND": f"127.0.0.1:{port}",
                "BGJOBS_API_WORKERS": str(WORKERS), "BGJOBS_API_THREADS": str(THREADS),
-               "BGJOBS_SECRET_KEY": "test", "BGJOBS_TASK_MODULES": "tests.api_task_fixtures"}
+               "BGJOBS_SECRET_KEY": "test", "BGJOBS_TASK_MODULES": "tests.api_task_fixtures",
+               **settings}
         proc = Proc([BGJOBS, "api"], env=env, log_path=tmp_path / f"api-{port}.log")
         procs.append(proc)
         server = Server(proc, f"http://127.0.0.1:{port}")

@@ -90,3 +90,35 @@ def test_dev_secret_key_is_generated_once(tmp_path, monkeypatch):
     assert len(first) > 40 and config.load().secret_key() == first
     monkeypatch.setenv("BGJOBS_SECRET_KEY", "from-env")
     assert config.load().secret_key() == "from-env"
+
+
+def test_the_breaker_answers_at_once_while_open_and_its_probe_closes_it(monkeypatch):
+    import threading
+
+    import psycopg
+
+    from bgjobs.core import db
+    from bgjobs.core.errors import DatabaseUnavailable
+
+    monkeypatch.setattr(db, "PROBE_INTERVAL", 0.01)
+    attempts: list[int] = []
+    back = threading.Event()
+
+    def probe() -> None:
+        attempts.append(1)
+        if len(attempts) < 3:
+            raise psycopg.OperationalError("connection refused")
+        back.set()
+
+    breaker = db.Breaker("postgresql://nowhere/x", "test", probe=probe)
+    breaker.check()  # closed: nothing known to be wrong
+    breaker.failed("cannot connect to Postgres")
+    with pytest.raises(DatabaseUnavailable, match="unreachable for 0s"):
+        breaker.check()
+    assert back.wait(30), "the probe never reached Postgres"
+    for _ in range(3000):  # the probe closes it right after connecting
+        if not breaker.is_open:
+            break
+        threading.Event().wait(0.01)
+    breaker.check()
+    assert len(attempts) == 3  # it kept trying, on its own, until Postgres answered
