@@ -5,6 +5,12 @@ The broadcaster holds a single autocommit connection (outside any pool) on
 its owner. A subscription keeps only the latest state per job, so a slow reader costs one job
 per watched job, never a backlog. When the connection drops it reconnects with backoff and
 re-reads every watched job, so a restart of Postgres costs clients a pause, not a final state.
+
+Versions only grow, except when the database itself goes back (a crash that lost commits, a
+failover to an asynchronous replica, a restore). A state older than one already seen is then
+checked against the table; if the table is behind what was seen, the row went back, and its
+current state is sent anyway (``reset``): a stream never goes silent because of a version it
+saw before.
 """
 
 from __future__ import annotations
@@ -106,9 +112,12 @@ class Subscription:
         """How many states wait to be sent (at most one per watched job)."""
         return len(self._latest)
 
-    def offer(self, job: State) -> None:
-        """Keep ``job`` if it is newer than anything sent or waiting; it replaces older ones."""
-        if job.version <= self._seen.get(job.id, 0):
+    def offer(self, job: State, reset: bool = False) -> None:
+        """Keep ``job`` if it is newer than anything sent or waiting; it replaces older ones.
+
+        ``reset``: the row went back to this version; keep it whatever was seen before.
+        """
+        if not reset and job.version <= self._seen.get(job.id, 0):
             return
         self._seen[job.id] = job.version
         self._latest[job.id] = job
@@ -147,9 +156,9 @@ class Firehose(Subscription):
         super().__init__(frozenset(), None)
         self.dropped = 0
 
-    def offer(self, job: State) -> None:
+    def offer(self, job: State, reset: bool = False) -> None:
         waiting = self._latest.get(job.id)
-        if waiting is not None and waiting.version >= job.version:
+        if waiting is not None and waiting.version >= job.version and not reset:
             return
         if waiting is None and len(self._latest) >= FIREHOSE_MAX_WAITING:
             self.dropped += 1
@@ -242,19 +251,22 @@ class Broadcaster:
             "all_jobs_dropped": sum(f.dropped for f in self._firehoses),
         }
 
-    def publish(self, job: Job) -> None:
-        """A state of ``job`` (read or derived): remember it and offer it to its watchers."""
+    def publish(self, job: Job, reset: bool = False) -> None:
+        """A state of ``job`` (read or derived): remember it and offer it to its watchers.
+
+        ``reset``: the table went back to this older version (see the module's docstring).
+        """
         known = self._rows.get(job.id)
-        if known is not None and known.version >= job.version:
+        if not reset and known is not None and known.version >= job.version:
             return
         if job.id in self._by_job or (job.status not in FINISHED and self._watched(job)):
             self._rows[job.id] = job
         else:
             self._rows.pop(job.id, None)  # finished and watched only through its owner
         for sub in self._by_job.get(job.id, ()):
-            sub.offer(job)
+            sub.offer(job, reset)
         for sub in self._by_user.get(job.user_id, ()) if job.user_id is not None else ():
-            sub.offer(job)
+            sub.offer(job, reset)
 
     def _watched(self, job: Job) -> bool:
         return job.id in self._by_job or job.user_id in self._by_user
@@ -307,11 +319,26 @@ class Broadcaster:
     async def _resync(self, since: datetime | None) -> None:
         """Re-read every watched job (and, after an outage, the watched users' recent jobs)."""
         ids = set(self._by_job) | set(self._rows)
+        seen = self._versions(ids)
         jobs = await self.db.get_jobs(ids)
         if since is not None and self._by_user:
             jobs += await self.db.user_jobs_since(list(self._by_user), since - RESYNC_MARGIN)
+        self._publish_read(jobs, seen)
+
+    def _versions(self, ids: set[UUID]) -> dict[UUID, int]:
+        """The versions known now of ``ids``: what a read that starts now must not be behind."""
+        return {i: row.version for i in ids if (row := self._rows.get(i)) is not None}
+
+    def _publish_read(self, jobs: list[Job], seen: dict[UUID, int]) -> None:
+        """Publish rows read from the table; one behind ``seen`` (known before the read
+        began) means the row went back, and its state is sent anyway."""
         for job in sorted(jobs, key=lambda j: j.version):
-            self.publish(job)
+            went_back = job.version < seen.get(job.id, 0)
+            if went_back:
+                log.warning("job %s went back from version %s to %s (a restore, a failover or "
+                            "a crash that lost commits?): sending its current state", job.id,
+                            seen[job.id], job.version)
+            self.publish(job, reset=went_back)
 
     async def _on_payload(self, payload: ProgressPayload) -> None:
         if self._firehoses:
@@ -322,16 +349,17 @@ class Broadcaster:
                 or (not complete and self._by_user)):
             return
         known = self._rows.get(job_id)
-        if known is not None and complete and payload["version"] <= known.version:
+        if known is not None and complete and payload["version"] == known.version:
             return
-        job = _apply(known, payload)
+        older = known is not None and complete and payload["version"] < known.version
+        job = None if older else _apply(known, payload)
         if job is None:
-            # New to us, a status change (result, timestamps, attempts move with it) or an
-            # id-only payload: the table holds the truth.
-            jobs = await self.db.get_jobs([job_id])
-            if not jobs:
-                return
-            job = jobs[0]
+            # New to us, a status change (result, timestamps, attempts move with it), an
+            # id-only payload, or older than what we hold (stale, or the row went back): the
+            # table holds the truth.
+            seen = self._versions({job_id})
+            self._publish_read(await self.db.get_jobs([job_id]), seen)
+            return
         self.publish(job)
 
 

@@ -79,7 +79,9 @@ async def job_events(request: Request) -> Response:
         raise ApiError(404, "not_found", f"no job {job_id}")
     broadcaster.publish(job)  # later progress-only notifications apply to this row
     sub.sent(job)
-    fresh = last_seen is None or job.version > last_seen
+    # A Last-Event-ID above the row's version means the row went back (a restore, a
+    # failover): the client's state is not this one, so it gets the current state too.
+    fresh = last_seen != job.version
     if job.status in FINISHED and not fresh:
         # The client has the final state; 204 tells EventSource to stop reconnecting.
         broadcaster.unsubscribe(sub)

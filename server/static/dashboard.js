@@ -10,6 +10,13 @@ const CONN_TEXT = { connecting: "Connecting…", live: "Live", reconnecting: "Re
 
 const jobs = new Map(); // id -> newest job seen
 const cards = new Map(); // id -> <li>
+// Versions only grow, unless the database went back (a restore, a failover): then the stream
+// sends an older version on purpose. So a state from the stream that is not newer than one the
+// stream itself sent is such a reset and is shown; a state read from the list is shown if it is
+// newer, or if what we hold was learned before the stream last (re)opened.
+const streamed = new Map(); // id -> the version the stream last sent
+const learnedIn = new Map(); // id -> the stream epoch in which the shown state arrived
+let epoch = 0; // +1 each time the stream opens
 let stream = null;
 let retryTimer = null;
 let retryDelay = 1000;
@@ -91,6 +98,8 @@ function signedOut(message) {
   if (window.bgjobsAdmin) window.bgjobsAdmin.stop();
   jobs.clear();
   cards.clear();
+  streamed.clear();
+  learnedIn.clear();
   $("#jobs").replaceChildren();
   $("#who").textContent = "";
   $("#sign-out").hidden = true;
@@ -120,11 +129,12 @@ function connect() {
   const es = new EventSource(`${EVENTS}/events/jobs`, { withCredentials: true });
   stream = es;
   es.onopen = () => {
+    epoch += 1;
     retryDelay = 1000;
     setConn("live");
     catchUp();
   };
-  es.onmessage = (event) => upsert(JSON.parse(event.data));
+  es.onmessage = (event) => upsert(JSON.parse(event.data), "stream");
   es.onerror = () => {
     if (es !== stream) return;
     setConn("reconnecting");
@@ -163,7 +173,7 @@ async function catchUp(live = true) {
   // Once per (re)connection: whatever changed while the stream was down is in the list.
   try {
     const data = await api("GET", `/api/jobs?limit=${MAX_JOBS}`);
-    data.jobs.forEach(upsert);
+    data.jobs.forEach((job) => upsert(job, "list"));
     $("#empty").hidden = jobs.size > 0;
     if (live) document.body.dataset.state = "live";
   } catch (err) {
@@ -219,10 +229,14 @@ function flash(id) {
 
 // Rendering -------------------------------------------------------------------------------
 
-function upsert(job) {
+function upsert(job, source = "api") {
   const known = jobs.get(job.id);
-  if (known && known.version >= job.version) return;
+  const wentBack = source === "stream" && job.version <= (streamed.get(job.id) ?? 0);
+  const heldIsOlder = source === "list" && (learnedIn.get(job.id) ?? 0) < epoch;
+  if (source === "stream") streamed.set(job.id, job.version);
+  if (known && known.version >= job.version && !wentBack && !heldIsOlder) return;
   jobs.set(job.id, job);
+  learnedIn.set(job.id, epoch);
   render(job, known);
   $("#empty").hidden = true;
 }
@@ -275,6 +289,8 @@ function place(card, job) {
     const last = list.lastElementChild;
     cards.delete(last.dataset.jobId);
     jobs.delete(last.dataset.jobId);
+    streamed.delete(last.dataset.jobId);
+    learnedIn.delete(last.dataset.jobId);
     last.remove();
   }
 }
