@@ -155,10 +155,26 @@ def cmd_events(ns: argparse.Namespace, cfg: Config) -> int:
 
 def cmd_migrate(ns: argparse.Namespace, cfg: Config) -> int:
     url = database_url(cfg, start=cfg.embedded)
-    with connect(url) as conn:
-        applied = migrate.apply(conn, users_table=cfg.users_table)
+    applied = _migrate(url, cfg)
     print(f"applied {', '.join(applied)}" if applied else "database is up to date")
     return 0
+
+
+def _migrate(url: str, cfg: Config) -> list[str]:
+    """Apply the migrations, then record the job types this installation knows."""
+    with connect(url) as conn:
+        applied = migrate.apply(conn, users_table=cfg.users_table)
+    try:
+        registry.load_tasks(cfg.task_modules)
+    except ImportError as exc:
+        raise CliError(f"migrations applied, but BGJOBS_TASK_MODULES could not be imported to "
+                       f"record the job types: {first_line(exc)}") from exc
+    store = Store(make_pool(url, min_size=1, max_size=1, open_wait=True))
+    try:
+        store.record_job_types(registry.type_rows())
+    finally:
+        store.pool.close()
+    return applied
 
 
 def _store(cfg: Config) -> Store:
@@ -325,8 +341,7 @@ def cmd_run(ns: argparse.Namespace, cfg: Config) -> int:
     cluster = embedded.Cluster(cfg.data_dir, cfg.pg_bin) if cfg.embedded else None
     started = cluster.ensure_running() if cluster else False
     url = database_url(cfg, start=False)
-    with connect(url) as conn:
-        migrate.apply(conn, users_table=cfg.users_table)
+    _migrate(url, cfg)
     token = _demo_token(cfg, url)
     env = {**os.environ, "DATABASE_URL": url, "BGJOBS_DATA_DIR": str(cfg.data_dir)}
     procs = {

@@ -86,7 +86,8 @@ JOB_COLUMNS = tuple(f.name for f in fields(Job))
 
 @dataclass(frozen=True)
 class User:
-    """A bgjobs user (stand-alone API and dashboard); ``token_id`` when found by a token."""
+    """A bgjobs user (stand-alone API and dashboard); ``token_id`` when found by a token or a
+    session, ``session_id`` when found by a session."""
 
     id: int
     name: str
@@ -94,6 +95,7 @@ class User:
     token_id: int | None = None
     #: Sees and steers every user's jobs (the operator view).
     is_admin: bool = False
+    session_id: UUID | None = None
 
 
 @dataclass(frozen=True)

@@ -350,9 +350,31 @@ class Store(Operations):
     def user_for_token(self, token: str) -> User | None:
         return self.find_user("user_for_token", {"token_hash": hash_token(token)})
 
-    def user_for_session(self, user_id: int, token_id: int) -> User | None:
-        """The user behind a session cookie, if the token it was made from is still live."""
-        return self.find_user("token_is_live", {"user_id": user_id, "token_id": token_id})
+    def user_for_session(self, session_id: UUID) -> User | None:
+        """The user of a live session (not ended or expired, its token not revoked)."""
+        return self.find_user("session_user", {"session_id": session_id})
+
+    def start_session(self, user: User, seconds: int) -> UUID:
+        """A session for ``user``, signed in with the token ``user.token_id``."""
+        with self.connection() as c:
+            row = c.execute(q("start_session"), {"user_id": user.id, "token_id": user.token_id,
+                                                 "seconds": seconds}).fetchone()
+        assert row is not None
+        return row[0]
+
+    def end_session(self, session_id: UUID) -> bool:
+        """Sign-out: False if the session had already ended."""
+        with self.connection() as c:
+            return c.execute(q("end_session"), {"session_id": session_id}).rowcount == 1
+
+    def record_job_types(self, types: Sequence[tuple[str, bool, int]]) -> None:
+        """Tell the database each job type's (name, exclusive, max_attempts)."""
+        if not types:
+            return
+        with self.connection() as c:
+            c.execute(q("record_job_types"), {"types": [t[0] for t in types],
+                                              "exclusive": [t[1] for t in types],
+                                              "max_attempts": [t[2] for t in types]})
 
     def revoke_tokens(self, name: str) -> int:
         user = self.get_user(name)

@@ -44,6 +44,7 @@ def create_app(store: Store | None = None, config: config_mod.Config | None = No
                                 timeout=config.pool_timeout))
     # Import failures in host task modules show at start, not per request.
     registry.load_tasks(config.task_modules)
+    registry.record_types(store)
 
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
@@ -115,8 +116,9 @@ def create_app(store: Store | None = None, config: config_mod.Config | None = No
         user = store.user_for_token(token)
         if user is None:
             raise errors.unauthorized("invalid or revoked token")
+        session_id = store.start_session(user, auth.SESSION_MAX_AGE)
         response = jsonify({"user": _user_json(user)})
-        response.set_cookie(auth.SESSION_COOKIE, auth.make_session(secret, user),
+        response.set_cookie(auth.SESSION_COOKIE, auth.make_session(secret, session_id),
                             max_age=auth.SESSION_MAX_AGE, path="/", httponly=True,
                             samesite="Lax", secure=cookie_secure)
         log.info("user %s signed in (token %s)", user.id, user.token_id)
@@ -124,6 +126,11 @@ def create_app(store: Store | None = None, config: config_mod.Config | None = No
 
     @app.delete("/api/session")
     def sign_out() -> Response:
+        # Ended in the database: a copy of the cookie is refused too, and its streams end.
+        cookie = request.cookies.get(auth.SESSION_COOKIE)
+        session_id = auth.read_session(secret, cookie) if cookie else None
+        if session_id is not None and store.end_session(session_id):
+            log.info("session %s signed out", session_id)
         response = Response(status=204)
         response.delete_cookie(auth.SESSION_COOKIE, path="/", httponly=True, samesite="Lax",
                                secure=cookie_secure)

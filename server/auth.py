@@ -1,13 +1,15 @@
 """Who is calling: bearer tokens (API clients) and signed session cookies (browsers).
 
 Shared by the API and the events service, so a browser signed in on one is signed in on both.
-A session names the token it was made from; revoking the token ends the session too.
+The cookie names a row of bgjobs_sessions, which names the token it was made from: sign-out ends
+the row, and revoking the token ends every session made from it.
 """
 
 from __future__ import annotations
 
 import hmac
 from typing import Any
+from uuid import UUID
 
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
@@ -20,23 +22,23 @@ SESSION_MAX_AGE = 7 * 24 * 3600
 _SALT = "bgjobs-session"
 
 
-def make_session(secret: str, user: User) -> str:
-    """The cookie value for a user signed in with one of their tokens."""
-    return URLSafeTimedSerializer(secret, salt=_SALT).dumps({"uid": user.id, "tid": user.token_id})
+def make_session(secret: str, session_id: UUID) -> str:
+    """The cookie value for a session (a row of bgjobs_sessions), signed."""
+    return URLSafeTimedSerializer(secret, salt=_SALT).dumps({"sid": str(session_id)})
 
 
-def read_session(secret: str, value: str) -> tuple[int, int] | None:
-    """(user_id, token_id) from a valid, unexpired cookie value; None otherwise."""
+def read_session(secret: str, value: str) -> UUID | None:
+    """The session id of a valid, unexpired cookie value; None otherwise."""
     try:
         data = URLSafeTimedSerializer(secret, salt=_SALT).loads(value, max_age=SESSION_MAX_AGE)
     except BadSignature:
         return None
-    if not isinstance(data, dict):
+    if not isinstance(data, dict) or not isinstance(data.get("sid"), str):
         return None
-    uid, tid = data.get("uid"), data.get("tid")
-    if not isinstance(uid, int) or not isinstance(tid, int):
+    try:
+        return UUID(data["sid"])
+    except ValueError:
         return None
-    return uid, tid
 
 
 def bearer_token(authorization: str | None) -> str | None:
@@ -59,8 +61,8 @@ def lookup(secret: str, authorization: str | None,
     if authorization:
         token = bearer_token(authorization)
         return ("user_for_token", {"token_hash": hash_token(token)}) if token else None
-    if cookie and (session := read_session(secret, cookie)):
-        return "token_is_live", {"user_id": session[0], "token_id": session[1]}
+    if cookie and (session_id := read_session(secret, cookie)):
+        return "session_user", {"session_id": session_id}
     return None
 
 

@@ -20,6 +20,7 @@ import dataclasses
 import json
 import logging
 import random
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, NotRequired, TypedDict
 from uuid import UUID
@@ -35,6 +36,8 @@ from bgjobs.server.events_db import EventsDb
 log = logging.getLogger(__name__)
 
 CHANNEL = "background_jobs_progress"
+#: Revoked tokens and ended sessions (008_sessions_and_job_types.sql): {"user_id": N}.
+AUTH_CHANNEL = "bgjobs_auth"
 APPLICATION_NAME = "bgjobs-events-listen"
 # With no notification for this long, the listener asks Postgres the time: it proves the
 # connection alive (a half-open socket would otherwise wait for ever) and dates the resync.
@@ -96,12 +99,23 @@ def parse_payload(raw: str) -> ProgressPayload | None:
                            progress=progress, job_type=str(data.get("job_type", "")))
 
 
+@dataclass(frozen=True)
+class Credential:
+    """What let a stream in: a user's token or session; it ends when they end."""
+
+    user_id: int
+    token_id: int | None = None
+    session_id: UUID | None = None
+
+
 class Subscription:
     """One stream's mailbox: the latest unsent state of each job it watches, never a backlog."""
 
-    def __init__(self, job_ids: frozenset[UUID], user_id: int | None) -> None:
+    def __init__(self, job_ids: frozenset[UUID], user_id: int | None,
+                 credential: Credential | None = None) -> None:
         self.job_ids = job_ids
         self.user_id = user_id
+        self.credential = credential
         self._latest: dict[UUID, State] = {}
         self._seen: dict[UUID, int] = {}  # highest version sent or waiting, per job
         self._ready = asyncio.Event()
@@ -134,6 +148,11 @@ class Subscription:
         """No more news: ``next`` returns what waits, then an empty list."""
         self.closed = True
         self._ready.set()
+
+    def revoke(self) -> None:
+        """Its credential ended: nothing more is sent, not even what waits."""
+        self._latest.clear()
+        self.close()
 
     async def next(self) -> list[State]:
         """Wait for news; the waiting states (one per job, in the order the jobs first changed).
@@ -178,6 +197,7 @@ class Broadcaster:
         self.reconnects = 0
         self._by_job: dict[UUID, set[Subscription]] = {}
         self._by_user: dict[int, set[Subscription]] = {}
+        self._by_owner: dict[int, set[Subscription]] = {}  # by the user of their credential
         self._subs: set[Subscription] = set()
         self._firehoses: set[Firehose] = set()
         # The latest known row of each job someone watches: progress-only notifications are
@@ -188,12 +208,14 @@ class Broadcaster:
 
     # Subscriptions ---------------------------------------------------------------------------
 
-    def subscribe(self, job_ids: frozenset[UUID] = frozenset(),
-                  user_id: int | None = None) -> Subscription:
-        sub = Subscription(job_ids, user_id)
+    def subscribe(self, job_ids: frozenset[UUID] = frozenset(), user_id: int | None = None,
+                  credential: Credential | None = None) -> Subscription:
+        sub = Subscription(job_ids, user_id, credential)
         if self._closing:
             sub.close()
         self._subs.add(sub)
+        if credential is not None:
+            self._by_owner.setdefault(credential.user_id, set()).add(sub)
         for job_id in job_ids:
             self._by_job.setdefault(job_id, set()).add(sub)
         if user_id is not None:
@@ -213,6 +235,8 @@ class Broadcaster:
         self._subs.discard(sub)
         if isinstance(sub, Firehose):
             self._firehoses.discard(sub)
+        if sub.credential is not None:
+            _discard(self._by_owner, sub.credential.user_id, sub)
         for job_id in sub.job_ids:
             _discard(self._by_job, job_id, sub)
         candidates = set(sub.job_ids)
@@ -296,15 +320,20 @@ class Broadcaster:
             self.url, autocommit=True, application_name=APPLICATION_NAME, connect_timeout=5,
             keepalives=1, keepalives_idle=10, keepalives_interval=5, keepalives_count=3)
         async with conn:
-            await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
+            for channel in (CHANNEL, AUTH_CHANNEL):
+                await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
             since, self._alive_at = self._alive_at, await _db_now(conn)
             await self._resync(since)
+            await self._recheck(list(self._subs))  # credentials that ended meanwhile
             self.connected = True
             log.info("listening on %s (%d subscriptions, %d jobs re-read)", CHANNEL,
                      len(self._subs), len(self._rows))
             while True:
                 async for note in conn.notifies(timeout=PROBE_SECONDS):
                     self.notifications += 1
+                    if note.channel == AUTH_CHANNEL:
+                        await self._on_auth(note.payload)
+                        continue
                     payload = parse_payload(note.payload)
                     if payload is None:
                         log.warning("dropped an unparsable %s payload: %.200r", CHANNEL,
@@ -339,6 +368,32 @@ class Broadcaster:
                             "a crash that lost commits?): sending its current state", job.id,
                             seen[job.id], job.version)
             self.publish(job, reset=went_back)
+
+    async def _on_auth(self, raw: str) -> None:
+        """A token or session of this user ended: end the streams it opened."""
+        try:
+            user_id = json.loads(raw)["user_id"]
+        except (ValueError, TypeError, KeyError):
+            log.warning("dropped an unparsable %s payload: %.200r", AUTH_CHANNEL, raw)
+            return
+        await self._recheck(list(self._by_owner.get(user_id, ())))
+
+    async def _recheck(self, subs: list[Subscription]) -> None:
+        """Revoke the subscriptions whose credential no longer lets their user in."""
+        creds = {s.credential for s in subs if s.credential is not None}
+        if not creds:
+            return
+        live = await self.db.live_credentials(
+            [c.token_id for c in creds if c.token_id is not None and c.session_id is None],
+            [c.session_id for c in creds if c.session_id is not None])
+        for sub in subs:
+            cred = sub.credential
+            if cred is None or (("session", str(cred.session_id)) if cred.session_id
+                                else ("token", str(cred.token_id))) in live:
+                continue
+            log.info("ending a stream of user %s: its %s was revoked or ended", cred.user_id,
+                     "session" if cred.session_id else "token")
+            sub.revoke()
 
     async def _on_payload(self, payload: ProgressPayload) -> None:
         if self._firehoses:

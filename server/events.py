@@ -32,7 +32,7 @@ from bgjobs.core.errors import BgjobsError
 from bgjobs.core.jobs import FINISHED, Job, User, parse_job_id
 from bgjobs.server import auth, errors, stream_tokens
 from bgjobs.server.auth import SESSION_COOKIE
-from bgjobs.server.broadcast import Broadcaster, State, Subscription
+from bgjobs.server.broadcast import Broadcaster, Credential, State, Subscription
 from bgjobs.server.errors import ApiError
 from bgjobs.server.events_db import EventsDb, make_pool
 
@@ -63,12 +63,12 @@ class SubscriptionStream(EventSourceResponse):
 async def job_events(request: Request) -> Response:
     """One job: its state now, each change, the final state; then the stream ends."""
     _check_room(request)
-    user_id = await _caller_id(request, request.path_params["job_id"])
+    user_id, credential = await _caller_id(request, request.path_params["job_id"])
     job_id = parse_job_id(request.path_params["job_id"])
     last_seen = _last_event_id(request)
     broadcaster: Broadcaster = request.app.state.broadcaster
     # Subscribe before reading the row: a change committed in between is not lost.
-    sub = broadcaster.subscribe(job_ids=frozenset({job_id}))
+    sub = broadcaster.subscribe(job_ids=frozenset({job_id}), credential=credential)
     try:
         job = await request.app.state.db.get_job(job_id, user_id)
     except BaseException:
@@ -106,9 +106,9 @@ async def _job_stream(sub: Subscription, first: Job | None) -> AsyncIterator[Ser
 async def user_events(request: Request) -> Response:
     """Every change to any of the caller's jobs, new ones included, until the client leaves."""
     _check_room(request)
-    user_id = await _caller_id(request, None)
+    user_id, credential = await _caller_id(request, None)
     broadcaster: Broadcaster = request.app.state.broadcaster
-    sub = broadcaster.subscribe(user_id=user_id)
+    sub = broadcaster.subscribe(user_id=user_id, credential=credential)
     return SubscriptionStream(broadcaster, sub, _user_stream(sub))
 
 
@@ -165,15 +165,17 @@ async def _caller(request: Request) -> User:
     return user
 
 
-async def _caller_id(request: Request, raw_job_id: str | None) -> int:
-    """The user of a stream token (a host app's user: see stream_tokens), else the caller's.
+async def _caller_id(request: Request, raw_job_id: str | None) -> tuple[int, Credential | None]:
+    """The user of a stream token (a host app's user: see stream_tokens), else the caller's;
+    and the credential whose end ends the stream (none for a stream token: it expires).
 
     A token in the URL is judged alone, as a bearer token is: no cookie rescues a bad one.
     """
     token = request.query_params.get(stream_tokens.PARAM)
     if token is not None:
-        return stream_tokens.user_for(request.app.state.secret, token, raw_job_id)
-    return (await _caller(request)).id
+        return stream_tokens.user_for(request.app.state.secret, token, raw_job_id), None
+    user = await _caller(request)
+    return user.id, Credential(user.id, user.token_id, user.session_id)
 
 
 def _last_event_id(request: Request) -> int | None:

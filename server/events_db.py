@@ -109,6 +109,14 @@ class EventsDb:
                               {"user_ids": users, "since": since, "limit": limit})
             return await cur.fetchall()
 
+    async def live_credentials(self, token_ids: list[int],
+                               session_ids: list[UUID]) -> set[tuple[str, str]]:
+        """Which of these tokens and sessions still let their user in: ("token"|"session", id)."""
+        async with self._conn() as conn:
+            cur = await conn.execute(q("live_credentials"), {"token_ids": token_ids,
+                                                            "session_ids": session_ids})
+            return {(kind, id_) for kind, id_ in await cur.fetchall()}
+
     async def authenticate(self, secret: str, authorization: str | None,
                            cookie: str | None) -> User | None:
         """The same rule as ``bgjobs.server.auth.authenticate``, read asynchronously."""

@@ -31,8 +31,8 @@ ORDER BY rank LIMIT 1
 
 -- name: insert_jobs
 -- Enqueue many jobs of one type in one statement, one per params object, in the given order.
-INSERT INTO background_jobs (job_type, user_id, params, max_attempts)
-SELECT %(job_type)s, %(user_id)s, p.params, %(max_attempts)s
+INSERT INTO background_jobs (job_type, user_id, params, max_attempts, exclusive_key)
+SELECT %(job_type)s, %(user_id)s, p.params, %(max_attempts)s, NULL
 FROM unnest(%(params)s::jsonb[]) WITH ORDINALITY AS p(params, n)
 ORDER BY p.n
 RETURNING *
@@ -224,11 +224,48 @@ SELECT u.id, u.name, u.created_at, t.id AS token_id, u.is_admin
 FROM bgjobs_api_tokens t JOIN bgjobs_users u ON u.id = t.user_id
 WHERE t.token_hash = %(token_hash)s AND t.revoked_at IS NULL
 
--- name: token_is_live
--- Whether a token (by id) still belongs to the user and is not revoked (session checks).
-SELECT u.id, u.name, u.created_at, t.id AS token_id, u.is_admin
-FROM bgjobs_api_tokens t JOIN bgjobs_users u ON u.id = t.user_id
-WHERE t.id = %(token_id)s AND t.user_id = %(user_id)s AND t.revoked_at IS NULL
+-- name: session_user
+-- The user of a live session: not ended, not expired, made from a token not revoked.
+SELECT u.id, u.name, u.created_at, t.id AS token_id, u.is_admin, s.id AS session_id
+FROM bgjobs_sessions s
+JOIN bgjobs_api_tokens t ON t.id = s.token_id AND t.user_id = s.user_id
+JOIN bgjobs_users u ON u.id = s.user_id
+WHERE s.id = %(session_id)s AND s.ended_at IS NULL AND s.expires_at > now()
+  AND t.revoked_at IS NULL
+
+-- name: start_session
+-- A new session for a user signed in with one of their tokens; their finished ones go.
+WITH gone AS (
+    DELETE FROM bgjobs_sessions
+    WHERE user_id = %(user_id)s AND (ended_at IS NOT NULL OR expires_at <= now())
+)
+INSERT INTO bgjobs_sessions (user_id, token_id, expires_at)
+VALUES (%(user_id)s, %(token_id)s, now() + make_interval(secs => %(seconds)s))
+RETURNING id
+
+-- name: end_session
+-- Sign-out: the session's cookie is refused from now on (and its event streams end).
+UPDATE bgjobs_sessions SET ended_at = now() WHERE id = %(session_id)s AND ended_at IS NULL
+
+-- name: live_credentials
+-- Which of these tokens and sessions still let their user in (the events service ends the
+-- streams of the others).
+SELECT 'token' AS kind, t.id::text AS id FROM bgjobs_api_tokens t
+WHERE t.id = ANY(%(token_ids)s::int[]) AND t.revoked_at IS NULL
+UNION ALL
+SELECT 'session', s.id::text FROM bgjobs_sessions s
+JOIN bgjobs_api_tokens t ON t.id = s.token_id
+WHERE s.id = ANY(%(session_ids)s::uuid[]) AND s.ended_at IS NULL AND s.expires_at > now()
+  AND t.revoked_at IS NULL
+
+-- name: record_job_types
+-- The task registry's job types, so plain-SQL inserts get their max_attempts and exclusivity.
+INSERT INTO bgjobs_job_types (job_type, exclusive, max_attempts)
+SELECT * FROM unnest(%(types)s::text[], %(exclusive)s::bool[], %(max_attempts)s::int[])
+ON CONFLICT (job_type) DO UPDATE
+SET exclusive = excluded.exclusive, max_attempts = excluded.max_attempts, updated_at = now()
+WHERE (bgjobs_job_types.exclusive, bgjobs_job_types.max_attempts)
+      IS DISTINCT FROM (excluded.exclusive, excluded.max_attempts)
 
 -- name: revoke_tokens
 -- Revoke every live token of a user.

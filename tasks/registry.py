@@ -7,10 +7,20 @@ A host app registers its own types the same way, in a module named by BGJOBS_TAS
 from __future__ import annotations
 
 import importlib
+import logging
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
+
+import psycopg
+
+from bgjobs.core.errors import DatabaseUnavailable, first_line
+
+if TYPE_CHECKING:
+    from bgjobs.core.store import Store
+
+log = logging.getLogger(__name__)
 
 #: Seconds before a job's first retry, unless its task says otherwise.
 DEFAULT_RETRY_DELAY = 2.0
@@ -205,3 +215,23 @@ def get(name: str) -> Task:
 def _type_name(t: type) -> str:
     return {int: "an integer", float: "a number", str: "a string", bool: "true or false",
             list: "a list", dict: "an object"}.get(t, t.__name__)
+
+
+def type_rows() -> list[tuple[str, bool, int]]:
+    """(name, exclusive, max_attempts) of every registered type, for bgjobs_job_types."""
+    return [(t.name, t.exclusive, t.max_attempts) for t in sorted(_TASKS.values(),
+                                                                   key=lambda t: t.name)]
+
+
+def record_types(store: Store) -> bool:
+    """Tell the database about the registered types, so that plain-SQL inserts of them get
+    their max_attempts and exclusivity; a failure is logged (the API and workers still start).
+    """
+    try:
+        store.record_job_types(type_rows())
+    except (DatabaseUnavailable, psycopg.Error) as exc:
+        log.warning("could not record the job types in bgjobs_job_types (%s): plain-SQL "
+                    "inserts get what is recorded there; `bgjobs migrate` records them too",
+                    first_line(exc))
+        return False
+    return True

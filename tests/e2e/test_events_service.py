@@ -276,7 +276,8 @@ def test_auth_other_users_job_is_404_and_no_credentials_401(
     # The API's session cookie works as well as a bearer token.
     session_user = store.user_for_token(alice_token)
     assert session_user is not None
-    cookie = {"Cookie": f"{SESSION_COOKIE}={make_session(SECRET, session_user)}"}
+    session_id = store.start_session(session_user, 3600)
+    cookie = {"Cookie": f"{SESSION_COOKIE}={make_session(SECRET, session_id)}"}
     reader = Reader(url, cookie)
     assert reader.wait_events(1)[0]["data"]["id"] == str(job.id)
     store.cancel(job.id)

@@ -99,6 +99,25 @@ def test_session_sign_in_and_out(api: Api) -> None:
     _assert_401(api.client.get("/api/me"))
 
 
+def test_sign_out_ends_the_session_on_the_server(api: Api) -> None:
+    api.client.post("/api/session", json={"token": api.alice.token})
+    copied = _session_cookie(api).value  # a copy kept elsewhere (another tab, a thief)
+    api.client.post("/api/session", json={"token": api.alice.token}, headers=SAME_ORIGIN)
+    other = _session_cookie(api).value  # a second sign-in: its own session
+    assert other != copied
+    api.client.set_cookie(auth.SESSION_COOKIE, copied)
+    assert api.client.delete("/api/session", headers=SAME_ORIGIN).status_code == 204
+    api.client.set_cookie(auth.SESSION_COOKIE, copied)
+    _assert_401(api.client.get("/api/me"))
+    api.client.set_cookie(auth.SESSION_COOKIE, other)
+    assert api.client.get("/api/me").json["user"]["name"] == "alice"
+    # Signing out twice, or without a session, is no error.
+    api.client.set_cookie(auth.SESSION_COOKIE, copied)
+    assert api.client.delete("/api/session", headers=SAME_ORIGIN).status_code == 204
+    api.client.delete_cookie(auth.SESSION_COOKIE)
+    assert api.client.delete("/api/session").status_code == 204
+
+
 def test_a_bearer_token_wins_over_the_cookie(api: Api) -> None:
     api.client.post("/api/session", json={"token": api.alice.token})
     assert api.client.get("/api/me", headers=api.bob.headers).json["user"]["name"] == "bob"

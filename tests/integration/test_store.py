@@ -221,7 +221,24 @@ def test_users_and_tokens(store, conn):
     with pytest.raises(InvalidInput):
         store.create_user("no spaces please")
     tokened = store.user_for_token(token)
-    assert store.user_for_session(user.id, tokened.token_id)
+    session_id = store.start_session(tokened, 3600)
+    assert store.user_for_session(session_id).session_id == session_id
     assert store.revoke_tokens("carol") == 1
     assert store.user_for_token(token) is None
-    assert store.user_for_session(user.id, tokened.token_id) is None
+    assert store.user_for_session(session_id) is None
+
+
+def test_sessions_end_at_sign_out_and_expire(store, conn):
+    user, token = store.create_user("erin")
+    tokened = store.user_for_token(token)
+    first, second = store.start_session(tokened, 3600), store.start_session(tokened, 3600)
+    assert store.end_session(first) is True
+    assert store.end_session(first) is False  # already ended
+    assert store.user_for_session(first) is None
+    assert store.user_for_session(second).id == user.id  # the other session lives on
+    conn.execute("UPDATE bgjobs_sessions SET expires_at = now() - interval '1 s' "
+                 "WHERE id = %s", [second])
+    assert store.user_for_session(second) is None
+    # Signing in again clears the ended and expired ones away.
+    third = store.start_session(tokened, 3600)
+    assert [r[0] for r in conn.execute("SELECT id FROM bgjobs_sessions")] == [third]
