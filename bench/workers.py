@@ -116,7 +116,7 @@ def main() -> int:
     from bgjobs.core import config, embedded
 
     cfg = config.load()
-    cluster = embedded.Cluster(cfg.data_dir, cfg.pg_bin)
+    cluster = embedded.Cluster(cfg.data_dir, cfg.pg_bin, cfg.pg_durable)
     started = cluster.ensure_running()
     try:
         print(json.dumps(run(cluster.url(), args.jobs, args.runs, args.concurrency), indent=2))

@@ -304,7 +304,7 @@ def cmd_psql(ns: argparse.Namespace, cfg: Config) -> int:
 def _cluster(cfg: Config) -> embedded.Cluster:
     if not cfg.embedded:
         raise CliError("DATABASE_URL is set: the embedded cluster is not in use")
-    return embedded.Cluster(cfg.data_dir, cfg.pg_bin)
+    return embedded.Cluster(cfg.data_dir, cfg.pg_bin, cfg.pg_durable)
 
 
 def cmd_db_start(ns: argparse.Namespace, cfg: Config) -> int:
@@ -338,7 +338,7 @@ def cmd_db_reset(ns: argparse.Namespace, cfg: Config) -> int:
 
 def cmd_run(ns: argparse.Namespace, cfg: Config) -> int:
     """Start the database (if embedded), migrate, then API, events and workers; stop all on ^C."""
-    cluster = embedded.Cluster(cfg.data_dir, cfg.pg_bin) if cfg.embedded else None
+    cluster = embedded.Cluster(cfg.data_dir, cfg.pg_bin, cfg.pg_durable) if cfg.embedded else None
     started = cluster.ensure_running() if cluster else False
     url = database_url(cfg, start=False)
     _migrate(url, cfg)

@@ -69,6 +69,9 @@ class Config:
     keep_cancelled_days: float = 7.0
     #: Bearer token for /metrics and /events/stats (BGJOBS_METRICS_TOKEN); None: both are off.
     metrics_token: str | None = None
+    #: The embedded cluster syncs every commit to disk; BGJOBS_PG_DURABLE=0 starts it without
+    #: (faster, for tests: a crash may then lose committed work).
+    pg_durable: bool = True
 
     @property
     def embedded(self) -> bool:
@@ -119,8 +122,11 @@ def _float(name: str, default: float, minimum: float) -> float:
     return value
 
 
-def _flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no", "off")
+def _flag(name: str, default: bool = False) -> bool:
+    raw = os.environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    return raw not in ("0", "false", "no", "off")
 
 
 def _list(name: str) -> tuple[str, ...]:
@@ -195,6 +201,7 @@ def load() -> Config:
         keep_error_days=_days("BGJOBS_KEEP_ERROR_DAYS", 30.0),
         keep_cancelled_days=_days("BGJOBS_KEEP_CANCELLED_DAYS", 7.0),
         metrics_token=os.environ.get("BGJOBS_METRICS_TOKEN") or None,
+        pg_durable=_flag("BGJOBS_PG_DURABLE", default=True),
     )
 
 

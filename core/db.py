@@ -33,7 +33,7 @@ def database_url(config: Config, start: bool = False) -> str:
     """DATABASE_URL, or the embedded cluster's URL (started first when ``start``)."""
     if config.database_url:
         return config.database_url
-    cluster = embedded.Cluster(config.data_dir, config.pg_bin)
+    cluster = embedded.Cluster(config.data_dir, config.pg_bin, config.pg_durable)
     if start:
         cluster.ensure_running()
     elif not cluster.is_running():

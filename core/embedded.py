@@ -2,7 +2,13 @@
 
 Binaries come from the ``pgserver`` wheel (so a machine with only Python needs nothing else);
 ``BGJOBS_PG_BIN`` points at another ``bin`` folder. Postgres refuses to run as root, so under
-root the cluster belongs to a system user ``bgjobs`` created on first use.
+root the cluster belongs to a system user ``bgjobs`` created on first use; that user owns the
+cluster's files and its log, not the data folder around them (which holds the secret key).
+
+The cluster is durable like any Postgres (fsync, synchronous_commit and full_page_writes on):
+``make run`` is how people first use bgjobs, and some keep using it. ``durable=False``
+(BGJOBS_PG_DURABLE=0, what the tests use) starts it without them, for speed; that choice lives on
+the command line of that start only, never in the cluster's configuration.
 """
 
 from __future__ import annotations
@@ -24,6 +30,9 @@ log = logging.getLogger(__name__)
 
 SYSTEM_USER = "bgjobs"
 DATABASE = "bgjobs"
+#: What a cluster made before durability was the default has in its postgresql.conf.
+_OLD_FAST_SETTINGS = "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
+_FAST_OPTIONS = "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
 
 
 class EmbeddedError(RuntimeError):
@@ -48,9 +57,10 @@ def bin_dir(override: Path | None = None) -> Path:
 class Cluster:
     """One cluster in ``data_dir/pgdata``, listening on 127.0.0.1 only."""
 
-    def __init__(self, data_dir: Path, pg_bin: Path | None = None) -> None:
+    def __init__(self, data_dir: Path, pg_bin: Path | None = None, durable: bool = True) -> None:
         self.data_dir = data_dir
         self.pg_bin = pg_bin
+        self.durable = durable
         self.pgdata = data_dir / "pgdata"
         self.logfile = data_dir / "postgres.log"
 
@@ -71,14 +81,21 @@ class Cluster:
         """Create and start the cluster if needed; True if this call started it."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with self._lock():
+            self._keep_data_dir_ours()
             if not (self.pgdata / "PG_VERSION").exists():
                 self._init()
+            upgraded = self._drop_old_fast_settings()
             if self.is_running():
+                if upgraded:
+                    self._run(["pg_ctl", "-D", str(self.pgdata), "reload"])
                 return False
-            log.info("starting embedded Postgres on 127.0.0.1:%s", self.port)
+            log.info("starting embedded Postgres on 127.0.0.1:%s%s", self.port,
+                     "" if self.durable else " (not durable: fsync and synchronous_commit off)")
+            self._give_log_to_owner()
+            fast = [] if self.durable else ["-o", _FAST_OPTIONS]
             done = self._run(
                 ["pg_ctl", "-D", str(self.pgdata), "-l", str(self.logfile), "-w", "-t", "60",
-                 "start"],
+                 *fast, "start"],
                 check=False,
             )
             if done.returncode != 0:
@@ -90,30 +107,62 @@ class Cluster:
             self._create_database()
             return True
 
-    def stop(self) -> None:
+    def stop(self, mode: str = "fast") -> None:
+        """Stop the cluster; ``mode="immediate"`` is a crash (recovery replays the WAL)."""
         if self.is_running():
-            log.info("stopping embedded Postgres")
-            self._run(["pg_ctl", "-D", str(self.pgdata), "-m", "fast", "-w", "stop"], check=False)
+            log.info("stopping embedded Postgres (%s)", mode)
+            self._run(["pg_ctl", "-D", str(self.pgdata), "-m", mode, "-w", "stop"], check=False)
 
     def _init(self) -> None:
         if self.pgdata.exists():
             shutil.rmtree(self.pgdata)
         self.pgdata.mkdir(mode=0o700)
         self._give_to_owner(self.pgdata)
-        self._give_to_owner(self.data_dir, recursive=False)
         port = _free_port()
         (self.data_dir / "pg.port").write_text(str(port))
         log.info("initialising embedded Postgres in %s", self.pgdata)
         self._run(["initdb", "-D", str(self.pgdata), "-U", "postgres", "--auth=trust",
-                   "--encoding=UTF8", "--no-sync"])
+                   "--encoding=UTF8", *([] if self.durable else ["--no-sync"])])
         with open(self.pgdata / "postgresql.conf", "a") as conf:
             conf.write(
                 "\n# bgjobs embedded cluster\n"
                 f"port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = ''\n"
-                "max_connections = 400\nfsync = off\nsynchronous_commit = off\n"
-                "full_page_writes = off\n"
+                "max_connections = 400\n"
             )
         self._give_to_owner(self.pgdata)
+
+    def _drop_old_fast_settings(self) -> bool:
+        """A cluster made by an older bgjobs turned fsync and synchronous_commit off in its
+        postgresql.conf: turn them back on (True if the file changed)."""
+        conf = self.pgdata / "postgresql.conf"
+        text = conf.read_text()
+        if _OLD_FAST_SETTINGS not in text:
+            return False
+        conf.write_text(text.replace(_OLD_FAST_SETTINGS, "# fsync, synchronous_commit and "
+                                     "full_page_writes: Postgres's defaults (on)\n"))
+        log.info("embedded Postgres: fsync, synchronous_commit and full_page_writes are on again")
+        return True
+
+    def _keep_data_dir_ours(self) -> None:
+        """The data folder (the secret key, the demo token) belongs to whoever runs bgjobs, not
+        to the cluster's system user, who owns only pgdata/ and the log. Older versions gave
+        the folder to that user: take it back."""
+        owner = _owner()
+        if owner is None:
+            return
+        info = self.data_dir.stat()
+        if info.st_uid == owner.pw_uid:
+            os.chown(self.data_dir, os.geteuid(), os.getegid())
+        self.data_dir.chmod(stat.S_IMODE(info.st_mode) & ~0o022 | 0o711)
+        for name in ("pg.port", ".lock", "secret_key", "demo_token"):
+            path = self.data_dir / name
+            if path.exists() and path.stat().st_uid == owner.pw_uid:
+                os.chown(path, os.geteuid(), os.getegid())
+
+    def _give_log_to_owner(self) -> None:
+        """pg_ctl (as the cluster's user) appends to the log, in a folder it cannot write."""
+        self.logfile.touch(mode=0o640, exist_ok=True)
+        self._give_to_owner(self.logfile, recursive=False)
 
     def _create_database(self) -> None:
         import psycopg

@@ -7,6 +7,10 @@ The rule for the test tree:
   test client, the events app in-process, a worker child driven over a socket pair).
 - ``tests/e2e/``: real processes (gunicorn, `bgjobs worker`, an installed wheel, a browser).
 Benchmarks are not tests: they live in ``bench/`` and run with ``make bench``.
+
+The session's embedded cluster, when this session starts it, runs without fsync and
+synchronous_commit (BGJOBS_PG_DURABLE=0, unless set otherwise): tests throw their data away.
+``private_cluster`` stays durable, as the crash tests need.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from bgjobs.core.db import make_pool
 from bgjobs.core.jobs import Job
 from bgjobs.core.store import NewJob, Store
 
+os.environ.setdefault("BGJOBS_PG_DURABLE", "0")  # see the docstring
 _started_cluster: embedded.Cluster | None = None
 
 
@@ -39,7 +44,7 @@ def _server_url() -> str:
     if url:
         return make_conninfo(url, dbname="postgres")
     cfg = config.load()
-    cluster = embedded.Cluster(cfg.data_dir, cfg.pg_bin)
+    cluster = embedded.Cluster(cfg.data_dir, cfg.pg_bin, cfg.pg_durable)
     if cluster.ensure_running():
         _started_cluster = cluster
     return cluster.url("postgres")
