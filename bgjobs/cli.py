@@ -14,6 +14,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from bgjobs import proxy
 from bgjobs.core import config as config_mod
 from bgjobs.core import embedded, migrate
 from bgjobs.core.config import Config, ConfigError
@@ -47,7 +48,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         config_mod.setup_logging(cfg.log_level)
         return ns.func(ns, cfg) or 0
     except (CliError, BgjobsError, ConfigError, registry.UnknownTask, registry.InvalidParams,
-            migrate.MigrationError, embedded.EmbeddedError, schedules.InvalidSchedule) as exc:
+            migrate.MigrationError, embedded.EmbeddedError, schedules.InvalidSchedule,
+            proxy.ProxyError) as exc:
         print(f"bgjobs: {first_line(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -72,6 +74,11 @@ def _parser() -> argparse.ArgumentParser:
     cmd("events", cmd_events,
         "run the SSE events service under gunicorn (BGJOBS_EVENTS_BIND, default 127.0.0.1:8001)")
     sub.add_parser("worker", help="run worker processes (see `bgjobs worker --help`)")
+    prox = cmd("proxy", cmd_proxy,
+               "run nginx in front of the API and the events service (BGJOBS_PROXY_BIND, "
+               f"default {proxy.DEFAULT_BIND})")
+    prox.add_argument("--print", action="store_true", dest="print_config",
+                      help="print the nginx site config (for a production nginx) and exit")
     cmd("migrate", cmd_migrate, "apply the SQL migrations in sql/migrations")
 
     user = cmd("user", None, "manage users and their API tokens")
@@ -151,6 +158,20 @@ def cmd_api(ns: argparse.Namespace, cfg: Config) -> int:
 
 def cmd_events(ns: argparse.Namespace, cfg: Config) -> int:
     return _gunicorn("events", cfg)
+
+
+def cmd_proxy(ns: argparse.Namespace, cfg: Config) -> int:
+    if ns.print_config:
+        print(proxy.site_config(cfg), end="")
+        return 0
+    try:
+        binary, args = proxy.prepare(cfg)
+    except proxy.ProxyError as exc:
+        raise CliError(str(exc)) from None
+    print(f"bgjobs proxy: nginx on {cfg.proxy_bind or proxy.DEFAULT_BIND} -> API {cfg.api_bind}, "
+          f"events {cfg.events_bind}", file=sys.stderr, flush=True)
+    os.execv(binary, [binary, *args])
+    return 0  # pragma: no cover
 
 
 def cmd_migrate(ns: argparse.Namespace, cfg: Config) -> int:
@@ -337,22 +358,37 @@ def cmd_db_reset(ns: argparse.Namespace, cfg: Config) -> int:
 
 
 def cmd_run(ns: argparse.Namespace, cfg: Config) -> int:
-    """Start the database (if embedded), migrate, then API, events and workers; stop all on ^C."""
+    """Start the database (if embedded), migrate, then API, events and workers (and nginx in
+    front with BGJOBS_PROXY_BIND); stop all on ^C."""
+    services = [("api", ["api"]), ("events", ["events"]), ("worker", ["worker"])]
+    if cfg.proxy_bind:
+        proxy.nginx_binary()  # missing: say so before starting anything
+        services.append(("proxy", ["proxy"]))
     cluster = embedded.Cluster(cfg.data_dir, cfg.pg_bin, cfg.pg_durable) if cfg.embedded else None
     started = cluster.ensure_running() if cluster else False
     url = database_url(cfg, start=False)
     _migrate(url, cfg)
     token = _demo_token(cfg, url)
     env = {**os.environ, "DATABASE_URL": url, "BGJOBS_DATA_DIR": str(cfg.data_dir)}
+    if cfg.proxy_bind:
+        env.setdefault("BGJOBS_EVENTS_URL", "/")  # the page streams from its own origin
     procs = {
         name: subprocess.Popen([sys.executable, "-m", "bgjobs", *argv], env=env)
-        for name, argv in [("api", ["api"]), ("events", ["events"]), ("worker", ["worker"])]
+        for name, argv in services
     }
-    host = cfg.api_bind
+    if cfg.proxy_bind:
+        front = (f"  Dashboard: http://{cfg.proxy_bind}/ (nginx in front of the API on "
+                 f"{cfg.api_bind} and the events service on {cfg.events_bind})\n")
+    else:
+        front = (f"  Dashboard: http://{cfg.api_bind}/   Events: http://{cfg.events_bind}/events/jobs\n"
+                 "  No proxy: gunicorn serves clients directly, which is fine on 127.0.0.1 for\n"
+                 "  development; anything others can reach needs nginx in front (a few slow\n"
+                 "  clients stall the API without it): BGJOBS_PROXY_BIND=127.0.0.1:8080 make run,\n"
+                 "  and docs/operations.md.\n")
     sign_in = (f"Sign in with the demo user's token: {token}" if token else
                "Sign in with a token: `bgjobs user create NAME --id N` (N: your app's user)")
-    print(f"\n  bgjobs is running.\n  Dashboard: http://{host}/\n  {sign_in}\n"
-          f"  Events: http://{cfg.events_bind}/events/jobs   Database: {_redact(url)}\n"
+    print(f"\n  bgjobs is running.\n{front}  {sign_in}\n"
+          f"  Database: {_redact(url)}\n"
           "  Ctrl-C stops everything.\n", flush=True)
     stopping = False
 

@@ -72,6 +72,9 @@ class Config:
     #: The embedded cluster syncs every commit to disk; BGJOBS_PG_DURABLE=0 starts it without
     #: (faster, for tests: a crash may then lose committed work).
     pg_durable: bool = True
+    #: Where nginx in front of both services listens (`bgjobs proxy`, BGJOBS_PROXY_BIND); set,
+    #: `bgjobs run` starts it too.
+    proxy_bind: str | None = None
 
     @property
     def embedded(self) -> bool:
@@ -202,6 +205,7 @@ def load() -> Config:
         keep_cancelled_days=_days("BGJOBS_KEEP_CANCELLED_DAYS", 7.0),
         metrics_token=os.environ.get("BGJOBS_METRICS_TOKEN") or None,
         pg_durable=_flag("BGJOBS_PG_DURABLE", default=True),
+        proxy_bind=os.environ.get("BGJOBS_PROXY_BIND") or None,
     )
 
 

@@ -191,7 +191,7 @@ class Cluster:
             # A parent may have been closed since init (pytest makes its temp root 0700 each
             # time a session starts): without this, status/stop/start fail on a live cluster.
             if self.data_dir.exists():
-                _allow_traverse(self.data_dir)
+                allow_traverse(self.data_dir)
         done = subprocess.run(argv, capture_output=True, text=True, cwd=self.data_dir,
                               env={**os.environ, "LC_ALL": "C"}, **kwargs)
         if check and done.returncode != 0:
@@ -202,8 +202,8 @@ class Cluster:
         owner = _owner()
         if owner is None:
             return
-        _allow_traverse(path)
-        _allow_traverse(bin_dir(self.pg_bin) / "pg_ctl")
+        allow_traverse(path)
+        allow_traverse(bin_dir(self.pg_bin) / "pg_ctl")
         targets = [path] if not recursive else [path, *path.rglob("*")]
         for target in targets:
             os.chown(target, owner.pw_uid, owner.pw_gid)
@@ -221,7 +221,7 @@ def _owner() -> pwd.struct_passwd | None:
         return pwd.getpwnam(SYSTEM_USER)
 
 
-def _allow_traverse(path: Path) -> None:
+def allow_traverse(path: Path) -> None:
     """Let the cluster's owner reach ``path`` (a mktemp checkout is 0700)."""
     for parent in path.parents:
         mode = parent.stat().st_mode

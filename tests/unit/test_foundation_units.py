@@ -123,3 +123,23 @@ def test_the_breaker_answers_at_once_while_open_and_its_probe_closes_it(monkeypa
         threading.Event().wait(0.01)
     breaker.check()
     assert len(attempts) == 3  # it kept trying, on its own, until Postgres answered
+
+
+def test_the_proxy_config_is_filled_in_and_a_missing_nginx_is_one_line(monkeypatch, capsys,
+                                                                        tmp_path):
+    from bgjobs import cli, proxy
+
+    cfg = config.Config(api_bind="10.0.0.5:9000", events_bind="10.0.0.5:9001",
+                        proxy_bind="0.0.0.0:80", max_body_bytes=1000)
+    site = proxy.site_config(cfg)
+    assert "{{" not in site
+    for line in ("server 10.0.0.5:9000;", "server 10.0.0.5:9001;", "listen 0.0.0.0:80;",
+                 "client_max_body_size 1000;", "proxy_buffering off;"):
+        assert line in site, line
+
+    monkeypatch.setattr(proxy.shutil, "which", lambda name: None)
+    monkeypatch.setattr(proxy.os, "access", lambda path, mode: False)
+    monkeypatch.setenv("BGJOBS_DATA_DIR", str(tmp_path))
+    assert cli.main(["proxy"]) == 1
+    assert capsys.readouterr().err.startswith("bgjobs: nginx is not installed")
+    assert not (tmp_path / "proxy").exists()  # nothing written
