@@ -1,13 +1,21 @@
 """The OpenAPI 3.1 description of the API, served at ``GET /api/openapi.json``.
 
-A test checks that every route of the app appears here, so the two cannot drift apart.
+A test checks that every route of the app appears here, and a fuzzer (schemathesis, in the
+tests) that every answer to generated requests, valid or not, is one described here: the
+patterns below are the server's own checks.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from bgjobs.server.api_input import LIMIT_DEFAULT, LIMIT_MAX
+from bgjobs.server.api_input import (
+    CURSOR_PATTERN,
+    IDEMPOTENCY_KEY_PATTERN,
+    LIMIT_DEFAULT,
+    LIMIT_MAX,
+    TYPE_QUERY_PATTERN,
+)
 from bgjobs.tasks.enqueue import PRIORITY_MAX, PRIORITY_MIN
 
 _STATUSES = ["pending", "running", "complete", "error", "cancelled"]
@@ -27,12 +35,16 @@ def _err(description: str) -> dict[str, Any]:
     return {"$ref": f"#/components/responses/{description}"}
 
 
-def _op(summary: str, responses: dict[str, Any], *, auth: bool = True, **extra: Any) -> dict:
+def _op(summary: str, responses: dict[str, Any], *, auth: bool = True, unsafe: bool = False,
+        **extra: Any) -> dict:
+    """An operation; ``unsafe`` ones (POST, DELETE) can be refused as cross-site (403)."""
     op: dict[str, Any] = {"summary": summary, "responses": responses, **extra}
     if not auth:
         op["security"] = []
     else:
         responses.setdefault("401", _err("Unauthorized"))
+    if unsafe:
+        responses.setdefault("403", _err("Forbidden"))
     responses.setdefault("503", _err("Unavailable"))
     return op
 
@@ -41,8 +53,9 @@ _JOB_ID = {"name": "id", "in": "path", "required": True,
            "description": "The job's UUID; anything else answers 404.",
            "schema": {"type": "string", "format": "uuid"}}
 _IDEMPOTENCY = {"name": "Idempotency-Key", "in": "header", "required": False,
-                "description": "Retrying with the same key returns the same job (per user).",
-                "schema": {"type": "string", "minLength": 1, "maxLength": 255}}
+                "description": "Retrying with the same key returns the same job (per user): "
+                               "1 to 255 printable ASCII characters, spaces only inside.",
+                "schema": {"type": "string", "pattern": IDEMPOTENCY_KEY_PATTERN}}
 _SEED_TYPE = {"name": "job_type", "in": "path", "required": True,
               "schema": {"type": "string", "enum": _SEED}}
 
@@ -61,20 +74,23 @@ def spec() -> dict[str, Any]:
                 "200": _json({"type": "object"}, "Postgres answers.")}, auth=False)},
             "/metrics": {"get": _op("Prometheus metrics, read from Postgres", {
                 "200": {"description": "Prometheus text format",
-                        "content": {"text/plain": {"schema": {"type": "string"}}}}},
-                auth=False)},
+                        "content": {"text/plain": {"schema": {"type": "string"}}}},
+                "401": _err("Unauthorized"),
+                "403": _json(_ref("Error"), "BGJOBS_METRICS_TOKEN is unset: metrics are off")},
+                auth=False, security=[{"metrics": []}])},
             "/api/openapi.json": {"get": _op("This document", {
                 "200": _json({"type": "object"}, "OpenAPI 3.1")}, auth=False)},
             "/api/session": {
                 "post": _op("Sign in with a token; sets the HttpOnly session cookie", {
                     "200": _json(_ref("Me"), "Signed in; Set-Cookie: bgjobs_session=..."),
-                    "401": _err("Unauthorized"), "415": _err("BadRequest"),
-                    "422": _err("Invalid")}, auth=False,
+                    "400": _err("BadRequest"), "401": _err("Unauthorized"),
+                    "413": _err("BadRequest"), "415": _err("BadRequest"),
+                    "422": _err("Invalid")}, auth=False, unsafe=True,
                     requestBody={"required": True, "content": {"application/json": {"schema": {
                         "type": "object", "required": ["token"],
                         "properties": {"token": {"type": "string"}}}}}}),
-                "delete": _op("Sign out (clears the cookie)", {
-                    "204": {"description": "Signed out"}}, auth=False),
+                "delete": _op("Sign out: ends the session on the server, clears the cookie", {
+                    "204": {"description": "Signed out"}}, auth=False, unsafe=True),
             },
             "/api/me": {"get": _op("Who am I", {"200": _json(_ref("Me"), "The caller")})},
             "/api/types": {"get": _op("Registered job types and their params", {
@@ -84,7 +100,7 @@ def spec() -> dict[str, Any]:
                 "post": _op("Enqueue a job", {
                     "202": job_202, "400": _err("BadRequest"), "409": _err("Conflict"),
                     "413": _err("BadRequest"), "415": _err("BadRequest"),
-                    "422": _err("Invalid")},
+                    "422": _err("Invalid")}, unsafe=True,
                     parameters=[_IDEMPOTENCY],
                     requestBody={"required": True, "content": {
                         "application/json": {"schema": _ref("NewJob")}}}),
@@ -94,27 +110,33 @@ def spec() -> dict[str, Any]:
                     parameters=[
                         {"name": "status", "in": "query",
                          "schema": {"type": "string", "enum": _STATUSES}},
-                        {"name": "type", "in": "query", "schema": {"type": "string"}},
+                        {"name": "type", "in": "query", "schema": {
+                            "type": "string", "pattern": TYPE_QUERY_PATTERN}},
                         {"name": "limit", "in": "query", "schema": {
                             "type": "integer", "minimum": 1, "maximum": LIMIT_MAX,
                             "default": LIMIT_DEFAULT}},
-                        {"name": "cursor", "in": "query", "schema": {"type": "string"},
-                         "description": "next_cursor of the previous page"}]),
+                        {"name": "cursor", "in": "query",
+                         "schema": {"type": "string", "pattern": CURSOR_PATTERN},
+                         "description": "next_cursor of the previous page, as is (any other "
+                                        "value answers 400)"}]),
             },
             "/api/jobs/{id}": {"get": _op("One of the caller's jobs", {
                 "200": _json(_ref("Job"), "The job"), "404": _err("NotFound")},
                 parameters=[_JOB_ID])},
             "/api/jobs/{id}/cancel": {"post": _op("Cancel a pending or running job", {
                 "200": _json(_ref("Job"), "The cancelled job"), "404": _err("NotFound"),
-                "409": _err("Conflict")}, parameters=[_JOB_ID])},
+                "409": _err("Conflict")}, unsafe=True, parameters=[_JOB_ID])},
             "/api/{job_type}/run": {"post": _op(
                 "Seed-compatible: enqueue a job of that type; the body is its params", {
                     "202": _json(_ref("SeedJob"), "The job, plus job_id"),
-                    "400": _err("BadRequest"), "409": _err("Conflict"),
-                    "415": _err("BadRequest"), "422": _err("Invalid")},
+                    "400": _err("BadRequest"), "404": _err("NotFound"),
+                    "409": _err("Conflict"), "413": _err("BadRequest"),
+                    "415": _err("BadRequest"), "422": _err("Invalid")}, unsafe=True,
                 parameters=[_SEED_TYPE, _IDEMPOTENCY],
-                requestBody={"required": False, "content": {
-                    "application/json": {"schema": {"type": "object"}}}})},
+                requestBody={"required": True, "content": {
+                    "application/json": {"schema": {"type": "object"}}},
+                    "description": "The job's params (an empty body with this content type: "
+                                   "{}); without the content type, 415."})},
             **_admin_paths(),
             "/api/{job_type}/progress/{id}": {"get": _op(
                 "Seed-compatible: a job of that type, as /api/jobs/{id} shows it", {
@@ -126,7 +148,11 @@ def spec() -> dict[str, Any]:
                 "bearer": {"type": "http", "scheme": "bearer",
                            "description": "A token from `bgjobs user create NAME`."},
                 "session": {"type": "apiKey", "in": "cookie", "name": "bgjobs_session",
-                            "description": "Set by POST /api/session."},
+                            "description": "Set by POST /api/session. A POST or DELETE with "
+                                           "it must carry this site's Origin (or Referer), "
+                                           "else 403."},
+                "metrics": {"type": "http", "scheme": "bearer",
+                            "description": "BGJOBS_METRICS_TOKEN (only /metrics)."},
             },
             "schemas": _schemas(),
             "responses": {
@@ -134,7 +160,10 @@ def spec() -> dict[str, Any]:
                     ("BadRequest", "Unreadable request: malformed JSON, wrong content type, "
                                    "bad query parameter, body too large (413)"),
                     ("Unauthorized", "Missing, invalid or revoked credentials"),
-                    ("NotFound", "No such job for this user (or not a UUID)"),
+                    ("Forbidden", "A request with the session cookie from another origin "
+                                  "(no matching Origin or Referer)"),
+                    ("NotFound", "No such job for this user (or not a UUID), or no such "
+                                 "route"),
                     ("Conflict", "The job has finished, or an exclusive job is active "
                                  "(error.job_id names it)"),
                     ("Invalid", "Unknown type, bad params, priority or run_after"),
