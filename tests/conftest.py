@@ -167,9 +167,9 @@ def dbname(url: str) -> str:
     return conninfo_to_dict(url)["dbname"]
 
 
-@pytest.fixture
-def private_cluster() -> Iterator[embedded.Cluster]:
-    """A throwaway Postgres of this test's own, migrated, for tests that stop or restart it."""
+@contextmanager
+def throwaway_cluster() -> Iterator[embedded.Cluster]:
+    """A durable Postgres of its own, migrated, deleted afterwards."""
     # Not under pytest's temp root: every new pytest session (another one running alongside)
     # resets that root to 0700, which locks the cluster's system user out mid-test.
     path = Path(tempfile.mkdtemp(prefix="bgjobs-test-pg-"))
@@ -182,6 +182,13 @@ def private_cluster() -> Iterator[embedded.Cluster]:
     finally:
         cluster.stop()
         shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def private_cluster() -> Iterator[embedded.Cluster]:
+    """A throwaway Postgres of this test's own, for tests that stop, restart or crash it."""
+    with throwaway_cluster() as cluster:
+        yield cluster
 
 
 @pytest.fixture
