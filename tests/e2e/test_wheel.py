@@ -58,7 +58,9 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     roots = {name.split("/")[0] for name in names}
     assert roots == {"bgjobs", wheel.name.split("-py")[0] + ".dist-info"}, roots
     for data in ("bgjobs/sql/queries.sql", "bgjobs/sql/migrations/001_schema.sql",
-                 "bgjobs/server/gunicorn_conf.py", "bgjobs/server/static/dashboard.js"):
+                 "bgjobs/server/gunicorn_conf.py", "bgjobs/server/static/dashboard.js",
+                 "bgjobs/sql/migrations/008_sessions_and_job_types.sql",
+                 "bgjobs/server/nginx/bgjobs.conf"):
         assert data in names, data
     run([sys.executable, "-m", "venv", str(base / "venv")])
     bin_dir = base / "venv" / "bin"
