@@ -185,11 +185,14 @@ def _migrate(url: str, cfg: Config) -> list[str]:
     """Apply the migrations, then record the job types this installation knows."""
     with connect(url) as conn:
         applied = migrate.apply(conn, users_table=cfg.users_table)
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # BGJOBS_TASK_MODULES resolve as for `bgjobs worker`
     try:
         registry.load_tasks(cfg.task_modules)
     except ImportError as exc:
-        raise CliError(f"migrations applied, but BGJOBS_TASK_MODULES could not be imported to "
-                       f"record the job types: {first_line(exc)}") from exc
+        # The API and the workers record their types when they start, so this is no failure.
+        print(f"bgjobs: warning: BGJOBS_TASK_MODULES could not be imported here "
+              f"({first_line(exc)}); recording the built-in job types only", file=sys.stderr)
     store = Store(make_pool(url, min_size=1, max_size=1, open_wait=True))
     try:
         store.record_job_types(registry.type_rows())

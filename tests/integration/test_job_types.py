@@ -69,6 +69,17 @@ def test_migrate_records_the_types(db_url: str, conn, monkeypatch, capsys) -> No
     assert recorded["validation"] is True and recorded["noop"] is False
 
 
+def test_migrate_without_the_host_modules_records_the_built_in_types(
+        db_url: str, conn, monkeypatch, capsys) -> None:
+    conn.execute("DELETE FROM bgjobs_job_types")
+    monkeypatch.setenv("DATABASE_URL", db_url)
+    monkeypatch.setenv("BGJOBS_TASK_MODULES", "no_such_host_module")
+    assert cli.main(["migrate"]) == 0  # the API and workers record theirs when they start
+    assert "no_such_host_module" in capsys.readouterr().err
+    assert conn.execute("SELECT exclusive FROM bgjobs_job_types WHERE job_type = 'validation'"
+                        ).fetchone() == (True,)
+
+
 def test_types_are_not_recorded_when_the_database_is_down() -> None:
     from bgjobs.core.db import make_pool
     from tests.procs import free_port
