@@ -263,7 +263,7 @@ WHERE s.id = ANY(%(session_ids)s::uuid[]) AND s.ended_at IS NULL AND s.expires_a
 INSERT INTO bgjobs_job_types (job_type, exclusive, max_attempts)
 SELECT * FROM unnest(%(types)s::text[], %(exclusive)s::bool[], %(max_attempts)s::int[])
 ON CONFLICT (job_type) DO UPDATE
-SET exclusive = excluded.exclusive, max_attempts = excluded.max_attempts, updated_at = now()
+SET exclusive = excluded.exclusive, max_attempts = excluded.max_attempts
 WHERE (bgjobs_job_types.exclusive, bgjobs_job_types.max_attempts)
       IS DISTINCT FROM (excluded.exclusive, excluded.max_attempts)
 

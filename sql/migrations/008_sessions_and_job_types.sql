@@ -49,13 +49,14 @@ CREATE TRIGGER bgjobs_sessions_deleted AFTER DELETE ON bgjobs_sessions
 -- bgjobs's own enqueue path writes both columns itself, so the trigger below does not even run
 -- for it: "left out" is told apart by the defaults (max_attempts has none, exclusive_key's is a
 -- marker longer than any job type name, which the trigger always replaces).
-CREATE TABLE bgjobs_job_types (
-    job_type VARCHAR(50) PRIMARY KEY,
-    exclusive BOOLEAN NOT NULL DEFAULT false,
-    max_attempts INTEGER NOT NULL DEFAULT 3 CHECK (max_attempts >= 1),
-    updated_at TIMESTAMPTZ NOT NULL DEFAULT now()
-);
-COMMENT ON TABLE bgjobs_job_types IS 'Job types as the task registry defines them (upserted by bgjobs migrate, the API and the workers at start): an INSERT into background_jobs that leaves out max_attempts or exclusive_key gets them from here.';
+-- 009_operations.sql (limits, retention) adds its own columns to the same table, and may have
+-- made it first on a database that had 009 before this file existed: hence IF NOT EXISTS.
+CREATE TABLE IF NOT EXISTS bgjobs_job_types (job_type VARCHAR(50) PRIMARY KEY);
+ALTER TABLE bgjobs_job_types
+    ADD COLUMN IF NOT EXISTS exclusive BOOLEAN NOT NULL DEFAULT false,
+    ADD COLUMN IF NOT EXISTS max_attempts INTEGER NOT NULL DEFAULT 3 CHECK (max_attempts >= 1);
+COMMENT ON COLUMN bgjobs_job_types.exclusive IS 'At most one pending or running job of the type per user: an INSERT into background_jobs that leaves exclusive_key out gets the type as its key. Written from the task registry by bgjobs migrate, the API and the workers at start.';
+COMMENT ON COLUMN bgjobs_job_types.max_attempts IS 'What an INSERT into background_jobs that leaves max_attempts out gets. Written from the task registry, as exclusive is.';
 
 ALTER TABLE background_jobs
     ALTER COLUMN max_attempts DROP DEFAULT,
