@@ -105,6 +105,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         shutdown_grace=args.shutdown_grace, max_batch=args.max_batch,
         log_level=args.log_level, timezone=cfg.timezone, keep=retention(cfg),
     )
-    supervisor = Supervisor(url, settings)
-    registry.record_types(supervisor.store)
-    return supervisor.run()
+    return Supervisor(url, settings).run()
