@@ -160,15 +160,15 @@ def spec() -> dict[str, Any]:
                     ("BadRequest", "Unreadable request: malformed JSON, wrong content type, "
                                    "bad query parameter, body too large (413)"),
                     ("Unauthorized", "Missing, invalid or revoked credentials"),
-                    ("Forbidden", "A request with the session cookie from another origin "
-                                  "(no matching Origin or Referer)"),
                     ("NotFound", "No such job for this user (or not a UUID), or no such "
                                  "route"),
                     ("Conflict", "The job has finished, or an exclusive job is active "
                                  "(error.job_id names it)"),
                     ("Invalid", "Unknown type, bad params, priority or run_after"),
                     ("Unavailable", "The database is unreachable; retry"),
-                    ("Forbidden", "Signed in, but not an admin (the operator view)"),
+                    ("Forbidden", "Signed in, but not an admin (the operator view); or a "
+                                  "POST/DELETE with the session cookie from another origin "
+                                  "(no matching Origin or Referer)"),
                 ]
             },
         },

@@ -178,3 +178,13 @@ def test_the_dashboard_follows_a_job_whose_version_went_back(
         # And after a reload (a reconnect), the list shows the same.
         page.reload()
         page.wait_for_selector(f"{card}[data-status='complete']")
+
+
+def test_the_operator_view_runs_under_the_content_security_policy(
+        stack: Stack, store: Store) -> None:  # noqa: F811
+    _, token = store.create_user("root", is_admin=True)
+    with signed_in(stack, token) as page:
+        page.click("#tabs [data-view='admin']")
+        page.wait_for_selector("body[data-admin='live']")
+        page.wait_for_selector("#admin-chart")
+        assert page.evaluate("window.cspViolations || []") == []

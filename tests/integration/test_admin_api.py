@@ -106,7 +106,9 @@ def test_overview_counts_queue_chart_workers_stuck_schedules(api: Api, store, ro
     store.worker_heartbeat("host-a:42", "host-a", 42, 4, 1, ["noop"], 30)
     conn.execute("INSERT INTO bgjobs_schedules (name, job_type, cron) "
                  "VALUES ('nightly', 'noop', '0 2 * * *')")
-    conn.execute("INSERT INTO bgjobs_job_types (job_type, max_running) VALUES ('validation', 2)")
+    # The API recorded the registered types when it started (exclusivity, max_attempts).
+    conn.execute("INSERT INTO bgjobs_job_types (job_type, max_running) VALUES ('validation', 2) "
+                 "ON CONFLICT (job_type) DO UPDATE SET max_running = 2")
     r = get(api, root, "/api/admin/overview")
     assert r.status_code == 200, r.json
     body = r.json
