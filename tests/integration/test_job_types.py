@@ -89,3 +89,26 @@ def test_types_are_not_recorded_when_the_database_is_down() -> None:
         assert registry.record_types(Store(pool)) is False  # logged, and nothing raised
     finally:
         pool.close()
+
+
+def test_008_applies_after_009_on_a_database_that_had_009_first(new_database, tmp_path) -> None:
+    import shutil
+
+    from bgjobs.core import migrate
+
+    url = new_database()
+    folder = tmp_path / "migrations"
+    shutil.copytree(str(migrate.migrations_dir()), folder)
+    eight = folder / "008_sessions_and_job_types.sql"
+    held_back = eight.read_text()
+    eight.unlink()
+    with psycopg.connect(url) as conn:  # a database migrated before 008 existed
+        assert "009_operations.sql" in migrate.apply(conn, folder)
+    eight.write_text(held_back)
+    with psycopg.connect(url) as conn:
+        assert migrate.apply(conn, folder) == ["008_sessions_and_job_types.sql"]
+        conn.execute("INSERT INTO bgjobs_job_types (job_type, exclusive, max_running) "
+                     "VALUES ('late', true, 2)")
+        conn.execute("INSERT INTO background_jobs (job_type) VALUES ('late')")
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            conn.execute("INSERT INTO background_jobs (job_type) VALUES ('late')")
