@@ -195,7 +195,7 @@ def _migrate(url: str, cfg: Config) -> list[str]:
               f"({first_line(exc)}); recording the built-in job types only", file=sys.stderr)
     store = Store(make_pool(url, min_size=1, max_size=1, open_wait=True))
     try:
-        store.record_job_types(registry.type_rows())
+        store.sync_job_types(registry.type_rows())
     finally:
         store.pool.close()
     return applied

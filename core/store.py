@@ -367,15 +367,6 @@ class Store(Operations):
         with self.connection() as c:
             return c.execute(q("end_session"), {"session_id": session_id}).rowcount == 1
 
-    def record_job_types(self, types: Sequence[tuple[str, bool, int]]) -> None:
-        """Tell the database each job type's (name, exclusive, max_attempts)."""
-        if not types:
-            return
-        with self.connection() as c:
-            c.execute(q("record_job_types"), {"types": [t[0] for t in types],
-                                              "exclusive": [t[1] for t in types],
-                                              "max_attempts": [t[2] for t in types]})
-
     def revoke_tokens(self, name: str) -> int:
         user = self.get_user(name)
         with self.connection() as c:

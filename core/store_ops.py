@@ -8,7 +8,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 from uuid import UUID
 
 import psycopg
@@ -17,6 +17,16 @@ from psycopg.rows import class_row, dict_row
 from bgjobs.core.errors import NotFound
 from bgjobs.core.jobs import Job, User
 from bgjobs.core.queries import q
+
+
+class JobTypeRow(NamedTuple):
+    """What the registry tells the database about one job type (bgjobs_job_types)."""
+
+    job_type: str
+    exclusive: bool = False
+    max_attempts: int = 3
+    max_running: int | None = None
+    starts_per_second: float | None = None
 
 
 @dataclass(frozen=True)
@@ -59,13 +69,17 @@ class Operations:
 
     # Job types and limits ------------------------------------------------------------------
 
-    def sync_job_types(self, limits: Sequence[tuple[str, int | None, float | None]]) -> None:
-        """Record registered types with the limits their tasks declare: (type, max, rate)."""
-        rows = sorted(limits)
+    def sync_job_types(self, types: Sequence[JobTypeRow]) -> None:
+        """Record the registered job types: exclusivity, max_attempts and declared limits."""
+        rows = sorted(JobTypeRow(*r) for r in types)
+        if not rows:
+            return
         with self.connection() as c:
-            c.execute(q("sync_job_types"), {"types": [r[0] for r in rows],
-                                            "max_running": [r[1] for r in rows],
-                                            "rates": [r[2] for r in rows]})
+            c.execute(q("sync_job_types"), {
+                "types": [r.job_type for r in rows], "exclusive": [r.exclusive for r in rows],
+                "max_attempts": [r.max_attempts for r in rows],
+                "max_running": [r.max_running for r in rows],
+                "rates": [r.starts_per_second for r in rows]})
 
     def limited_types(self) -> dict[str, float | None]:
         """Limited job types and their starts per second (None: a max_running limit only)."""

@@ -258,15 +258,6 @@ JOIN bgjobs_api_tokens t ON t.id = s.token_id
 WHERE s.id = ANY(%(session_ids)s::uuid[]) AND s.ended_at IS NULL AND s.expires_at > now()
   AND t.revoked_at IS NULL
 
--- name: record_job_types
--- The task registry's job types, so plain-SQL inserts get their max_attempts and exclusivity.
-INSERT INTO bgjobs_job_types (job_type, exclusive, max_attempts)
-SELECT * FROM unnest(%(types)s::text[], %(exclusive)s::bool[], %(max_attempts)s::int[])
-ON CONFLICT (job_type) DO UPDATE
-SET exclusive = excluded.exclusive, max_attempts = excluded.max_attempts
-WHERE (bgjobs_job_types.exclusive, bgjobs_job_types.max_attempts)
-      IS DISTINCT FROM (excluded.exclusive, excluded.max_attempts)
-
 -- name: revoke_tokens
 -- Revoke every live token of a user.
 UPDATE bgjobs_api_tokens SET revoked_at = now()
@@ -306,18 +297,24 @@ SELECT clock_timestamp()
 -- Operations: job type settings, schedules, retention, workers (009_operations.sql) ----------
 
 -- name: sync_job_types
--- Record the registered types with the limits their tasks declare; a limit the task does not
--- declare is left as a DBA set it.
-INSERT INTO bgjobs_job_types (job_type, max_running, starts_per_second)
-SELECT t.job_type, t.max_running, t.rate
-FROM unnest(%(types)s::text[], %(max_running)s::int[], %(rates)s::float8[])
-    AS t(job_type, max_running, rate)
+-- Record the registered types: exclusivity and max_attempts as their tasks say (plain-SQL
+-- inserts get them by trigger), and the limits they declare; a limit a task does not declare is
+-- left as a DBA set it.
+INSERT INTO bgjobs_job_types (job_type, exclusive, max_attempts, max_running, starts_per_second)
+SELECT t.job_type, t.exclusive, t.max_attempts, t.max_running, t.rate
+FROM unnest(%(types)s::text[], %(exclusive)s::bool[], %(max_attempts)s::int[],
+            %(max_running)s::int[], %(rates)s::float8[])
+    AS t(job_type, exclusive, max_attempts, max_running, rate)
 ORDER BY t.job_type
 ON CONFLICT (job_type) DO UPDATE
-SET max_running = coalesce(EXCLUDED.max_running, bgjobs_job_types.max_running),
+SET exclusive = EXCLUDED.exclusive,
+    max_attempts = EXCLUDED.max_attempts,
+    max_running = coalesce(EXCLUDED.max_running, bgjobs_job_types.max_running),
     starts_per_second = coalesce(EXCLUDED.starts_per_second, bgjobs_job_types.starts_per_second)
-WHERE (bgjobs_job_types.max_running, bgjobs_job_types.starts_per_second)
-      IS DISTINCT FROM (coalesce(EXCLUDED.max_running, bgjobs_job_types.max_running),
+WHERE (bgjobs_job_types.exclusive, bgjobs_job_types.max_attempts,
+       bgjobs_job_types.max_running, bgjobs_job_types.starts_per_second)
+      IS DISTINCT FROM (EXCLUDED.exclusive, EXCLUDED.max_attempts,
+                        coalesce(EXCLUDED.max_running, bgjobs_job_types.max_running),
                         coalesce(EXCLUDED.starts_per_second, bgjobs_job_types.starts_per_second))
 
 -- name: limited_types

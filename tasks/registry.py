@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, cast
 import psycopg
 
 from bgjobs.core.errors import DatabaseUnavailable, first_line
+from bgjobs.core.store_ops import JobTypeRow
 
 if TYPE_CHECKING:
     from bgjobs.core.store import Store
@@ -217,10 +218,10 @@ def _type_name(t: type) -> str:
             list: "a list", dict: "an object"}.get(t, t.__name__)
 
 
-def type_rows() -> list[tuple[str, bool, int]]:
-    """(name, exclusive, max_attempts) of every registered type, for bgjobs_job_types."""
-    return [(t.name, t.exclusive, t.max_attempts) for t in sorted(_TASKS.values(),
-                                                                   key=lambda t: t.name)]
+def type_rows(tasks: Iterable[Task] | None = None) -> list[JobTypeRow]:
+    """What bgjobs_job_types records of each task (default: every registered one)."""
+    return [JobTypeRow(t.name, t.exclusive, t.max_attempts, t.max_running, t.starts_per_second)
+            for t in sorted(_TASKS.values() if tasks is None else tasks, key=lambda t: t.name)]
 
 
 def record_types(store: Store) -> bool:
@@ -228,7 +229,7 @@ def record_types(store: Store) -> bool:
     their max_attempts and exclusivity; a failure is logged (the API and workers still start).
     """
     try:
-        store.record_job_types(type_rows())
+        store.sync_job_types(type_rows())
     except (DatabaseUnavailable, psycopg.Error) as exc:
         log.warning("could not record the job types in bgjobs_job_types (%s): plain-SQL "
                     "inserts get what is recorded there; `bgjobs migrate` records them too",

@@ -8,6 +8,7 @@ import pytest
 
 from bgjobs import cli
 from bgjobs.core.store import Store
+from bgjobs.core.store_ops import JobTypeRow
 from bgjobs.tasks import enqueue, registry
 from bgjobs.tasks.registry import Param, task
 from tests.api_task_fixtures import EXCLUSIVE
@@ -54,8 +55,8 @@ def test_plain_sql_inserts_get_the_types_exclusivity_and_max_attempts(store: Sto
 
 
 def test_a_type_that_changed_is_recorded_again(store: Store, conn) -> None:
-    store.record_job_types([("changing", True, 5)])
-    store.record_job_types([("changing", False, 2)])
+    store.sync_job_types([JobTypeRow("changing", True, 5)])
+    store.sync_job_types([JobTypeRow("changing", False, 2)])
     assert conn.execute("SELECT exclusive, max_attempts FROM bgjobs_job_types "
                         "WHERE job_type = 'changing'").fetchone() == (False, 2)
 

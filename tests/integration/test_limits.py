@@ -10,6 +10,7 @@ import psycopg
 from bgjobs.core.jobs import Attempt
 from bgjobs.core.queries import q
 from bgjobs.core.store import Store
+from bgjobs.core.store_ops import JobTypeRow
 from tests.conftest import add_job
 
 
@@ -130,9 +131,10 @@ def test_limited_types_are_read_through_their_own_index(conn):
 
 
 def test_declared_limits_are_synced_and_a_dba_setting_survives(store: Store, conn):
-    store.sync_job_types([("lim", 2, None), ("noop", None, None)])
+    store.sync_job_types([JobTypeRow("lim", max_running=2), JobTypeRow("noop")])
     conn.execute("UPDATE bgjobs_job_types SET max_running = 7 WHERE job_type = 'noop'")
-    store.sync_job_types([("lim", 4, 1.5), ("noop", None, None)])
+    store.sync_job_types([JobTypeRow("lim", max_running=4, starts_per_second=1.5),
+                          JobTypeRow("noop")])
     assert store.limited_types() == {"lim": 1.5, "noop": None}
     rows = dict(conn.execute("SELECT job_type, max_running FROM bgjobs_job_types").fetchall())
     assert rows == {"lim": 4, "noop": 7}
