@@ -270,10 +270,12 @@ class Store(Operations):
         """Hand attempts back to pending without spending an attempt (graceful shutdown)."""
         return self._fenced("release_jobs", attempts, {})
 
-    def reap_stale(self, now: datetime | None = None) -> list[dict[str, Any]]:
-        """Take back jobs whose heartbeat is older than their lease (one reaper at a time)."""
+    def reap_stale(self, now: datetime | None = None,
+                   reaper: str | None = None) -> list[dict[str, Any]]:
+        """Take back jobs whose heartbeat is older than their lease (one reaper at a time);
+        ``reaper`` is the calling worker's id: its own jobs are alive and left alone."""
         with self.connection() as c, c.transaction(), c.cursor(row_factory=dict_row) as cur:
-            return cur.execute(q("reap_stale"), {"now": now}).fetchall()
+            return cur.execute(q("reap_stale"), {"now": now, "reaper": reaper}).fetchall()
 
     def summary(self) -> list[dict[str, Any]]:
         with self.connection() as c, c.cursor(row_factory=dict_row) as cur:

@@ -231,7 +231,7 @@ class Supervisor:
             self.purger.run(now)
         if now >= self.next_reap:
             self.next_reap = now + self.settings.reap_interval
-            for row in self.store.reap_stale():
+            for row in self.store.reap_stale(reaper=self.worker_id):
                 log.warning("reaped job %s (%s) of a lost worker: now %s after %s attempt(s)",
                             row["id"], row["job_type"], row["status"], row["attempts"])
         if now >= self.next_poll:

@@ -38,9 +38,9 @@ from tests.e2e.test_events_service import Reader
 from tests.procs import BGJOBS, ROOT, Proc, free_port, wait_until
 
 FINISHED = ("complete", "error", "cancelled")
-# Longer than the Postgres outages below (a supervisor that cannot heartbeat for a whole lease
-# reaps its own jobs when it reconnects: see docs/operations.md), short enough for the tests.
+# Short enough for the tests; test_postgres_down_longer_than_the_lease stops Postgres for longer.
 LEASE = "10s"
+LEASE_SECONDS = 10
 RECOVERY: dict[str, float] = {}  # what each fault cost, in seconds (written at the end)
 
 AUDIT = """
@@ -333,6 +333,27 @@ def test_postgres_stopped_under_api_load(stack: Stack, clients) -> None:
     RECOVERY["Postgres stopped: all jobs done after its restart"] = time.monotonic() - back
     assert client.refusals["503"] > 0, client.refusals  # answered 503, not hung
     check(stack, client)
+
+
+def test_postgres_down_longer_than_the_lease_reaps_no_live_job(stack: Stack, clients) -> None:
+    """Nobody can heartbeat while Postgres is down: after it is back, every live worker keeps
+    its jobs (011_reaper_outages.sql) instead of the first one back reaping them all."""
+    client = clients(stack, "long-outage")
+    client.submit_many(4, seconds=LEASE_SECONDS + 8.0)  # still running when Postgres is back
+    wait_for(lambda: len(running_on(stack, client.accepted)) >= 2, "jobs running")
+    stack.cluster.stop()
+    time.sleep(LEASE_SECONDS + 3)  # every heartbeat is now older than the lease
+    stack.cluster.ensure_running()
+    back = time.monotonic()
+    # The first reaper back, before the workers have reconnected and heartbeaten.
+    assert stack.sql("SELECT id FROM bgjobs_reap(now(), 'another-machine:1')") == []
+    settle(stack, client.accepted)
+    RECOVERY["Postgres down longer than the lease: all jobs done after its restart"] = (
+        time.monotonic() - back)
+    check(stack, client)
+    logs = stack.worker_logs()
+    assert not [i for i in client.accepted if f"reaped job {i}" in logs], logs[-3000:]
+    assert {r[2] for r in rows(stack, client.accepted).values()} == {1}  # one attempt each
 
 
 def test_every_bgjobs_backend_terminated(stack: Stack, clients) -> None:
