@@ -37,7 +37,7 @@ from bgjobs.core import config as config_mod
 from bgjobs.core.db import database_url, make_pool
 from bgjobs.core.jobs import parse_job_id
 from bgjobs.core.store import Store
-from bgjobs.server import dashboard, errors, stream_tokens
+from bgjobs.server import csrf, dashboard, errors, stream_tokens
 from bgjobs.server.job_views import ROUTES, JobViews, answer, register_error_handlers
 from bgjobs.tasks import registry
 
@@ -165,6 +165,19 @@ class BgJobs:
         for rule, methods in [(f"{prefix}/<path:rest>", _METHODS), (f"{prefix}/", _METHODS),
                               (prefix, [m for m in _METHODS if m not in taken])]:
             bp.add_url_rule(rule, "no_route", no_route, methods=methods)
+
+        @bp.before_request
+        def same_origin() -> None:
+            # The app signs its users in with a cookie of its own, which a page on another port
+            # of the same host can make the browser send: a change needs this site's Origin.
+            schemes = frozenset({request.scheme, "https"})  # behind a TLS proxy, too
+            reason = csrf.refusal(
+                request.method, has_cookie=bool(request.cookies),
+                authorization=request.headers.get("Authorization"),
+                origin=request.headers.get("Origin"), referer=request.headers.get("Referer"),
+                host=request.host, schemes=schemes)
+            if reason:
+                raise errors.ApiError(403, "forbidden", reason)
 
         @bp.before_request
         def limit_body() -> None:

@@ -74,6 +74,7 @@ def host(host_db_url: str) -> Iterator[Host]:
     bob = add_host_user(host_db_url, "bob@example.com")
     app, ext = make_app(host_db_url)
     with app.test_client() as client:
+        client.environ_base["HTTP_ORIGIN"] = "http://localhost"  # as a browser on the app's page
         h = Host(app, ext, client, ada, bob, host_db_url)
         h.sign_in(ada)
         yield h
@@ -291,9 +292,30 @@ def test_two_apps_in_one_process_keep_their_own_databases(host: Host, db_url: st
     with other.test_client() as client:
         with client.session_transaction() as s:
             s["user_id"] = standalone_user.id
-        theirs = client.post("/jobs", json={"type": "noop"}).json
+        theirs = client.post("/jobs", json={"type": "noop"},
+                             headers={"Origin": "http://localhost"}).json
         assert client.get("/jobs").json["jobs"] == [theirs]
     ours = host.post({"type": "noop"}).json
     assert [j["id"] for j in host.client.get("/jobs").json["jobs"]] == [ours["id"]]
     assert host.client.get(f"/jobs/{theirs['id']}").status_code == 404
     other_ext.close(other)
+
+
+@pytest.mark.parametrize("headers", [
+    {"Origin": "http://localhost:9999"},  # another port of the same host: the same site
+    {"Origin": "https://evil.example"},
+    {"Origin": "null"},
+    {"Referer": "http://evil.example/page"},
+    {},  # neither header
+])
+def test_a_change_from_another_origin_with_the_apps_cookie_is_refused(host: Host, headers):
+    job = host.post({"type": "noop", "run_after": "2099-01-01T00:00:00Z"}).json
+    host.client.environ_base.pop("HTTP_ORIGIN")
+    for method, path, body in [("POST", "/jobs", {"type": "noop"}),
+                               ("POST", f"/jobs/{job['id']}/cancel", None)]:
+        r = host.client.open(path, method=method, json=body, headers=headers)
+        assert r.status_code == 403 and r.json["error"]["code"] == "forbidden", r.json
+    assert [j["status"] for j in host.client.get("/jobs").json["jobs"]] == ["pending"]
+    ok = host.client.post(f"/jobs/{job['id']}/cancel",
+                          headers={"Referer": "http://localhost/reports"})
+    assert ok.status_code == 200 and ok.json["status"] == "cancelled"
