@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import logging
 import os
@@ -24,7 +25,8 @@ from bgjobs.core.jobs import parse_job_id
 from bgjobs.core.store import Store
 from bgjobs.tasks import enqueue, registry, schedules
 
-log = logging.getLogger("bgjobs")
+log = logging.getLogger(__name__)
+_PR_SET_PDEATHSIG = 1
 
 
 class CliError(Exception):
@@ -376,7 +378,8 @@ def cmd_run(ns: argparse.Namespace, cfg: Config) -> int:
     if cfg.proxy_bind:
         env.setdefault("BGJOBS_EVENTS_URL", "/")  # the page streams from its own origin
     procs = {
-        name: subprocess.Popen([sys.executable, "-m", "bgjobs", *argv], env=env)
+        name: subprocess.Popen([sys.executable, "-m", "bgjobs", *argv], env=env,
+                               process_group=0, preexec_fn=_stop_with_parent)
         for name, argv in services
     }
     if cfg.proxy_bind:
@@ -423,6 +426,17 @@ def cmd_run(ns: argparse.Namespace, cfg: Config) -> int:
         if cluster and started:
             cluster.stop()
     return status
+
+
+def _stop_with_parent() -> None:
+    """In a service started by `bgjobs run`, before exec: SIGTERM when `bgjobs run` dies.
+
+    Each service has its own process group, so a terminal's Ctrl-C reaches `bgjobs run` alone,
+    which stops each service once with SIGTERM (a gunicorn worker that gets the terminal's
+    SIGINT and its master's SIGQUIT at once can hang); this keeps them from outliving it.
+    """
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
 def _demo_token(cfg: Config, url: str) -> str | None:
