@@ -28,7 +28,8 @@ test: $(STAMP) ## Run the whole test suite against a real Postgres
 seed-app: $(STAMP) ## Run examples/seed_app: the seed's Flask app on bgjobs (Ctrl-C stops)
 	cd examples/seed_app && $(CURDIR)/$(BIN)/python run.py
 
-bench: $(STAMP) ## Run the benchmarks (medians over several runs; BENCH_ARGS="--only enqueue")
+bench: $(STAMP) ## Run the benchmarks against pgqueuer (~30 min; BENCH_ARGS="--only events --quick")
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 # mypy reads packages from folders named as they import; the checkout maps bgjobs.core to

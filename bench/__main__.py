@@ -2,9 +2,12 @@
 
 Runs against DATABASE_URL's server or the embedded cluster, in a database of its own that it
 drops afterwards. Figures compare against a baseline measured in the same run, as ratios,
-because these machines are shared and noisy. Sections: store (claim/finish statements),
-enqueue (bench/enqueue.py), workers (drain and wake-up latency, bench/workers.py), api
-(requests/s, bench/api.py). `python -m bench --only enqueue --runs 3` runs one of them.
+because these machines are shared and noisy: pgqueuer side by side (bench/peers.py), live
+progress at scale (bench/events_load.py), many supervisors (bench/supervisors.py), progress
+traffic against pgbench (bench/progress.py), the API under CPU-bound jobs
+(bench/api_heavy.py), and the older sections: store, enqueue, workers, api. Prints a table,
+writes every figure with versions and machine facts to bench/results/ (git-ignored).
+`python -m bench --only events --quick` runs one section, smaller. See docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -14,36 +17,16 @@ import importlib
 import json
 import statistics
 import time
-import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
-from psycopg.conninfo import make_conninfo
 
-from bgjobs.core import migrate
+from bench.common import bench_database, machine
+from bench.report import save, table
 from bgjobs.core.db import make_pool
 from bgjobs.core.jobs import Attempt, Completion
 from bgjobs.core.store import Store
-from tests.conftest import _server_url
-
-
-@contextmanager
-def bench_database(server: str | None = None) -> Iterator[str]:
-    """A migrated scratch database on ``server`` (default: DATABASE_URL's or the embedded)."""
-    server = make_conninfo(server, dbname="postgres") if server else _server_url()
-    name = f"bgjobs_bench_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(server, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = make_conninfo(server, dbname=name)
-    try:
-        with psycopg.connect(url) as conn:
-            migrate.apply(conn)
-        yield url
-    finally:
-        with psycopg.connect(server, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def reset(url: str) -> None:
@@ -93,34 +76,62 @@ def store_section(url: str, runs: int, jobs: int) -> dict[str, Any]:
     }
 
 
+#: Section name -> (module, its run(url, runs, quick) adapter). Peers first: they are the
+#: figures the others are read against.
 SECTIONS: dict[str, str] = {
+    "peers": "bench.peers",
+    "events": "bench.events_load",
+    "supervisors": "bench.supervisors",
+    "progress": "bench.progress",
+    "api_heavy": "bench.api_heavy",
     "enqueue": "bench.enqueue",
     "workers": "bench.workers",
     "api": "bench.api",
     "seed_app": "bench.seed_app",
 }
+QUICK = {  # the older sections' sizes for --quick
+    "enqueue": {"jobs": 300, "batch": 2000},
+    "workers": {"jobs": 3000},
+}
+NEW_STYLE = {"peers", "events", "supervisors", "progress", "api_heavy"}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=5, help="runs per figure (median reported)")
+    parser.add_argument("--runs", type=int, default=3, help="runs per figure (median reported)")
     parser.add_argument("--jobs", type=int, default=5000, help="jobs per store run")
-    parser.add_argument("--only", help="comma-separated sections: store,workers,api")
+    parser.add_argument("--only", help=f"comma-separated sections: store,{','.join(SECTIONS)}")
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, for a quick look")
+    parser.add_argument("--out", default="bench/results",
+                        help="folder for the raw JSON (git-ignored)")
     args = parser.parse_args()
     only = set(args.only.split(",")) if args.only else {"store", *SECTIONS}
-    report: dict[str, Any] = {}
+    unknown = only - {"store", *SECTIONS}
+    if unknown:
+        parser.error(f"unknown section(s): {', '.join(sorted(unknown))}")
+    report: dict[str, Any] = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                              "runs": args.runs, "quick": args.quick}
     with bench_database() as url:
+        report["machine"] = machine(url)
         if "store" in only:
-            report["store"] = store_section(url, args.runs, args.jobs)
+            report["store"] = store_section(url, args.runs, 1000 if args.quick else args.jobs)
             print(json.dumps({"store": report["store"]}, indent=2), flush=True)
         for name, module_name in SECTIONS.items():
             if name not in only:
                 continue
             module = importlib.import_module(module_name)
             reset(url)
-            report[name] = module.run(url, runs=args.runs)
+            began = time.monotonic()
+            if name in NEW_STYLE:
+                report[name] = module.run(url, runs=args.runs, quick=args.quick)
+            else:
+                report[name] = module.run(url, runs=args.runs,
+                                          **(QUICK.get(name, {}) if args.quick else {}))
+            report[name]["section_seconds"] = round(time.monotonic() - began)
             print(json.dumps({name: report[name]}, indent=2), flush=True)
-    print("\nsummary:", json.dumps(report))
+    path = save(report, args.out)
+    print("\n" + table(report))
+    print(f"\nraw figures: {path}")
 
 
 if __name__ == "__main__":

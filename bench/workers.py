@@ -28,7 +28,7 @@ from tests.procs import BGJOBS, ROOT
 
 def run(url: str, jobs: int = 20_000, runs: int = 5, concurrency: int = 2) -> dict[str, Any]:
     """Median no-op jobs/s over ``runs`` drains of ``jobs`` jobs each."""
-    from bench import bench_database
+    from bench.common import bench_database
 
     with bench_database(url) as db:
         rates, wakeups = _drain_runs(db, jobs, runs, concurrency)

@@ -1,0 +1,85 @@
+"""Helpers shared by the bench sections: percentiles, sizes, machine facts."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+from psycopg.conninfo import make_conninfo
+
+from bgjobs.core import migrate
+from tests.conftest import _server_url
+
+
+@contextmanager
+def bench_database(server: str | None = None) -> Iterator[str]:
+    """A migrated scratch database on ``server`` (default: DATABASE_URL's or the embedded)."""
+    server = make_conninfo(server, dbname="postgres") if server else _server_url()
+    name = f"bgjobs_bench_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(server, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = make_conninfo(server, dbname=name)
+    try:
+        with psycopg.connect(url) as conn:
+            migrate.apply(conn)
+        yield url
+    finally:
+        with psycopg.connect(server, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def as_url(conninfo: str) -> str:
+    """A libpq key=value string as a postgresql:// URL (asyncpg takes only URLs)."""
+    from urllib.parse import quote
+
+    from psycopg.conninfo import conninfo_to_dict
+
+    d = conninfo_to_dict(conninfo)
+    auth = quote(str(d.get("user", "postgres")))
+    if d.get("password"):
+        auth += ":" + quote(str(d["password"]))
+    return (f"postgresql://{auth}@{d.get('host', '127.0.0.1')}:{d.get('port', 5432)}/"
+            f"{d.get('dbname', 'postgres')}")
+
+
+def percentile(values: list[float], pct: float) -> float:
+    """The nearest-rank percentile (no interpolation); nan for no values."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    k = max(0, min(len(ordered) - 1, int(round(pct / 100 * len(ordered) + 0.5)) - 1))
+    return ordered[k]
+
+
+def quick_sizes(quick: bool, full: tuple[int, ...], small: tuple[int, ...]) -> tuple[int, ...]:
+    return small if quick else full
+
+
+def machine(url: str) -> dict[str, Any]:
+    with psycopg.connect(url) as c:
+        server = c.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
+    try:
+        with open("/proc/cpuinfo") as info:
+            model = next(line.split(":", 1)[1].strip() for line in info
+                         if line.startswith("model name"))
+    except (OSError, StopIteration):
+        model = platform.processor()
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:
+        load = os.getloadavg()
+    except OSError:
+        load = (0.0, 0.0, 0.0)
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, check=False).stdout.strip()
+    except OSError:
+        commit = ""
+    return {"cpus": os.cpu_count(), "cpu_model": model, "memory_gb": round(mem / 2**30, 1),
+            "python": platform.python_version(), "postgres": server, "kernel": platform.release(),
+            "load_average_at_start": [round(x, 2) for x in load], "commit": commit}

@@ -1,0 +1,113 @@
+"""The bench's summary: one table, bgjobs beside its peer and its target; the raw JSON on disk."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+Row = tuple[str, str, str, str, str]
+
+
+def save(report: dict[str, Any], folder: str) -> Path:
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(report, indent=2, default=str))
+    return path
+
+
+def _get(report: dict[str, Any], *keys: str) -> Any:
+    value: Any = report
+    for key in keys:
+        if not isinstance(value, dict) or key not in value:
+            return None
+        value = value[key]
+    return value
+
+
+def _fmt(value: Any, unit: str = "") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float) and value < 100:
+        return f"{value:g}{unit}"
+    return f"{round(value):,}{unit}"
+
+
+def _ratio(ours: Any, theirs: Any, lower_is_better: bool = False) -> str:
+    if not ours or not theirs:
+        return "-"
+    return f"{(theirs / ours if lower_is_better else ours / theirs):.2f}x"
+
+
+def rows(r: dict[str, Any]) -> list[Row]:
+    out: list[Row] = []
+    e, d = _get(r, "peers", "enqueue") or {}, _get(r, "peers", "drain") or {}
+    if e:
+        out.append(("single enqueue, jobs/s", _fmt(e["bgjobs_single_per_s"]),
+                    _fmt(e["pgqueuer_single_per_s"]),
+                    _ratio(e["bgjobs_single_per_s"], e["pgqueuer_single_per_s"]), ">= 1.0x"))
+        out.append(("enqueue_many 10,000, jobs/s", _fmt(e["bgjobs_batch_per_s"]),
+                    _fmt(e["pgqueuer_batch_per_s"]),
+                    _ratio(e["bgjobs_batch_per_s"], e["pgqueuer_batch_per_s"]), ">= 50,000/s"))
+    for w in (1, 2, 4):
+        ours, theirs = d.get(f"bgjobs_drain_w{w}_per_s"), d.get(f"pgqueuer_drain_w{w}_per_s")
+        if ours:
+            out.append((f"no-op drain W={w}, jobs/s", _fmt(ours), _fmt(theirs),
+                        _ratio(ours, theirs), ">= 1.5x" if w == 2 else ""))
+    for key in ("p50", "p99"):
+        ours, theirs = _get(d, "bgjobs_pickup_ms", key), _get(d, "pgqueuer_pickup_ms", key)
+        if ours is not None:
+            out.append((f"pickup latency {key}, ms", _fmt(ours), _fmt(theirs),
+                        _ratio(ours, theirs, lower_is_better=True), ""))
+    for size, target in (("c1000", "p50 <= 10, p99 <= 50"), ("c5000", "p99 <= 250"),
+                         ("c200", "")):
+        ev = _get(r, "events", size)
+        if ev:
+            out.append((f"SSE {ev['clients']} clients, commit->client p50/p99 ms",
+                        f"{_fmt(ev['delay_p50_ms'])} / {_fmt(ev['delay_p99_ms'])}", "", "",
+                        target))
+            out.append((f"SSE {ev['clients']} clients, RSS MB / LISTEN conns / got final",
+                        f"{_fmt(ev['rss_mb'])} / {ev['listen_connections']} / "
+                        f"{ev['clients_with_final_state']}", "", "",
+                        "<= 300 MB, 1" if size == "c5000" else ""))
+    s = r.get("supervisors") or {}
+    for n in (1, 2, 4, 8):
+        row = s.get(f"n{n}")
+        if row:
+            out.append((f"{n} supervisor(s): drain jobs/s; client tx per idle job (all tx)",
+                        f"{_fmt(row['drain_jobs_per_s'])}; "
+                        f"{_fmt(row['client_transactions_per_idle_job'])} "
+                        f"({_fmt(row['transactions_per_idle_job'])})", "", "",
+                        "8: >= 0.8x of 1; <= +2 tx" if n == 8 else ""))
+    p = r.get("progress") or {}
+    for key in ("k100", "k1000", "k5000", "k1000_s4"):
+        row = p.get(key)
+        if row:
+            out.append((f"progress K={row['k']} S={row['supervisors']}: pgbench kept; commits/s",
+                        f"{row['pgbench_kept']:.0%}; {_fmt(row['progress_commits_per_s'])}",
+                        "", "", ">= 80% at K=1000" if key == "k1000" else ""))
+    ev = _get(p, "k1000_with_1000_streams", "events")
+    if ev:
+        out.append(("  meanwhile SSE 1000 clients p50/p99 ms",
+                    f"{_fmt(ev['delay_p50_ms'])} / {_fmt(ev['delay_p99_ms'])}", "", "",
+                    "p99 <= 100"))
+    a = r.get("api_heavy") or {}
+    for nice in (10, 0):
+        row = a.get(f"nice{nice}")
+        if row:
+            out.append((f"progress checks under CPU-bound jobs, nice {nice}: p50/p99 ms, errors",
+                        f"{_fmt(row['p50_ms'])} / {_fmt(row['p99_ms'])}, {row['errors']}", "",
+                        "", "p99 <= 5, 0 errors" if nice == 10 else "(lever off)"))
+    return out
+
+
+def table(report: dict[str, Any]) -> str:
+    head: Row = ("figure (medians)", "bgjobs", "pgqueuer", "ratio", "target")
+    body = rows(report)
+    widths = [max(len(row[i]) for row in [head, *body]) for i in range(5)]
+    lines = [" | ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True))
+             for row in [head, *body]]
+    lines.insert(1, "-+-".join("-" * w for w in widths))
+    return "\n".join(lines)
