@@ -277,6 +277,22 @@ class Store(Operations):
         with self.connection() as c, c.transaction(), c.cursor(row_factory=dict_row) as cur:
             return cur.execute(q("reap_stale"), {"now": now, "reaper": reaper}).fetchall()
 
+    def reap_and_list_listeners(self, application_name: str, now: datetime | None = None,
+                                reaper: str | None = None
+                                ) -> tuple[list[dict[str, Any]], list[int]]:
+        """``reap_stale``, and in the same transaction (no commit more) the backend pids of the
+        connections named ``application_name`` on this database, in order."""
+        with self.connection() as c, c.transaction(), c.cursor(row_factory=dict_row) as cur:
+            reaped = cur.execute(q("reap_stale"), {"now": now, "reaper": reaper}).fetchall()
+            pids = [row["pid"] for row in cur.execute(
+                q("worker_listeners"), {"application_name": application_name})]
+        return reaped, pids
+
+    def wake_workers(self, job_types: Iterable[str]) -> None:
+        """Ask every idle worker of these types to claim (NOTIFY '*<type>')."""
+        with self.connection() as c:
+            c.execute(q("wake_workers"), {"types": sorted(set(job_types))}).fetchall()
+
     def summary(self) -> list[dict[str, Any]]:
         with self.connection() as c, c.cursor(row_factory=dict_row) as cur:
             return cur.execute(q("summary")).fetchall()

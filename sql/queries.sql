@@ -185,6 +185,17 @@ SELECT r.* FROM (SELECT pg_try_advisory_xact_lock(hashtext('bgjobs.reaper'))) AS
                                         %(reaper)s::text)) AS r
 WHERE l.got
 
+-- name: worker_listeners
+-- Backend pids of the supervisors' LISTEN connections on this database (by application_name),
+-- in order: each supervisor claims for the new jobs that fall to it (see docs/workers.md).
+SELECT pid FROM pg_stat_activity
+WHERE datname = current_database() AND application_name = %(application_name)s
+ORDER BY pid
+
+-- name: wake_workers
+-- Ask every idle worker of these types to claim (a supervisor that cannot take them all).
+SELECT pg_notify('background_jobs_new', '*' || t) FROM unnest(%(types)s::text[]) AS t
+
 -- name: summary
 -- Jobs by type and status (metrics, CLI).
 SELECT job_type, status, jobs, extract(epoch FROM oldest_pending_age)::float8 AS oldest_pending_seconds

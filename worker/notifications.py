@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import TypedDict
+from typing import NamedTuple, TypedDict
 from uuid import UUID
 
 import psycopg
@@ -25,19 +25,31 @@ log = logging.getLogger(__name__)
 NEW = "background_jobs_new"
 CONTROL = "background_jobs_control"
 APPLICATION_NAME = "bgjobs-worker-listen"
+#: A supervisor limited to some types (--types) is never chosen to claim for the others.
+TYPED_APPLICATION_NAME = "bgjobs-worker-listen-typed"
+#: A background_jobs_new payload with this prefix asks every idle worker of the type to claim.
+EVERYONE = "*"
 #: Notice a silently dead peer (no RST, e.g. a network partition) within about a minute.
 KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10,
               "keepalives_count": 3}
 
 
+class Note(NamedTuple):
+    channel: str
+    payload: str
+    #: the backend that sent it (the enqueuer's connection, for a new job)
+    sender: int = 0
+
+
 class NotificationListener:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, application_name: str = APPLICATION_NAME) -> None:
         self.url = url
+        self.application_name = application_name
         self.conn: psycopg.Connection | None = None
 
     def connect(self) -> None:
         self.close()
-        conn = connect(self.url, autocommit=True, application_name=APPLICATION_NAME,
+        conn = connect(self.url, autocommit=True, application_name=self.application_name,
                        **KEEPALIVES)
         try:
             for channel in (NEW, CONTROL):
@@ -51,8 +63,12 @@ class NotificationListener:
         assert self.conn is not None
         return self.conn.fileno()
 
-    def drain(self) -> list[tuple[str, str]]:
-        """The (channel, payload) pairs that arrived; call when the socket is readable."""
+    def backend_pid(self) -> int:
+        """The pid of this connection's backend (how peers see this supervisor)."""
+        return self.conn.info.backend_pid if self.conn is not None else 0
+
+    def drain(self) -> list[Note]:
+        """The notifications that arrived; call when the socket is readable."""
         assert self.conn is not None
         pgconn = self.conn.pgconn
         try:
@@ -61,7 +77,7 @@ class NotificationListener:
             raise DatabaseUnavailable(f"the LISTEN connection broke: {exc}") from exc
         out = []
         while (n := pgconn.notifies()) is not None:
-            out.append((n.relname.decode(), n.extra.decode()))
+            out.append(Note(n.relname.decode(), n.extra.decode(), n.be_pid))
         return out
 
     def close(self) -> None:

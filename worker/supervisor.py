@@ -28,10 +28,18 @@ from bgjobs.tasks.sync import sync_registry
 from bgjobs.worker.backoff import Backoff
 from bgjobs.worker.connection import OneConnection
 from bgjobs.worker.fleet import Fleet
-from bgjobs.worker.notifications import NEW, NotificationListener, parse_taken_back
+from bgjobs.worker.notifications import (
+    APPLICATION_NAME,
+    NEW,
+    TYPED_APPLICATION_NAME,
+    Note,
+    NotificationListener,
+    parse_taken_back,
+)
 from bgjobs.worker.outbox import Outbox
 from bgjobs.worker.retention import Purger
 from bgjobs.worker.scheduler import Scheduler
+from bgjobs.worker.wakeups import Wakeups
 from bgjobs.worker.writer import Writer
 
 log = logging.getLogger(__name__)
@@ -69,7 +77,10 @@ class Supervisor:
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
         self.db = OneConnection(url, self.worker_id)
         self.store = Store(cast(Any, self.db))  # OneConnection has the pool API the store uses
-        self.listener = NotificationListener(url)
+        # A supervisor limited to some types is never chosen to claim for the others.
+        self.listen_name = TYPED_APPLICATION_NAME if settings.types else APPLICATION_NAME
+        self.listener = NotificationListener(url, self.listen_name)
+        self.wakeups = Wakeups(claims_for_all=not settings.types)
         self.outbox = Outbox()
         self.writer = Writer(url, self.worker_id)
         self.selector = selectors.DefaultSelector()
@@ -231,7 +242,9 @@ class Supervisor:
             self.purger.run(now)
         if now >= self.next_reap:
             self.next_reap = now + self.settings.reap_interval
-            for row in self.store.reap_stale(reaper=self.worker_id):
+            reaped, self.wakeups.peers = self.store.reap_and_list_listeners(
+                self.listen_name, reaper=self.worker_id)
+            for row in reaped:
                 log.warning("reaped job %s (%s) of a lost worker: now %s after %s attempt(s)",
                             row["id"], row["job_type"], row["status"], row["attempts"])
         if now >= self.next_poll:
@@ -253,13 +266,16 @@ class Supervisor:
 
     def _claim(self, now: float) -> None:
         if not self._room():
-            return  # `wake` stays set: claim once there is room
+            # `wake` stays set: claim once there is room; meanwhile idle peers may take them.
+            self._relay(self.wakeups.unclaimed, now)
+            return
         capacity = self.fleet.capacity()
         limit = sum(capacity.values())
         jobs = self.store.claim_specs(self.worker_id, self.types, limit=limit,
                                       lease_seconds=self.settings.lease)
         self.wake = False
         self.more = len(jobs) == limit
+        self.wakeups.claimed()
         if not self.more:
             self._schedule_next_due()
             self._schedule_rate_refill(now)
@@ -290,6 +306,12 @@ class Supervisor:
         except Exception as exc:  # noqa: BLE001 - the row goes stale and the purger drops it
             log.warning("could not remove this worker from bgjobs_workers: %s", exc)
 
+    def _relay(self, types: set[str], now: float) -> None:
+        """Wake every idle supervisor for ``types`` (see worker/wakeups.py)."""
+        relay = self.wakeups.relay(types, now)
+        if relay:
+            self.store.wake_workers(relay)
+
     # Notifications ------------------------------------------------------------------------
 
     def _on_notify(self) -> None:
@@ -298,9 +320,10 @@ class Supervisor:
         except DatabaseUnavailable as exc:
             self._listener_lost(exc)
             return
-        for channel, payload in items:
+        for note in items:
+            channel, payload, sender = Note(*note)
             if channel == NEW:
-                if payload in self.types:
+                if self.wakeups.wake(payload, sender, self.types, time.monotonic()):
                     self.wake = True
                 continue
             taken = parse_taken_back(payload)
@@ -318,6 +341,8 @@ class Supervisor:
             self.listen_state.failed(exc, now)
             return
         self.listen_fd = self.listener.fileno()  # psycopg cannot tell it once the link is lost
+        self.wakeups.listen_pid = self.listener.backend_pid()
+        self.next_reap = now  # learn the peers again, with our new backend among them
         self.selector.register(self.listen_fd, selectors.EVENT_READ, self._on_notify)
         self.listening = True
         self.listen_state.ok(now)
