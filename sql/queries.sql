@@ -2,8 +2,9 @@
 -- Each block starts with `-- name: NAME` and a one-line purpose. Values are bound parameters.
 
 -- name: insert_job
--- Enqueue one job (one round trip). No row: it clashed with an idempotency key or an exclusive
--- type's active job, and nothing was inserted (see find_clashing_job).
+-- Enqueue one job (one round trip); returns its id and created_at, the rest is what was sent
+-- and the columns' defaults (Store.insert_job). No row: it clashed with an idempotency key or
+-- an exclusive type's active job, and nothing was inserted (see find_clashing_job).
 INSERT INTO background_jobs
     (job_type, user_id, params, priority, run_after, max_attempts, idempotency_key,
      exclusive_key)
@@ -11,7 +12,7 @@ VALUES (%(job_type)s, %(user_id)s, %(params)s, %(priority)s,
         coalesce(%(run_after)s::timestamptz, now()), %(max_attempts)s,
         %(idempotency_key)s, %(exclusive_key)s)
 ON CONFLICT DO NOTHING
-RETURNING *
+RETURNING id, created_at
 
 -- name: find_clashing_job
 -- The row an insert clashed with: the earlier job of the same user and idempotency key
@@ -30,12 +31,17 @@ SELECT * FROM (
 ORDER BY rank LIMIT 1
 
 -- name: insert_jobs
--- Enqueue many jobs of one type in one statement, one per params object, in the given order.
-INSERT INTO background_jobs (job_type, user_id, params, max_attempts, exclusive_key)
-SELECT %(job_type)s, %(user_id)s, p.params, %(max_attempts)s, NULL
-FROM unnest(%(params)s::jsonb[]) WITH ORDINALITY AS p(params, n)
-ORDER BY p.n
-RETURNING *
+-- Enqueue many jobs of one type in one statement, one per element of the JSON array `params`,
+-- in that order. Returns one row: the new ids in the order given, and created_at (the same for
+-- all); the rest is what was sent and the columns' defaults (Store.insert_jobs).
+WITH new AS MATERIALIZED (
+    SELECT gen_random_uuid() AS id, p.params, p.n
+    FROM jsonb_array_elements(%(params)s::jsonb) WITH ORDINALITY AS p(params, n)
+), inserted AS (
+    INSERT INTO background_jobs (id, job_type, user_id, params, max_attempts, exclusive_key)
+    SELECT id, %(job_type)s, %(user_id)s, params, %(max_attempts)s, NULL FROM new ORDER BY n
+)
+SELECT array_agg(id ORDER BY n) AS ids, now() AS created_at FROM new
 
 -- name: get_job
 -- One job, optionally only if it belongs to the given user.

@@ -105,9 +105,15 @@ def enqueue_many(
     checked = []
     for n, params in enumerate(params_list):
         try:
-            checked.append(_storable(task.validate(params)))
+            checked.append(task.validate(params))
         except InvalidParams as exc:
             raise InvalidParams(f"params_list[{n}]: {exc}") from None
+    if unstorable(checked):  # one check for all; then find which one, to say so
+        for n, params in enumerate(checked):
+            try:
+                _storable(params)
+            except InvalidParams as exc:
+                raise InvalidParams(f"params_list[{n}]: {exc}") from None
     if not checked:
         return []
     if task.exclusive:
