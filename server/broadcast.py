@@ -130,7 +130,10 @@ class Subscription:
         self.credential = credential
         self._latest: dict[UUID, State] = {}
         self._seen: dict[UUID, int] = {}  # highest version sent or waiting, per job
-        self._ready = asyncio.Event()
+        # The waiting `next`, if any. A bare future, not an asyncio.Event: waking a thousand
+        # streams per state, Event.set was an eighth of the events process's CPU.
+        self._waiter: asyncio.Future[None] | None = None
+        self._poked = False
         self.closed = False
 
     @property
@@ -147,7 +150,7 @@ class Subscription:
             return
         self._seen[job.id] = job.version
         self._latest[job.id] = job
-        self._ready.set()
+        self._wake()
 
     def sent(self, job: Job) -> None:
         """Record a state sent outside the mailbox (the initial read); older ones are dropped."""
@@ -159,7 +162,16 @@ class Subscription:
     def close(self) -> None:
         """No more news: ``next`` returns what waits, then an empty list."""
         self.closed = True
-        self._ready.set()
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def poke(self) -> None:
+        """Wake ``next`` even with no news (a keep-alive ping is due)."""
+        self._poked = True
+        self._wake()
 
     def revoke(self) -> None:
         """Its credential ended: nothing more is sent, not even what waits."""
@@ -169,11 +181,16 @@ class Subscription:
     async def next(self) -> list[State]:
         """Wait for news; the waiting states (one per job, in the order the jobs first changed).
 
-        An empty list means the subscription was closed (the service is stopping).
+        An empty list means the subscription was closed (the service is stopping, the client
+        left) or poked (see ``closed``).
         """
-        while not self._latest and not self.closed:
-            self._ready.clear()
-            await self._ready.wait()
+        while not self._latest and not self.closed and not self._poked:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        self._poked = False
         jobs = list(self._latest.values())
         self._latest.clear()
         return jobs
@@ -195,7 +212,7 @@ class Firehose(Subscription):
             self.dropped += 1
             return
         self._latest[job.id] = job
-        self._ready.set()
+        self._wake()
 
 
 class Broadcaster:
@@ -272,6 +289,16 @@ class Broadcaster:
         """How many subscriptions (streams) are open in this process."""
         return len(self._subs)
 
+    async def keepalive(self, seconds: float) -> None:
+        """Every ``seconds``, wake every stream so that it sends a ping (proxies keep it open).
+
+        One timer for the process instead of one task per stream.
+        """
+        while True:
+            await asyncio.sleep(seconds)
+            for sub in list(self._subs):
+                sub.poke()
+
     def stats(self) -> dict[str, Any]:
         return {
             "subscriptions": len(self._subs),
@@ -341,6 +368,11 @@ class Broadcaster:
             log.info("listening on %s (%d subscriptions, %d jobs re-read)", CHANNEL,
                      len(self._subs), len(self._rows))
             while True:
+                # psycopg hands over every notification that arrived in one read without
+                # yielding to the event loop in between, so a burst is applied as a whole and
+                # each stream then sends once, the latest state of each job. Yielding after
+                # every notification made each one cost a full round of sends: with a
+                # thousand streams the service fell seconds behind (docs/benchmarks.md).
                 async for note in conn.notifies(timeout=PROBE_SECONDS):
                     self.notifications += 1
                     if note.channel == AUTH_CHANNEL:
@@ -352,9 +384,6 @@ class Broadcaster:
                                     note.payload)
                         continue
                     await self._on_payload(payload)
-                    # Let the streams send what they were just handed before the next
-                    # notification of a burst replaces it (they keep only the latest).
-                    await asyncio.sleep(0)
                 self._alive_at = await _db_now(conn)
 
     async def _resync(self, since: datetime | None) -> None:

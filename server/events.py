@@ -1,4 +1,4 @@
-"""The events service: live job states over server-sent events (Starlette + sse-starlette).
+"""The events service: live job states over server-sent events (Starlette, gunicorn asgi).
 
 ``GET /events/jobs/<id>`` streams one job until it finishes; ``GET /events/jobs`` streams every
 change to the caller's jobs. Each event's data is the job as the API shows it and its ``id:`` is
@@ -12,11 +12,12 @@ import json
 import logging
 import os
 import signal
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from typing import Any
+from uuid import UUID
 
-from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -42,19 +43,44 @@ PING_SECONDS = 15
 RETRY_MS = 2000  # how long a browser waits before reconnecting a dropped stream
 
 
-class SubscriptionStream(EventSourceResponse):
-    """An SSE response that frees its subscription however the response ends."""
+class SubscriptionStream(Response):
+    """A text/event-stream response fed by one subscription; frees it however the response ends.
+
+    Written for the fan-out: a state reaches a stream as one ``send`` of bytes encoded once for
+    all streams, and a stream costs one task more than its request (the disconnect watcher).
+    sse-starlette's EventSourceResponse cost about two thirds of the events process's CPU per
+    event at a thousand streams (a task group of four tasks per stream, a cancel scope per
+    send; see docs/benchmarks.md). Keep-alive pings come from Broadcaster.keepalive.
+    """
+
+    HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"),
+               (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
 
     def __init__(self, broadcaster: Broadcaster, sub: Subscription,
-                 content: AsyncIterator[ServerSentEvent]) -> None:
-        super().__init__(content, ping=PING_SECONDS, headers={"Cache-Control": "no-cache"})
-        self.broadcaster, self.sub = broadcaster, sub
+                 content: AsyncIterator[bytes]) -> None:
+        self.status_code = 200
+        self.raw_headers = list(self.HEADERS)  # no content-length: the body has no end yet
+        self.background = None
+        self.broadcaster, self.sub, self.content = broadcaster, sub, content
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        watcher = asyncio.create_task(self._watch(receive))
         try:
-            await super().__call__(scope, receive, send)
+            await send({"type": "http.response.start", "status": self.status_code,
+                        "headers": self.raw_headers})
+            if scope.get("method") != "HEAD":
+                async for chunk in self.content:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
+            watcher.cancel()
             self.broadcaster.unsubscribe(self.sub)
+
+    async def _watch(self, receive: Receive) -> None:
+        """End the stream as soon as the client hangs up."""
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        self.sub.close()
 
 
 # Views -----------------------------------------------------------------------------------
@@ -89,18 +115,22 @@ async def job_events(request: Request) -> Response:
     return SubscriptionStream(broadcaster, sub, _job_stream(sub, job if fresh else None))
 
 
-async def _job_stream(sub: Subscription, first: Job | None) -> AsyncIterator[ServerSentEvent]:
+async def _job_stream(sub: Subscription, first: Job | None) -> AsyncIterator[bytes]:
     if first is None:
-        yield ServerSentEvent(comment="up to date", retry=RETRY_MS)
+        yield b": up to date\r\n" + RETRY
     else:
-        yield _event(first, retry=RETRY_MS)
+        yield RETRY + encoded(first)
         if first.status in FINISHED:
             return
-    while jobs := await sub.next():
-        for job in jobs:
-            yield _event(job)
-            if job.status in FINISHED:
-                return
+    while (jobs := await sub.next()) or not sub.closed:
+        if not jobs:
+            yield PING
+            continue
+        # One stream, one job: a list of one state (its latest), sent in one write.
+        job = jobs[-1]
+        yield encoded(job)
+        if job.status in FINISHED:
+            return
 
 
 async def user_events(request: Request) -> Response:
@@ -112,12 +142,12 @@ async def user_events(request: Request) -> Response:
     return SubscriptionStream(broadcaster, sub, _user_stream(sub))
 
 
-async def _user_stream(sub: Subscription) -> AsyncIterator[ServerSentEvent]:
+async def _user_stream(sub: Subscription) -> AsyncIterator[bytes]:
     # A first comment sends the headers now, so the browser's `open` fires at once.
-    yield ServerSentEvent(comment="subscribed", retry=RETRY_MS)
-    while jobs := await sub.next():
-        for job in jobs:
-            yield _event(job)
+    yield b": subscribed\r\n" + RETRY
+    while (jobs := await sub.next()) or not sub.closed:
+        # Every waiting job in one write; nothing waiting means a keep-alive ping is due.
+        yield b"".join(encoded(job) for job in jobs) if jobs else PING
 
 
 async def all_events(request: Request) -> Response:
@@ -130,9 +160,31 @@ async def all_events(request: Request) -> Response:
     return SubscriptionStream(broadcaster, sub, _user_stream(sub))
 
 
-def _event(job: State, retry: int | None = None) -> ServerSentEvent:
-    return ServerSentEvent(data=json.dumps(job.to_json(), separators=(",", ":")),
-                           id=str(job.version), retry=retry)
+RETRY = f"retry: {RETRY_MS}\r\n\r\n".encode()
+PING = b": ping\r\n\r\n"
+#: Encoded events by (kind, job id, version): a state is encoded once, however many streams
+#: send it. The kind keeps a whole row (Job) apart from a notification's Change (all-jobs).
+_encoded: OrderedDict[tuple[type, UUID, int, Any], bytes] = OrderedDict()
+ENCODED_KEPT = 4096
+
+
+def encoded(job: State) -> bytes:
+    """The SSE event of this job state (its version as the id), encoded once per process.
+
+    A version names one state of one job, so every stream that sends it shares the bytes;
+    the first encoding of a version wins (a state derived from a notification may carry an
+    older ``updated_at`` than the row, see docs/events.md).
+    """
+    # updated_at too: a row that went back to an older version (a restore) is a new state.
+    key = (type(job), job.id, job.version, getattr(job, "updated_at", None))
+    data = _encoded.get(key)
+    if data is None:
+        body = json.dumps(job.to_json(), separators=(",", ":"))
+        data = f"id: {job.version}\r\ndata: {body}\r\n\r\n".encode()
+        _encoded[key] = data
+        if len(_encoded) > ENCODED_KEPT:
+            _encoded.popitem(last=False)
+    return data
 
 
 async def healthz(request: Request) -> Response:
@@ -229,12 +281,15 @@ def create_app(url: str | None = None) -> Starlette:
         app.state.db, app.state.broadcaster = broadcaster.db, broadcaster
         task = asyncio.create_task(broadcaster.run(), name="bgjobs-events-broadcaster")
         task.add_done_callback(_broadcaster_exited)
+        pings = asyncio.create_task(broadcaster.keepalive(PING_SECONDS),
+                                    name="bgjobs-events-keepalive")
         try:
             yield
         finally:
-            task.cancel()
-            with suppress(asyncio.CancelledError):
-                await task
+            for t in (task, pings):
+                t.cancel()
+                with suppress(asyncio.CancelledError):
+                    await t
             await pool.close()
 
     app = Starlette(

@@ -6,6 +6,7 @@ it, so it reads the same rows with the same SQL over an AsyncConnectionPool.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager, suppress
 from datetime import datetime
@@ -16,7 +17,7 @@ import psycopg
 from psycopg.rows import class_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from bgjobs.core.db import CONNECT_TIMEOUT, Breaker, waits
+from bgjobs.core.db import CONNECT_TIMEOUT, IDLE_CHECK_SECONDS, Breaker, waits
 from bgjobs.core.jobs import Job, User
 from bgjobs.core.queries import q
 from bgjobs.core.store import translate_errors
@@ -55,6 +56,7 @@ def make_pool(url: str, max_size: int, timeout: float = 5.0) -> AsyncPool:
 
     async def configure(conn: psycopg.AsyncConnection) -> None:
         breaker.succeeded()
+        await _mark_used(conn)
 
     return AsyncPool(
         url,
@@ -67,10 +69,23 @@ def make_pool(url: str, max_size: int, timeout: float = 5.0) -> AsyncPool:
         reconnect_timeout=0,  # give up a failed reconnection and open the breaker
         reconnect_failed=lambda _pool: breaker.failed("cannot connect to Postgres"),
         configure=configure,
-        check=AsyncConnectionPool.check_connection,
+        # Check only a connection that sat idle (after a Postgres restart it would fail the
+        # read): checking every one cost each row read a second round trip, and on a loop busy
+        # sending to a thousand streams every round trip waits for a whole round of sends.
+        check=_check_if_idle,
         kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT,
                 "application_name": POOL_APPLICATION_NAME},
     )
+
+
+async def _mark_used(conn: psycopg.AsyncConnection) -> None:
+    conn._bgjobs_idle_since = time.monotonic()  # type: ignore[attr-defined]
+
+
+async def _check_if_idle(conn: psycopg.AsyncConnection) -> None:
+    if time.monotonic() - getattr(conn, "_bgjobs_idle_since", 0.0) > IDLE_CHECK_SECONDS:
+        await AsyncConnectionPool.check_connection(conn)
+    await _mark_used(conn)
 
 
 class EventsDb:
