@@ -37,6 +37,10 @@ class Config:
     pool_max: int = 8
     #: Seconds a request waits for a pooled connection before its 503 (BGJOBS_POOL_TIMEOUT).
     pool_timeout: float = 5.0
+    #: How much nicer than their supervisor the worker's job processes run (0-19,
+    #: BGJOBS_WORKER_NICE): CPU-bound jobs yield the CPU to the API, the events service and
+    #: the supervisor's heartbeats on a shared machine (docs/workers.md).
+    worker_nice: int = 10
     cors_origins: tuple[str, ...] = ()
     max_body_bytes: int = 256 * 1024
     #: Mark the session cookie Secure (BGJOBS_COOKIE_SECURE=1) when served over HTTPS.
@@ -109,6 +113,13 @@ def _int(name: str, default: int, minimum: int = 0) -> int:
         raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
     if value < minimum:
         raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _bounded(name: str, default: int, low: int, high: int) -> int:
+    value = _int(name, default, minimum=low)
+    if value > high:
+        raise ConfigError(f"{name} must be at most {high}, got {value}")
     return value
 
 
@@ -186,6 +197,7 @@ def load() -> Config:
         events_connections=_int("BGJOBS_EVENTS_CONNECTIONS", 2000, minimum=1),
         pool_max=_int("BGJOBS_POOL_MAX", 8, minimum=1),
         pool_timeout=_float("BGJOBS_POOL_TIMEOUT", 5.0, minimum=0.1),
+        worker_nice=_bounded("BGJOBS_WORKER_NICE", 10, 0, 19),
         cors_origins=_list("BGJOBS_CORS_ORIGINS"),
         max_body_bytes=_int("BGJOBS_MAX_BODY_BYTES", 256 * 1024, minimum=1),
         cookie_secure=_flag("BGJOBS_COOKIE_SECURE"),

@@ -97,3 +97,10 @@ def limited(ctx: Any) -> Any:
 def nightly(ctx: Any) -> Any:
     """Declares a schedule in code."""
     return {"ran": True}
+
+
+@task("niceness")
+def niceness(ctx: Any) -> Any:
+    """The job process's nice value and its parent's (the supervisor)."""
+    return {"nice": os.getpriority(os.PRIO_PROCESS, 0),
+            "parent_nice": os.getpriority(os.PRIO_PROCESS, os.getppid())}
