@@ -82,7 +82,8 @@ class ProgressPayload(TypedDict):
 
 
 class InsertedPayload(TypedDict):
-    """Many jobs inserted by one statement: up to 100 ids of one user (010_cheaper_notify.sql)."""
+    """Up to 100 jobs of one user that one statement inserted or changed the status of
+    (010_cheaper_notify.sql): read their rows."""
 
     ids: list[UUID]
     user_id: int | None
@@ -478,7 +479,7 @@ class Broadcaster:
             sub.offer(state)
 
     async def _on_inserted(self, payload: InsertedPayload) -> None:
-        """New jobs of one user: read the rows that someone watches (by owner, by id, or all)."""
+        """New or changed jobs of one user: read the rows someone watches (owner, id, or all)."""
         user_id = payload["user_id"]
         watched_user = user_id is not None and user_id in self._by_user
         ids = payload["ids"] if self._firehoses else [

@@ -10,11 +10,12 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 import bgjobs
+from bgjobs.core.jobs import Attempt
 from bgjobs.core.store import Store
 from bgjobs.server.broadcast import Broadcaster, Subscription
 from bgjobs.server.events import encoded
 from tests.conftest import add_job
-from tests.integration.test_events_broadcast import _job, running_listener
+from tests.integration.test_events_broadcast import _job, next_matching, running_listener
 
 
 def test_a_burst_committed_at_once_reaches_a_stream_as_its_latest_state(
@@ -99,3 +100,18 @@ def test_subscription_next_returns_at_once_after_a_poke() -> None:
     sub = Subscription(frozenset(), None)
     sub.poke()
     assert asyncio.run(sub.next()) == []
+
+
+def test_a_job_finished_in_a_workers_batch_reaches_its_stream(store: Store, db_url: str) -> None:
+    jobs = [add_job(store, "noop") for _ in range(3)]
+
+    async def scenario() -> None:
+        async with running_listener(db_url) as (listener, _, _):
+            sub = listener.subscribe(job_ids=frozenset({jobs[1].id}))
+            claimed = await asyncio.to_thread(store.claim, "w", ["noop"], limit=3)
+            await asyncio.to_thread(store.complete, [
+                (Attempt(c.id, "w", c.attempts), {"n": i}, None) for i, c in enumerate(claimed)])
+            final = await next_matching(sub, lambda j: j.status == "complete")
+            assert final == store.get_job(jobs[1].id)
+
+    asyncio.run(scenario())

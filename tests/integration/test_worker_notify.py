@@ -1,4 +1,4 @@
-"""Batched worker writes notify once per changed row, as single-row writes do (002_workers)."""
+"""Batched worker writes notify once per statement for status changes, per row for progress."""
 
 from __future__ import annotations
 
@@ -20,9 +20,10 @@ def test_batches_notify_every_row_and_heartbeats_stay_silent(listener, store, co
 
     jobs = store.claim("w", ["noop"], limit=5)
     attempts = [Attempt(j.id, "w", j.attempts) for j in jobs]
-    claimed = [json.loads(p) for _, p in drain(listener)]
-    assert sorted(p["id"] for p in claimed) == sorted(str(j.id) for j in jobs)
-    assert {(p["status"], p["version"]) for p in claimed} == {("running", 2)}
+    # Many status changes in one statement: their ids, which listeners read (010).
+    [claimed] = [json.loads(p) for _, p in drain(listener)]
+    assert claimed["user_id"] is None
+    assert sorted(claimed["ids"]) == sorted(str(j.id) for j in jobs)
 
     store.heartbeat(attempts)
     assert drain(listener) == []
@@ -34,7 +35,11 @@ def test_batches_notify_every_row_and_heartbeats_stay_silent(listener, store, co
     notes = drain(listener)
     assert notes.count(("background_jobs_new", "noop")) == 1  # the retried job is claimable
     payloads = [json.loads(p) for ch, p in notes if ch == "background_jobs_progress"]
-    assert sorted(p["status"] for p in payloads) == ["complete"] * 3 + ["error", "pending"] + [
-        "running"] * 2
-    assert all(p["version"] == store.get_job(p["id"]).version or p["status"] == "running"
-               for p in payloads)
+    # Progress writes send each job's state (listeners apply it without reading the row).
+    states = [p for p in payloads if "status" in p]
+    assert [(p["status"], p["progress"]) for p in states] == [
+        ("running", {"current": 1, "total": 2})] * 2
+    assert {p["id"] for p in states} == {str(a.job_id) for a in attempts[:2]}
+    batches = [p for p in payloads if "ids" in p]
+    assert len(batches) == 2  # the completions, the failures
+    assert sorted(i for b in batches for i in b["ids"]) == sorted(str(j.id) for j in jobs)
