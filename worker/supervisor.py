@@ -249,10 +249,11 @@ class Supervisor:
                             row["id"], row["job_type"], row["status"], row["attempts"])
         if now >= self.next_poll:
             self.next_poll = now + self.settings.poll_interval
-            self.wake = True
+            self.wake = self.wakeups.sweep = True
             self.limited = self.store.limited_types()  # a DBA may have changed them
         if self.next_due is not None and now >= self.next_due:
             self.next_due, self.wake = None, True
+            self.wakeups.sweep = True
         if not self.stopping and (self.wake or self.more):
             self._claim(now)
 
@@ -274,8 +275,12 @@ class Supervisor:
         jobs = self.store.claim_specs(self.worker_id, self.types, limit=limit,
                                       lease_seconds=self.settings.lease)
         self.wake = False
-        self.more = len(jobs) == limit
-        self.wakeups.claimed()
+        full = len(jobs) == limit
+        # Claim again at once only when many may be waiting (a bulk insert, a poll): a full
+        # claim of the one job that fell to a one-process supervisor says nothing of others,
+        # and the claim after it would be empty.
+        self.more = full and self.wakeups.sweep
+        self.wakeups.claimed(full)
         if not self.more:
             self._schedule_next_due()
             self._schedule_rate_refill(now)
@@ -347,7 +352,7 @@ class Supervisor:
         self.listening = True
         self.listen_state.ok(now)
         # Notifications sent while we were not listening are lost: re-read the table.
-        self.wake = True
+        self.wake = self.wakeups.sweep = True
         self.next_heartbeat = now
         log.info("listening for jobs (%s)", ", ".join(self.settings.types or ("all types",)))
 

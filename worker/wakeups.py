@@ -34,6 +34,9 @@ class Wakeups:
         #: types of jobs that fell to us and that we have not claimed yet
         self.unclaimed: set[str] = set()
         self.last_everyone = float("-inf")
+        #: many jobs may be waiting (a '*' wake-up, a poll, a start): keep claiming while claims
+        #: come back full; cleared by a claim that was not
+        self.sweep = True
 
     def wake(self, payload: str, sender: int, types: tuple[str, ...], now: float) -> bool:
         """Whether a background_jobs_new notification from backend ``sender`` is ours to act on."""
@@ -43,6 +46,7 @@ class Wakeups:
             return False
         if everyone:
             self.last_everyone = now
+            self.sweep = True
             return True
         if self.falls_to_us(sender):
             self.unclaimed.add(job_type)
@@ -56,8 +60,10 @@ class Wakeups:
         place = (sender * 2654435761) % 2**32 % len(self.peers)
         return self.peers[place] == self.listen_pid
 
-    def claimed(self) -> None:
+    def claimed(self, full: bool) -> None:
         self.unclaimed.clear()
+        if not full:
+            self.sweep = False
 
     def relay(self, types: set[str], now: float) -> set[str]:
         """The types to wake every idle supervisor for now (empty: nobody needs it)."""

@@ -54,3 +54,18 @@ def test_jobs_that_fell_to_a_busy_supervisor_are_relayed_at_most_once_per_interv
     assert other.relay({"noop"}, 5.0 + 2 * RELAY_INTERVAL) == {"noop"}
     [alone] = fleet([1])
     assert alone.relay({"noop"}, 100.0) == set()  # nobody to relay to
+
+
+def test_only_a_wake_for_many_keeps_a_supervisor_claiming_while_claims_come_back_full():
+    [w, _] = fleet([1, 2])
+    w.claimed(full=False)
+    assert not w.sweep
+    sender = next(s for s in range(1000) if w.falls_to_us(s))
+    assert w.wake("noop", sender, TYPES, 0.0) and not w.sweep  # one job fell to us
+    w.claimed(full=True)
+    assert not w.sweep  # its claim was full: that says nothing of other jobs
+    assert w.wake("*noop", sender, TYPES, 1.0) and w.sweep  # many jobs
+    w.claimed(full=True)
+    assert w.sweep
+    w.claimed(full=False)
+    assert not w.sweep
