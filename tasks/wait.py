@@ -2,7 +2,8 @@
 
 One dedicated LISTEN connection per call (outside the pool, whose connections must not keep
 a LISTEN): subscribe first, then read the row, then sleep on ``background_jobs_progress`` until
-a notification about this job says it finished (or was too big to say, which re-reads the row).
+a notification about this job says it finished (or was too big to say, or named it among the
+many jobs one statement changed: both re-read the row).
 No polling: the connection sleeps in the kernel until Postgres sends something.
 """
 
@@ -71,7 +72,11 @@ def _finished_news(conn: psycopg.Connection, job_id: UUID, timeout: float | None
             payload = json.loads(note.payload)
         except ValueError:
             continue
-        if not isinstance(payload, dict) or payload.get("id") != wanted:
+        if not isinstance(payload, dict):
+            continue
+        if wanted in (payload.get("ids") or ()):
+            return True  # one of many jobs whose status a statement changed (010): read it
+        if payload.get("id") != wanted:
             continue
         # A payload past Postgres' size limit carries the id alone: read the row.
         return payload.get("status") in FINISHED or "status" not in payload

@@ -115,3 +115,16 @@ def test_losing_the_database_while_waiting_is_database_unavailable(store: Store,
                  "WHERE application_name = 'bgjobs-wait'")
     thread.join(30)
     assert isinstance(out.get("error"), bgjobs.DatabaseUnavailable), out
+
+
+def test_a_job_finished_in_a_workers_batch_wakes_its_waiter(counting: CountingStore, db_url,
+                                                            conn):
+    jobs = [add_job(counting, "noop") for _ in range(3)]
+    thread, out = wait_in_thread(counting, jobs[1].id, timeout=60)
+    wait_for(lambda: listening(db_url, conn), message="the waiter listening")
+    claimed = counting.claim_specs("w", ["noop"], limit=3)
+    # One statement finishes all three: its notification names their ids (010).
+    counting.complete([(Attempt(c.id, "w", c.attempt), {"n": 1}, None) for c in claimed])
+    thread.join(30)
+    assert "error" not in out, out
+    assert out["job"].status == "complete" and out["job"].id == jobs[1].id
