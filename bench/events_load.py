@@ -42,6 +42,7 @@ from tests.conftest import add_job, url_env
 from tests.procs import BGJOBS, Proc, free_port, wait_until
 
 FINAL = b'"status":"complete"'
+METRICS_TOKEN = "bench-metrics"  # /events/stats answers only to it
 
 
 class Discard(asyncio.Protocol):
@@ -121,7 +122,9 @@ def run_once(url: str, clients: int, samples: int = 50, updates: int = 100,
     port = free_port()
     env = {**url_env(url), "BGJOBS_EVENTS_BIND": f"127.0.0.1:{port}",
            "BGJOBS_SECRET_KEY": "bench", "BGJOBS_EVENTS_CONNECTIONS": str(clients + 100),
-           "BGJOBS_ACCESS_LOG": "/dev/null", "BGJOBS_LOG_LEVEL": "WARNING"}
+           "BGJOBS_ACCESS_LOG": "/dev/null", "BGJOBS_LOG_LEVEL": "WARNING",
+           "BGJOBS_METRICS_TOKEN": METRICS_TOKEN}
+    metrics = {"Authorization": f"Bearer {METRICS_TOKEN}"}
     ctx = multiprocessing.get_context("spawn")
     with tempfile.TemporaryDirectory() as tmp:
         service = Proc([BGJOBS, "events"], env, Path(tmp) / "events.log")
@@ -129,7 +132,7 @@ def run_once(url: str, clients: int, samples: int = 50, updates: int = 100,
         try:
             wait_until(lambda: httpx.get(f"{base}/events/healthz", timeout=2).status_code
                        == 200, 60, "events service up", service)
-            pid = httpx.get(f"{base}/events/stats", timeout=5).json()["pid"]
+            pid = httpx.get(f"{base}/events/stats", headers=metrics, timeout=5).json()["pid"]
             ready, go, out = ctx.Queue(), ctx.Event(), ctx.Queue()
             share = [clients // procs + (1 if i < clients % procs else 0) for i in range(procs)]
             sample_share = [samples // procs + (1 if i < samples % procs else 0)
@@ -141,8 +144,8 @@ def run_once(url: str, clients: int, samples: int = 50, updates: int = 100,
                 w.start()
             for _ in workers:
                 ready.get(timeout=300)
-            wait_until(lambda: httpx.get(f"{base}/events/stats", timeout=10).json()
-                       ["subscriptions"] >= clients, 120, f"{clients} streams", service)
+            wait_until(lambda: httpx.get(f"{base}/events/stats", headers=metrics, timeout=10)
+                       .json()["subscriptions"] >= clients, 120, f"{clients} streams", service)
             rss_mb = _rss_mb(pid)
             with psycopg.connect(url, autocommit=True) as c:
                 listens = c.execute("SELECT count(*) FROM pg_stat_activity WHERE "
