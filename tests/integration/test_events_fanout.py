@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from contextlib import suppress
+from datetime import timedelta
 
 import psycopg
 from psycopg.types.json import Jsonb
@@ -70,9 +72,14 @@ def test_jobs_inserted_in_bulk_reach_their_owners_stream(store: Store, db_url: s
 
 
 def test_a_state_is_encoded_once_for_every_stream() -> None:
-    a, b = _job(7, progress={"current": 1}), _job(7, progress={"current": 1})
+    a = _job(7, progress={"current": 1})
+    b = dataclasses.replace(a)  # the same state, another object (another read)
     assert encoded(a) is encoded(b)
-    assert encoded(_job(8)) is not encoded(a)
+    assert encoded(dataclasses.replace(a, version=8)) is not encoded(a)
+    # A row that went back to version 7 (a restore) is another state: encoded anew.
+    restored = dataclasses.replace(a, progress={"current": 0},
+                                   updated_at=a.updated_at - timedelta(hours=1))
+    assert b'"current":0' in encoded(restored)
     assert encoded(a).startswith(b"id: 7\r\ndata: {") and encoded(a).endswith(b"\r\n\r\n")
 
 
