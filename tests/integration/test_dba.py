@@ -28,11 +28,15 @@ def test_cancel_function_with_a_user_only_touches_that_users_job(conn):
 
 
 def test_reap_takes_back_stale_jobs_and_ends_them_when_attempts_run_out(conn):
+    # Leases of 2 s: silence counts from the Postgres start at the earliest (011), and the test
+    # cluster may have started less than a longer lease ago.
+    conn.execute("SELECT pg_sleep(greatest(0, 3 - extract(epoch FROM now() - "
+                 "pg_postmaster_start_time())))")
     conn.execute(
         "INSERT INTO background_jobs (job_type, status, attempts, max_attempts, worker_id, "
         " heartbeat_at, lease_seconds, params) VALUES "
-        "('noop', 'running', 1, 3, 'dead:1', now() - interval '5 min', 30, '{\"n\": 1}'),"
-        "('noop', 'running', 3, 3, 'dead:2', now() - interval '5 min', 30, '{\"n\": 2}'),"
+        "('noop', 'running', 1, 3, 'dead:1', now() - interval '5 min', 2, '{\"n\": 1}'),"
+        "('noop', 'running', 3, 3, 'dead:2', now() - interval '5 min', 2, '{\"n\": 2}'),"
         "('noop', 'running', 1, 3, 'alive', now(), 30, '{\"n\": 3}')"
     )
     stuck = conn.execute("SELECT worker_id FROM bgjobs_stuck ORDER BY worker_id").fetchall()
