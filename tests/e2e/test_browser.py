@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import httpx
@@ -15,6 +17,9 @@ import pytest
 from bgjobs.core.store import Store
 from tests.conftest import add_job, url_env
 from tests.procs import BGJOBS, ROOT, Proc, free_port, wait_until
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser
 
 pytestmark = pytest.mark.browser
 
@@ -42,6 +47,20 @@ def chromium() -> str:
             pytest.fail(message)
         pytest.skip(message)
     return path
+
+
+@contextmanager
+def headless_chromium() -> Iterator[Browser]:
+    """The system's Chromium (see chromium()) driven by Playwright, closed however the test ends."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium(), args=CHROMIUM_ARGS,
+                                     headless=True)
+        try:
+            yield browser
+        finally:
+            browser.close()
 
 
 @dataclass
@@ -84,84 +103,77 @@ def stack(db_url: str, tmp_path: Path) -> Iterator[Stack]:
 
 def test_dashboard_shows_live_progress_cancels_and_never_polls(stack: Stack,
                                                               store: Store) -> None:
-    from playwright.sync_api import sync_playwright
-
     user, token = store.create_user("browser")
     events_origin = f"http://{stack.events_bind}"
     requests: list[tuple[str, str]] = []
     errors: list[str] = []
 
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=chromium(), args=CHROMIUM_ARGS,
-                                     headless=True)
-        try:
-            page = browser.new_page(viewport={"width": 1100, "height": 900})
-            page.set_default_timeout(60_000)
-            page.on("request", lambda r: requests.append((r.method, r.url)))
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.goto(f"{stack.api}/")
-            page.wait_for_selector("body[data-state='signed-out']")
-            loaded = len(requests)
+    with headless_chromium() as browser:
+        page = browser.new_page(viewport={"width": 1100, "height": 900})
+        page.set_default_timeout(60_000)
+        page.on("request", lambda r: requests.append((r.method, r.url)))
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(f"{stack.api}/")
+        page.wait_for_selector("body[data-state='signed-out']")
+        loaded = len(requests)
 
-            page.fill("#token", token)
-            page.click("#sign-in-form button[type=submit]")
-            page.wait_for_selector("body[data-state='live']")
-            assert page.text_content("#who") == user.name
-            assert page.text_content("#conn") == "Live"
-            page.evaluate(WATCH_BARS)
+        page.fill("#token", token)
+        page.click("#sign-in-form button[type=submit]")
+        page.wait_for_selector("body[data-state='live']")
+        assert page.text_content("#who") == user.name
+        assert page.text_content("#conn") == "Live"
+        page.evaluate(WATCH_BARS)
 
-            page.click("[data-start='validation']")
-            card = page.wait_for_selector(".job:has(.type:text-is('validation'))")
-            validation = card.get_attribute("data-job-id")
-            page.click("[data-start='optimization']")
-            card = page.wait_for_selector(".job:has(.type:text-is('optimization'))")
-            optimization = card.get_attribute("data-job-id")
+        page.click("[data-start='validation']")
+        card = page.wait_for_selector(".job:has(.type:text-is('validation'))")
+        validation = card.get_attribute("data-job-id")
+        page.click("[data-start='optimization']")
+        card = page.wait_for_selector(".job:has(.type:text-is('optimization'))")
+        optimization = card.get_attribute("data-job-id")
 
-            page.wait_for_selector(f"[data-job-id='{optimization}'][data-status='running']")
-            page.click(f"[data-job-id='{optimization}'] .cancel")
-            page.wait_for_selector(f"[data-job-id='{optimization}'][data-status='cancelled']")
+        page.wait_for_selector(f"[data-job-id='{optimization}'][data-status='running']")
+        page.click(f"[data-job-id='{optimization}'] .cancel")
+        page.wait_for_selector(f"[data-job-id='{optimization}'][data-status='cancelled']")
 
-            done = page.wait_for_selector(
-                f"[data-job-id='{validation}'][data-status='complete']", timeout=180_000)
-            bars = page.evaluate("(id) => window.bars[id] || []", validation)
-            assert len(set(bars)) >= 3, bars
-            assert bars[-1] == "100"
-            assert done.query_selector(".result dl"), "the result is shown"
-            assert "mean annual return" in (done.text_content() or "")
+        done = page.wait_for_selector(
+            f"[data-job-id='{validation}'][data-status='complete']", timeout=180_000)
+        bars = page.evaluate("(id) => window.bars[id] || []", validation)
+        assert len(set(bars)) >= 3, bars
+        assert bars[-1] == "100"
+        assert done.query_selector(".result dl"), "the result is shown"
+        assert "mean annual return" in (done.text_content() or "")
 
-            ARTIFACTS.mkdir(exist_ok=True)
-            page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
-            page.set_viewport_size({"width": 390, "height": 844})
-            page.screenshot(path=str(ARTIFACTS / "dashboard-phone.png"), full_page=True)
-            width = page.evaluate("document.documentElement.scrollWidth")
-            assert width <= 390, f"the page scrolls sideways at phone width ({width}px)"
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+        page.set_viewport_size({"width": 390, "height": 844})
+        page.screenshot(path=str(ARTIFACTS / "dashboard-phone.png"), full_page=True)
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 390, f"the page scrolls sideways at phone width ({width}px)"
 
-            # After page load: only what the clicks caused, plus one event stream. No polling.
-            after = requests[loaded:]
-            api = [(m, urlsplit(u).path) for m, u in after if u.startswith(stack.api)]
-            streams = [u for _, u in after if u.startswith(events_origin)]
-            assert sorted(api) == sorted([
-                ("POST", "/api/session"),  # sign in
-                ("GET", "/api/jobs"),  # the list, read once when the stream opened
-                ("POST", "/api/jobs"), ("POST", "/api/jobs"),  # start, start
-                ("POST", f"/api/jobs/{optimization}/cancel"),  # cancel
-            ]), after
-            assert streams == [f"{events_origin}/events/jobs"], after
-            assert len(after) == len(api) + len(streams), after
+        # After page load: only what the clicks caused, plus one event stream. No polling.
+        after = requests[loaded:]
+        api = [(m, urlsplit(u).path) for m, u in after if u.startswith(stack.api)]
+        streams = [u for _, u in after if u.startswith(events_origin)]
+        assert sorted(api) == sorted([
+            ("POST", "/api/session"),  # sign in
+            ("GET", "/api/jobs"),  # the list, read once when the stream opened
+            ("POST", "/api/jobs"), ("POST", "/api/jobs"),  # start, start
+            ("POST", f"/api/jobs/{optimization}/cancel"),  # cancel
+        ]), after
+        assert streams == [f"{events_origin}/events/jobs"], after
+        assert len(after) == len(api) + len(streams), after
 
-            # A blip: the events service restarts; the page says so, then recovers by itself.
-            stack.procs["events"].stop()
-            page.wait_for_selector("#conn[data-conn='reconnecting']")
-            assert page.text_content("#conn") == "Reconnecting…"
-            # Reloaded meanwhile: still signed in (cookie), and the jobs are listed anyway.
-            page.reload()
-            page.wait_for_selector(f"[data-job-id='{validation}'][data-status='complete']")
-            page.wait_for_selector("#conn[data-conn='reconnecting']")
-            stack.start_events()
-            page.wait_for_selector("#conn[data-conn='live']")
-            # A job started elsewhere (here: the store, as `bgjobs enqueue` would) shows up live.
-            job = add_job(store, "noop", {"echo": "hi"}, user_id=user.id)
-            page.wait_for_selector(f"[data-job-id='{job.id}'][data-status='complete']")
-            assert errors == []
-        finally:
-            browser.close()
+        # A blip: the events service restarts; the page says so, then recovers by itself.
+        stack.procs["events"].stop()
+        page.wait_for_selector("#conn[data-conn='reconnecting']")
+        assert page.text_content("#conn") == "Reconnecting…"
+        # Reloaded meanwhile: still signed in (cookie), and the jobs are listed anyway.
+        page.reload()
+        page.wait_for_selector(f"[data-job-id='{validation}'][data-status='complete']")
+        page.wait_for_selector("#conn[data-conn='reconnecting']")
+        stack.start_events()
+        page.wait_for_selector("#conn[data-conn='live']")
+        # A job started elsewhere (here: the store, as `bgjobs enqueue` would) shows up live.
+        job = add_job(store, "noop", {"echo": "hi"}, user_id=user.id)
+        page.wait_for_selector(f"[data-job-id='{job.id}'][data-status='complete']")
+        assert errors == []

@@ -47,8 +47,6 @@ def sign_in(page, token: str) -> None:
 
 def test_operator_view_for_admins_and_nothing_for_others(stack: tb.Stack, store: Store,
                                                         db_url: str) -> None:
-    from playwright.sync_api import sync_playwright
-
     alice, alice_token = store.create_user("alice")
     _, root_token = store.create_user("root", is_admin=True)
     with psycopg.connect(db_url, autocommit=True) as c:
@@ -67,81 +65,76 @@ def test_operator_view_for_admins_and_nothing_for_others(stack: tb.Stack, store:
     errors: list[str] = []
     tb.ARTIFACTS.mkdir(exist_ok=True)
 
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=tb.chromium(), args=tb.CHROMIUM_ARGS,
-                                     headless=True)
-        try:
-            # A non-admin: no tab, no operator view, no admin script, no admin request.
-            page = browser.new_page(viewport={"width": 1200, "height": 900})
-            page.set_default_timeout(60_000)
-            page.on("request", lambda r: requests.append(r.url))
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.goto(f"{stack.api}/")
-            sign_in(page, alice_token)
-            page.wait_for_selector(f"[data-job-id='{waiting.id}']")
-            assert page.query_selector("#tabs") is None and page.query_selector("#admin") is None
-            assert not [u for u in requests if "admin" in urlsplit(u).path], requests
-            assert page.evaluate("typeof window.bgjobsAdmin") == "undefined"
-            page.close()
+    with tb.headless_chromium() as browser:
+        # A non-admin: no tab, no operator view, no admin script, no admin request.
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page.set_default_timeout(60_000)
+        page.on("request", lambda r: requests.append(r.url))
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(f"{stack.api}/")
+        sign_in(page, alice_token)
+        page.wait_for_selector(f"[data-job-id='{waiting.id}']")
+        assert page.query_selector("#tabs") is None and page.query_selector("#admin") is None
+        assert not [u for u in requests if "admin" in urlsplit(u).path], requests
+        assert page.evaluate("typeof window.bgjobsAdmin") == "undefined"
+        page.close()
 
-            # An admin. (wait_for_function below evaluates its predicate inside the page, which
-            # the dashboard's CSP, no eval, refuses: this page bypasses it. The operator view
-            # under the real CSP: test_browser_hostile.py.)
-            requests.clear()
-            page = browser.new_page(viewport={"width": 1200, "height": 900}, bypass_csp=True)
-            page.set_default_timeout(60_000)
-            page.on("request", lambda r: requests.append(r.url))
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.goto(f"{stack.api}/")
-            sign_in(page, root_token)
-            page.click("#tabs [data-view='admin']")
-            page.wait_for_selector("body[data-admin='live']")
-            assert page.is_visible("#admin") and not page.is_visible("#app")
-            for selector in ("#admin-chart", "#admin-counts", "#admin-workers", "#admin-stuck",
-                             "#admin-schedules", "#admin-jobs", "#admin-filters"):
-                assert page.is_visible(selector), selector
-            assert page.text_content("#admin-depth") == "1"
-            page.wait_for_selector("#admin-workers tr.alive")  # the stack's worker heartbeats
-            counts = page.inner_text("#admin-counts")
-            assert "noop" in counts and "48" in counts and "12" in counts, counts
-            assert int(page.get_attribute("#admin-chart", "data-total")) == 60 + 48 + 12
-            drawn = page.evaluate(SERIES_PIXELS)
-            assert all(n > 20 for n in drawn.values()), drawn
-            rows = page.query_selector_all("#admin-jobs tbody tr")
-            assert len(rows) == 50 and page.is_visible("#admin-more")  # a page of 50 of 61
-            page.click("#admin-more")
-            page.wait_for_function(
-                "document.querySelectorAll('#admin-jobs tbody tr').length === 61")
+        # An admin. (wait_for_function below evaluates its predicate inside the page, which
+        # the dashboard's CSP, no eval, refuses: this page bypasses it. The operator view
+        # under the real CSP: test_browser_hostile.py.)
+        requests.clear()
+        page = browser.new_page(viewport={"width": 1200, "height": 900}, bypass_csp=True)
+        page.set_default_timeout(60_000)
+        page.on("request", lambda r: requests.append(r.url))
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(f"{stack.api}/")
+        sign_in(page, root_token)
+        page.click("#tabs [data-view='admin']")
+        page.wait_for_selector("body[data-admin='live']")
+        assert page.is_visible("#admin") and not page.is_visible("#app")
+        for selector in ("#admin-chart", "#admin-counts", "#admin-workers", "#admin-stuck",
+                         "#admin-schedules", "#admin-jobs", "#admin-filters"):
+            assert page.is_visible(selector), selector
+        assert page.text_content("#admin-depth") == "1"
+        page.wait_for_selector("#admin-workers tr.alive")  # the stack's worker heartbeats
+        counts = page.inner_text("#admin-counts")
+        assert "noop" in counts and "48" in counts and "12" in counts, counts
+        assert int(page.get_attribute("#admin-chart", "data-total")) == 60 + 48 + 12
+        drawn = page.evaluate(SERIES_PIXELS)
+        assert all(n > 20 for n in drawn.values()), drawn
+        rows = page.query_selector_all("#admin-jobs tbody tr")
+        assert len(rows) == 50 and page.is_visible("#admin-more")  # a page of 50 of 61
+        page.click("#admin-more")
+        page.wait_for_function(
+            "document.querySelectorAll('#admin-jobs tbody tr').length === 61")
 
-            # Live: run the schedule now; its job appears, runs and completes by the stream,
-            # and the chart moves with it.
-            before = int(page.get_attribute("#admin-chart", "data-total"))
-            page.click("#admin-schedules [data-schedule='nightly-echo']")
-            page.wait_for_selector("#admin-jobs tbody tr[data-status='complete']:first-child")
-            page.wait_for_function(
-                f"Number(document.getElementById('admin-chart').dataset.total) >= {before + 2}")
-            # Cancel alice's waiting job from the operator view.
-            page.click(f"#admin-jobs tr[data-job-id='{waiting.id}'] button.cancel")
-            page.wait_for_selector(f"#admin-jobs tr[data-job-id='{waiting.id}']"
-                                   "[data-status='cancelled']")
-            assert store.get_job(waiting.id).status == "cancelled"
-            # Filters: one user's errors.
-            page.select_option("#admin-filters select[name='status']", "error")
-            page.fill("#admin-filters input[name='user']", "alice")
-            page.click("#admin-filters button[type=submit]")
-            page.wait_for_function(
-                "document.querySelectorAll('#admin-jobs tbody tr').length === 12")
-            assert set(page.eval_on_selector_all(
-                "#admin-jobs tbody tr", "rows => rows.map(r => r.dataset.status)")) == {"error"}
+        # Live: run the schedule now; its job appears, runs and completes by the stream,
+        # and the chart moves with it.
+        before = int(page.get_attribute("#admin-chart", "data-total"))
+        page.click("#admin-schedules [data-schedule='nightly-echo']")
+        page.wait_for_selector("#admin-jobs tbody tr[data-status='complete']:first-child")
+        page.wait_for_function(
+            f"Number(document.getElementById('admin-chart').dataset.total) >= {before + 2}")
+        # Cancel alice's waiting job from the operator view.
+        page.click(f"#admin-jobs tr[data-job-id='{waiting.id}'] button.cancel")
+        page.wait_for_selector(f"#admin-jobs tr[data-job-id='{waiting.id}']"
+                               "[data-status='cancelled']")
+        assert store.get_job(waiting.id).status == "cancelled"
+        # Filters: one user's errors.
+        page.select_option("#admin-filters select[name='status']", "error")
+        page.fill("#admin-filters input[name='user']", "alice")
+        page.click("#admin-filters button[type=submit]")
+        page.wait_for_function(
+            "document.querySelectorAll('#admin-jobs tbody tr').length === 12")
+        assert set(page.eval_on_selector_all(
+            "#admin-jobs tbody tr", "rows => rows.map(r => r.dataset.status)")) == {"error"}
 
-            path = tb.ARTIFACTS / "operator.png"
-            page.screenshot(path=str(path), full_page=True)
-            width, height = png_size(path)
-            assert width == 1200 and height > 900  # the whole view, below the fold too
-            chart = page.query_selector("#admin-chart").screenshot()
-            assert len(chart) > 2000  # lines and labels, not a blank box
-            streams = [u for u in requests if urlsplit(u).path == "/events/admin/jobs"]
-            assert len(streams) == 1, requests  # one stream, no polling
-            assert errors == []
-        finally:
-            browser.close()
+        path = tb.ARTIFACTS / "operator.png"
+        page.screenshot(path=str(path), full_page=True)
+        width, height = png_size(path)
+        assert width == 1200 and height > 900  # the whole view, below the fold too
+        chart = page.query_selector("#admin-chart").screenshot()
+        assert len(chart) > 2000  # lines and labels, not a blank box
+        streams = [u for u in requests if urlsplit(u).path == "/events/admin/jobs"]
+        assert len(streams) == 1, requests  # one stream, no polling
+        assert errors == []

@@ -16,7 +16,7 @@ import pytest
 
 from bgjobs.core.store import Store
 from tests.conftest import add_job
-from tests.e2e.test_browser import CHROMIUM_ARGS, Stack, chromium, stack  # noqa: F401
+from tests.e2e.test_browser import Stack, headless_chromium, stack  # noqa: F401
 from tests.integration.test_events_versions import restore
 from tests.procs import free_port
 
@@ -89,22 +89,15 @@ def attacker(stack: Stack) -> Iterator[tuple[str, dict[str, str]]]:  # noqa: F81
 @contextmanager
 def signed_in(stack: Stack, token: str) -> Iterator[Page]:  # noqa: F811
     """A headless Chromium page on the dashboard, signed in with ``token``, its stream live."""
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=chromium(), args=CHROMIUM_ARGS,
-                                     headless=True)
-        try:
-            page = browser.new_page()
-            page.set_default_timeout(60_000)
-            page.add_init_script(WATCH_CSP)
-            page.goto(f"{stack.api}/")
-            page.fill("#token", token)
-            page.click("#sign-in-form button[type=submit]")
-            page.wait_for_selector("body[data-state='live']")
-            yield page
-        finally:
-            browser.close()
+    with headless_chromium() as browser:
+        page = browser.new_page()
+        page.set_default_timeout(60_000)
+        page.add_init_script(WATCH_CSP)
+        page.goto(f"{stack.api}/")
+        page.fill("#token", token)
+        page.click("#sign-in-form button[type=submit]")
+        page.wait_for_selector("body[data-state='live']")
+        yield page
 
 
 def _rows(url: str) -> list[tuple]:

@@ -21,7 +21,7 @@ import tests.task_fixtures  # noqa: F401 - the app's job types (its workers impo
 from bgjobs.flask import BgJobs
 from bgjobs.server import stream_tokens
 from tests.conftest import add_host_user, url_env, wait_for
-from tests.e2e.test_browser import CHROMIUM_ARGS, chromium
+from tests.e2e.test_browser import chromium, headless_chromium
 from tests.procs import BGJOBS, Proc, free_port, wait_until
 
 pytestmark = pytest.mark.browser
@@ -147,45 +147,38 @@ def expiry(url: str) -> int:
 
 
 def test_someone_elses_flask_app_follows_a_job_live(served, host_db_url: str) -> None:
-    from playwright.sync_api import sync_playwright
-
     origin, events, gate = served
     uid = add_host_user(host_db_url, "reporter@example.com")
     errors: list[str] = []
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=chromium(), args=CHROMIUM_ARGS,
-                                     headless=True)
-        try:
-            page = browser.new_page()
-            page.set_default_timeout(60_000)
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.goto(f"{origin}/sign-in/{uid}")
-            page.click("#start")
-            page.wait_for_selector("body[data-status='running'][data-percent='50']")
-            (first,) = page.evaluate("window.urls")
-            assert first.startswith(f"http://{events.bind}/events/jobs/")
+    with headless_chromium() as browser:
+        page = browser.new_page()
+        page.set_default_timeout(60_000)
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(f"{origin}/sign-in/{uid}")
+        page.click("#start")
+        page.wait_for_selector("body[data-status='running'][data-percent='50']")
+        (first,) = page.evaluate("window.urls")
+        assert first.startswith(f"http://{events.bind}/events/jobs/")
 
-            # The events service restarts while the token is valid: the browser reconnects
-            # to the same URL by itself.
-            events.restart()
-            page.wait_for_function("window.opens >= 2")
-            if time.time() < expiry(first):  # the restart took less than TOKEN_SECONDS
-                assert page.evaluate("window.urls") == [first]
+        # The events service restarts while the token is valid: the browser reconnects
+        # to the same URL by itself.
+        events.restart()
+        page.wait_for_function("window.opens >= 2")
+        if time.time() < expiry(first):  # the restart took less than TOKEN_SECONDS
+            assert page.evaluate("window.urls") == [first]
 
-            # Once the token has expired, a reconnect is refused; the page renews the URL.
-            wait_for(lambda: time.time() > expiry(first) + 1, timeout=TOKEN_SECONDS + 30,
-                     message="the stream token to expire")
-            events.restart()
-            page.wait_for_function("window.urls.length >= 2 && window.opens >= 3")
-            renewed = page.evaluate("window.urls")[-1]
-            assert renewed != first and expiry(renewed) > expiry(first)
+        # Once the token has expired, a reconnect is refused; the page renews the URL.
+        wait_for(lambda: time.time() > expiry(first) + 1, timeout=TOKEN_SECONDS + 30,
+                 message="the stream token to expire")
+        events.restart()
+        page.wait_for_function("window.urls.length >= 2 && window.opens >= 3")
+        renewed = page.evaluate("window.urls")[-1]
+        assert renewed != first and expiry(renewed) > expiry(first)
 
-            gate.touch()
-            page.wait_for_selector("body[data-status='complete'][data-percent='100']")
-            assert page.evaluate("document.getElementById('bar').value") == 100
-            assert errors == []
-        finally:
-            browser.close()
+        gate.touch()
+        page.wait_for_selector("body[data-status='complete'][data-percent='100']")
+        assert page.evaluate("document.getElementById('bar').value") == 100
+        assert errors == []
     with psycopg.connect(host_db_url) as conn:
         assert conn.execute("SELECT count(*) FROM bgjobs_users").fetchone() == (0,)
         assert conn.execute("SELECT user_id, status FROM background_jobs").fetchall() == [
