@@ -72,11 +72,8 @@ def register(app: Flask, store: Store, authenticate: Callable[[], User]) -> None
         rows = store.admin_list_jobs(user_id=user_id, status=base.status,
                                      job_type=base.job_type, since=since, until=until,
                                      limit=base.limit + 1, before=base.before)
-        page, more = rows[:base.limit], len(rows) > base.limit
+        page, cursor = api_input.page_of(rows, base.limit)
         names = store.user_names(j.user_id for j in page if j.user_id is not None)
-        last = page[-1] if page else None
-        cursor = (api_input.encode_cursor(last.created_at, last.id)
-                  if more and last is not None and last.created_at is not None else None)
         return jsonify({
             "jobs": [{**j.to_json(), "user": names.get(j.user_id) if j.user_id else None,
                       "worker_id": j.worker_id} for j in page],

@@ -21,7 +21,7 @@ from typing import Any
 from flask import Request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from bgjobs.core.jobs import Status
+from bgjobs.core.jobs import Job, Status
 from bgjobs.server.errors import ApiError
 from bgjobs.tasks.enqueue import IDEMPOTENCY_KEY_MAX
 
@@ -184,6 +184,19 @@ def list_query(args: Any) -> ListQuery:
         raise _bad_query(f"limit must be between 1 and {LIMIT_MAX}, got {limit}")
     cursor = args.get("cursor")
     return ListQuery(status, job_type, limit, decode_cursor(cursor) if cursor is not None else None)
+
+
+def page_of(rows: list[Job], limit: int) -> tuple[list[Job], str | None]:
+    """The first ``limit`` of ``rows`` (read with ``limit + 1``) and the next page's cursor.
+
+    The one extra row tells whether another page exists without a count query.
+    """
+    page = rows[:limit]
+    last = page[-1] if page else None
+    cursor = (encode_cursor(last.created_at, last.id)
+              if len(rows) > limit and last is not None and last.created_at is not None
+              else None)
+    return page, cursor
 
 
 def encode_cursor(created_at: datetime, id_: uuid.UUID) -> str:
