@@ -64,7 +64,7 @@ def register(app: Flask, store: Store, authenticate: Callable[[], User]) -> None
         args = request.args
         unknown = sorted(set(args) - QUERY)
         if unknown:
-            raise _bad_query(f"unknown query parameter(s): {', '.join(unknown)}")
+            raise api_input.bad_query(f"unknown query parameter(s): {', '.join(unknown)}")
         base = api_input.list_query({k: v for k, v in args.items()
                                      if k in ("status", "type", "limit", "cursor")})
         user_id = _user(store, args.get("user") or None)
@@ -133,7 +133,7 @@ def _user(store: Store, raw: str | None) -> int | None:
     if raw.isdigit():
         return int(raw)
     if len(raw) > 64:
-        raise _bad_query("user is a user name or id")
+        raise api_input.bad_query("user is a user name or id")
     user = store.find_user("get_user_by_name", {"name": raw})
     return user.id if user is not None else -1
 
@@ -143,14 +143,9 @@ def _time(args: Any, name: str) -> datetime | None:
     if raw is None:
         return None
     try:
-        value = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+        value = datetime.fromisoformat(raw)
     except ValueError:
-        raise _bad_query(f"{name} must be an ISO 8601 time, got {raw!r}") from None
+        raise api_input.bad_query(f"{name} must be an ISO 8601 time, got {raw!r}") from None
     if value.tzinfo is None:
-        raise _bad_query(f"{name} needs a timezone (Z or +02:00), got {raw!r}")
+        raise api_input.bad_query(f"{name} needs a timezone (Z or +02:00), got {raw!r}")
     return value
-
-
-def _bad_query(message: str) -> ApiError:
-    return ApiError(400, "bad_query", message)
-
