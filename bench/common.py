@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -13,25 +12,15 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import make_conninfo
 
-from bgjobs.core import migrate
-from tests.conftest import _server_url
+from tests.conftest import _server_url, migrated_database
 
 
 @contextmanager
 def bench_database(server: str | None = None) -> Iterator[str]:
     """A migrated scratch database on ``server`` (default: DATABASE_URL's or the embedded)."""
     server = make_conninfo(server, dbname="postgres") if server else _server_url()
-    name = f"bgjobs_bench_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(server, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = make_conninfo(server, dbname=name)
-    try:
-        with psycopg.connect(url) as conn:
-            migrate.apply(conn)
+    with migrated_database(server) as url:
         yield url
-    finally:
-        with psycopg.connect(server, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def as_url(conninfo: str) -> str:
