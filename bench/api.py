@@ -12,9 +12,8 @@ from typing import Any
 
 import httpx
 
-from bgjobs.core.db import make_pool
-from bgjobs.core.store import Store
-from tests.conftest import add_job, url_env
+from bench.common import user_with_job
+from tests.conftest import url_env
 from tests.procs import BGJOBS, Proc, free_port, wait_http
 
 CLIENTS = 16
@@ -49,13 +48,7 @@ def _load(base: str, token: str, job_id: str) -> float:
 
 
 def run(url: str, runs: int = 5) -> dict[str, Any]:
-    pool = make_pool(url, min_size=1, max_size=1, open_wait=True)
-    try:
-        store = Store(pool)
-        user, token = store.create_user(f"bench{int(time.time() * 1000) % 100000}")
-        job = add_job(store, "noop", user_id=user.id)
-    finally:
-        pool.close()
+    token, job_id = user_with_job(url, "bench", "noop")
     results: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for label, workers, threads in [("seed_1x1", 1, 1), ("bgjobs_2x4", 2, 4)]:
@@ -67,8 +60,8 @@ def run(url: str, runs: int = 5) -> dict[str, Any]:
             try:
                 wait_http(f"http://127.0.0.1:{port}/healthz", proc)
                 base = f"http://127.0.0.1:{port}"
-                _load(base, token, str(job.id))  # warm up every worker's pool
-                results[label] = [_load(base, token, str(job.id)) for _ in range(runs)]
+                _load(base, token, job_id)  # warm up every worker's pool
+                results[label] = [_load(base, token, job_id) for _ in range(runs)]
             finally:
                 proc.stop()
     seed, ours = (statistics.median(results[k]) for k in ("seed_1x1", "bgjobs_2x4"))

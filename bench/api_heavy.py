@@ -21,10 +21,8 @@ from typing import Any
 import httpx
 import psycopg
 
-from bench.common import percentile
-from bgjobs.core.db import make_pool
-from bgjobs.core.store import Store
-from tests.conftest import add_job, url_env
+from bench.common import percentile, user_with_job
+from tests.conftest import url_env
 from tests.procs import BGJOBS, Proc, free_port, wait_http, wait_until
 
 
@@ -75,20 +73,14 @@ def _once(url: str, token: str, job_id: str, nice: int | None, requests: int,
 
 
 def run(url: str, runs: int = 3, quick: bool = False) -> dict[str, Any]:
-    pool = make_pool(url, min_size=1, max_size=1, open_wait=True)
-    try:
-        store = Store(pool)
-        user, token = store.create_user(f"heavy{int(time.time() * 1000) % 10**9}")
-        job = add_job(store, "validation", user_id=user.id)
-    finally:
-        pool.close()
+    token, job_id = user_with_job(url, "heavy", "validation")
     requests = 100 if quick else 300
     out: dict[str, Any] = {"requests": requests, "worker_processes": os.cpu_count()}
     with tempfile.TemporaryDirectory() as tmp:
         by_nice: dict[int | None, list[dict[str, Any]]] = {10: [], 0: [], None: []}
         for _ in range(runs):  # interleaved, so a noisy moment hits both alike
             for nice, rows in by_nice.items():
-                rows.append(_once(url, token, str(job.id), nice, requests, Path(tmp)))
+                rows.append(_once(url, token, job_id, nice, requests, Path(tmp)))
         for nice, rows in by_nice.items():
             out["no_jobs" if nice is None else f"nice{nice}"] = {
                 "p50_ms": round(statistics.median(r["p50_ms"] for r in rows), 2),

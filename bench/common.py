@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
-import uuid
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -13,25 +13,28 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import make_conninfo
 
-from bgjobs.core import migrate
-from tests.conftest import _server_url
+from bgjobs.core.db import make_pool
+from bgjobs.core.store import Store
+from tests.conftest import _server_url, add_job, migrated_database
 
 
 @contextmanager
 def bench_database(server: str | None = None) -> Iterator[str]:
     """A migrated scratch database on ``server`` (default: DATABASE_URL's or the embedded)."""
     server = make_conninfo(server, dbname="postgres") if server else _server_url()
-    name = f"bgjobs_bench_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(server, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = make_conninfo(server, dbname=name)
-    try:
-        with psycopg.connect(url) as conn:
-            migrate.apply(conn)
+    with migrated_database(server) as url:
         yield url
+
+
+def user_with_job(url: str, name: str, job_type: str) -> tuple[str, str]:
+    """A new user (``name`` and a time stamp) with one job of ``job_type``: (token, job id)."""
+    pool = make_pool(url, min_size=1, max_size=1, open_wait=True)
+    try:
+        store = Store(pool)
+        user, token = store.create_user(f"{name}{int(time.time() * 1000) % 10**9}")
+        return token, str(add_job(store, job_type, user_id=user.id).id)
     finally:
-        with psycopg.connect(server, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        pool.close()
 
 
 def as_url(conninfo: str) -> str:

@@ -64,7 +64,7 @@ def register(app: Flask, store: Store, authenticate: Callable[[], User]) -> None
         args = request.args
         unknown = sorted(set(args) - QUERY)
         if unknown:
-            raise _bad_query(f"unknown query parameter(s): {', '.join(unknown)}")
+            raise api_input.bad_query(f"unknown query parameter(s): {', '.join(unknown)}")
         base = api_input.list_query({k: v for k, v in args.items()
                                      if k in ("status", "type", "limit", "cursor")})
         user_id = _user(store, args.get("user") or None)
@@ -72,11 +72,8 @@ def register(app: Flask, store: Store, authenticate: Callable[[], User]) -> None
         rows = store.admin_list_jobs(user_id=user_id, status=base.status,
                                      job_type=base.job_type, since=since, until=until,
                                      limit=base.limit + 1, before=base.before)
-        page, more = rows[:base.limit], len(rows) > base.limit
+        page, cursor = api_input.page_of(rows, base.limit)
         names = store.user_names(j.user_id for j in page if j.user_id is not None)
-        last = page[-1] if page else None
-        cursor = (api_input.encode_cursor(last.created_at, last.id)
-                  if more and last is not None and last.created_at is not None else None)
         return jsonify({
             "jobs": [{**j.to_json(), "user": names.get(j.user_id) if j.user_id else None,
                       "worker_id": j.worker_id} for j in page],
@@ -136,7 +133,7 @@ def _user(store: Store, raw: str | None) -> int | None:
     if raw.isdigit():
         return int(raw)
     if len(raw) > 64:
-        raise _bad_query("user is a user name or id")
+        raise api_input.bad_query("user is a user name or id")
     user = store.find_user("get_user_by_name", {"name": raw})
     return user.id if user is not None else -1
 
@@ -146,14 +143,9 @@ def _time(args: Any, name: str) -> datetime | None:
     if raw is None:
         return None
     try:
-        value = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+        value = datetime.fromisoformat(raw)
     except ValueError:
-        raise _bad_query(f"{name} must be an ISO 8601 time, got {raw!r}") from None
+        raise api_input.bad_query(f"{name} must be an ISO 8601 time, got {raw!r}") from None
     if value.tzinfo is None:
-        raise _bad_query(f"{name} needs a timezone (Z or +02:00), got {raw!r}")
+        raise api_input.bad_query(f"{name} needs a timezone (Z or +02:00), got {raw!r}")
     return value
-
-
-def _bad_query(message: str) -> ApiError:
-    return ApiError(400, "bad_query", message)
-

@@ -68,14 +68,8 @@ def create_app(store: Store | None = None, config: config_mod.Config | None = No
 
     @app.before_request
     def _same_origin() -> None:
-        schemes = frozenset({request.scheme, *(("https",) if cookie_secure else ())})
-        reason = csrf.refusal(
-            request.method, has_cookie=auth.SESSION_COOKIE in request.cookies,
-            authorization=request.headers.get("Authorization"),
-            origin=request.headers.get("Origin"), referer=request.headers.get("Referer"),
-            host=request.host, schemes=schemes)
-        if reason:
-            raise ApiError(403, "forbidden", reason)
+        csrf.check(request, has_cookie=auth.SESSION_COOKIE in request.cookies,
+                   schemes=frozenset({request.scheme, *(("https",) if cookie_secure else ())}))
 
     @app.after_request
     def _headers(response: Response) -> Response:

@@ -21,7 +21,7 @@ from typing import Any
 from flask import Request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from bgjobs.core.jobs import Status
+from bgjobs.core.jobs import Job, Status
 from bgjobs.server.errors import ApiError
 from bgjobs.tasks.enqueue import IDEMPOTENCY_KEY_MAX
 
@@ -168,22 +168,35 @@ class ListQuery:
 def list_query(args: Any) -> ListQuery:
     unknown = sorted(set(args) - {"status", "type", "limit", "cursor"})
     if unknown:
-        raise _bad_query(f"unknown query parameter(s): {', '.join(unknown)}")
+        raise bad_query(f"unknown query parameter(s): {', '.join(unknown)}")
     status = args.get("status")
     if status is not None and status not in {s.value for s in Status}:
-        raise _bad_query(f"status must be one of {', '.join(s.value for s in Status)}")
+        raise bad_query(f"status must be one of {', '.join(s.value for s in Status)}")
     job_type = args.get("type")
     if job_type is not None and not re.fullmatch(TYPE_QUERY_PATTERN, job_type):
-        raise _bad_query("type is a job type's name: 1 to 50 characters, no control characters")
+        raise bad_query("type is a job type's name: 1 to 50 characters, no control characters")
     raw_limit = args.get("limit")
     try:
         limit = LIMIT_DEFAULT if raw_limit is None else int(raw_limit)
     except ValueError:
-        raise _bad_query(f"limit must be a whole number, got {raw_limit!r}") from None
+        raise bad_query(f"limit must be a whole number, got {raw_limit!r}") from None
     if not 1 <= limit <= LIMIT_MAX:
-        raise _bad_query(f"limit must be between 1 and {LIMIT_MAX}, got {limit}")
+        raise bad_query(f"limit must be between 1 and {LIMIT_MAX}, got {limit}")
     cursor = args.get("cursor")
     return ListQuery(status, job_type, limit, decode_cursor(cursor) if cursor is not None else None)
+
+
+def page_of(rows: list[Job], limit: int) -> tuple[list[Job], str | None]:
+    """The first ``limit`` of ``rows`` (read with ``limit + 1``) and the next page's cursor.
+
+    The one extra row tells whether another page exists without a count query.
+    """
+    page = rows[:limit]
+    last = page[-1] if page else None
+    cursor = (encode_cursor(last.created_at, last.id)
+              if len(rows) > limit and last is not None and last.created_at is not None
+              else None)
+    return page, cursor
 
 
 def encode_cursor(created_at: datetime, id_: uuid.UUID) -> str:
@@ -194,7 +207,7 @@ def encode_cursor(created_at: datetime, id_: uuid.UUID) -> str:
 
 def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
     if not re.fullmatch(CURSOR_PATTERN, cursor):
-        raise _bad_query("cursor is not one this API returned (use next_cursor as is)")
+        raise bad_query("cursor is not one this API returned (use next_cursor as is)")
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         created, id_ = json.loads(raw)
@@ -203,12 +216,12 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
             raise ValueError("naive time")
         return when, uuid.UUID(id_)
     except (binascii.Error, ValueError, TypeError, UnicodeDecodeError):
-        raise _bad_query("cursor is not one this API returned (use next_cursor as is)") from None
+        raise bad_query("cursor is not one this API returned (use next_cursor as is)") from None
 
 
 def _invalid(message: str) -> ApiError:
     return ApiError(422, "invalid_request", message)
 
 
-def _bad_query(message: str) -> ApiError:
+def bad_query(message: str) -> ApiError:
     return ApiError(400, "bad_query", message)

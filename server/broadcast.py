@@ -120,6 +120,13 @@ class Credential:
     token_id: int | None = None
     session_id: UUID | None = None
 
+    @property
+    def key(self) -> tuple[str, str]:
+        """As EventsDb.live_credentials names it: a session if there is one, else the token."""
+        if self.session_id:
+            return "session", str(self.session_id)
+        return "token", str(self.token_id)
+
 
 class Subscription:
     """One stream's mailbox: the latest unsent state of each job it watches, never a backlog."""
@@ -430,11 +437,10 @@ class Broadcaster:
             [c.session_id for c in creds if c.session_id is not None])
         for sub in subs:
             cred = sub.credential
-            if cred is None or (("session", str(cred.session_id)) if cred.session_id
-                                else ("token", str(cred.token_id))) in live:
+            if cred is None or cred.key in live:
                 continue
             log.info("ending a stream of user %s: its %s was revoked or ended", cred.user_id,
-                     "session" if cred.session_id else "token")
+                     cred.key[0])
             sub.revoke()
 
     async def _on_payload(self, payload: ProgressPayload | InsertedPayload) -> None:

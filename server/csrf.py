@@ -12,6 +12,10 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
+from flask import Request
+
+from bgjobs.server.errors import ApiError
+
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _DEFAULT_PORTS = {"http": "80", "https": "443"}
 
@@ -36,6 +40,16 @@ def refusal(method: str, *, has_cookie: bool, authorization: str | None, origin:
             parts.scheme, host):
         return None
     return f"cross-site request refused: {source} {value[:200]!r} is not this site's origin"
+
+
+def check(request: Request, *, has_cookie: bool, schemes: frozenset[str]) -> None:
+    """A 403 ApiError when this Flask request must be refused as cross-site (see refusal)."""
+    reason = refusal(request.method, has_cookie=has_cookie,
+                     authorization=request.headers.get("Authorization"),
+                     origin=request.headers.get("Origin"), referer=request.headers.get("Referer"),
+                     host=request.host, schemes=schemes)
+    if reason:
+        raise ApiError(403, "forbidden", reason)
 
 
 def _netloc(scheme: str, netloc: str) -> str:

@@ -54,14 +54,10 @@ class JobViews:
 
     def list_jobs(self) -> Response:
         query = api_input.list_query(request.args)
-        # One extra row tells whether another page exists without a count query.
         jobs = self.store().list_jobs(user_id=self.user_id(), status=query.status,
                                       job_type=query.job_type, limit=query.limit + 1,
                                       before=query.before)
-        page, more = jobs[:query.limit], len(jobs) > query.limit
-        last = page[-1] if page else None
-        cursor = (api_input.encode_cursor(last.created_at, last.id)
-                  if more and last is not None and last.created_at is not None else None)
+        page, cursor = api_input.page_of(jobs, query.limit)
         return jsonify({"jobs": [j.to_json() for j in page], "next_cursor": cursor})
 
     def get_job(self, raw_id: str) -> Response:

@@ -5,29 +5,16 @@
 "use strict";
 
 (() => {
-  const EVENTS = document.querySelector('meta[name="bgjobs-events"]').content;
   const STATUSES = ["pending", "running", "complete", "error", "cancelled"];
   const SERIES = [["started", "#2f6fed"], ["completed", "#1b8a4b"], ["failed", "#c0362c"]];
   const PAGE = 50;
   const MAX_TRACKED = 20000; // job id -> last status, to count transitions once
 
-  const $ = (selector, root = document) => root.querySelector(selector);
+  // $, api and EVENTS are dashboard.js's: it loads this script, so they are there.
   const state = { stream: null, retry: null, delay: 1000, cursor: null, filters: {} };
   const statusOf = new Map();
   let counts = new Map(); // "type\tstatus" -> jobs
   let minutes = []; // [{minute: Date, started, completed, failed}], oldest first
-
-  async function api(method, path) {
-    const response = await fetch(path, { method, credentials: "same-origin",
-                                         headers: { Accept: "application/json" } });
-    const data = await response.json().catch(() => null);
-    if (!response.ok) {
-      const error = new Error((data && data.error && data.error.message) || `HTTP ${response.status}`);
-      error.status = response.status;
-      throw error;
-    }
-    return data;
-  }
 
   function el(tag, className = "", text = "") {
     const node = document.createElement(tag);
