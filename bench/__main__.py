@@ -113,6 +113,8 @@ def main() -> None:
                               "runs": args.runs, "quick": args.quick}
     with bench_database() as url:
         report["machine"] = machine(url)
+        print("postgres", report["machine"]["postgres"], json.dumps(
+            report["machine"]["postgres_durability"]), flush=True)
         if "store" in only:
             report["store"] = store_section(url, args.runs, 1000 if args.quick else args.jobs)
             print(json.dumps({"store": report["store"]}, indent=2), flush=True)

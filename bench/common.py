@@ -15,7 +15,11 @@ from psycopg.conninfo import make_conninfo
 
 from bgjobs.core.db import make_pool
 from bgjobs.core.store import Store
-from tests.conftest import _server_url, add_job, migrated_database
+
+# The tests start the embedded cluster without fsync (tests.conftest sets BGJOBS_PG_DURABLE=0
+# when it is imported); the bench measures the durable cluster users run, unless told otherwise.
+os.environ.setdefault("BGJOBS_PG_DURABLE", "1")
+from tests.conftest import _server_url, add_job, migrated_database  # noqa: E402
 
 
 @contextmanager
@@ -67,6 +71,8 @@ def quick_sizes(quick: bool, full: tuple[int, ...], small: tuple[int, ...]) -> t
 def machine(url: str) -> dict[str, Any]:
     with psycopg.connect(url) as c:
         server = c.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
+        durability = {name: c.execute(f"SHOW {name}").fetchone()[0]  # type: ignore[index]
+                      for name in ("fsync", "synchronous_commit", "full_page_writes")}
     try:
         with open("/proc/cpuinfo") as info:
             model = next(line.split(":", 1)[1].strip() for line in info
@@ -85,4 +91,5 @@ def machine(url: str) -> dict[str, Any]:
         commit = ""
     return {"cpus": os.cpu_count(), "cpu_model": model, "memory_gb": round(mem / 2**30, 1),
             "python": platform.python_version(), "postgres": server, "kernel": platform.release(),
-            "load_average_at_start": [round(x, 2) for x in load], "commit": commit}
+            "load_average_at_start": [round(x, 2) for x in load], "commit": commit,
+            "postgres_durability": durability}
