@@ -113,11 +113,7 @@ def apply(conn: psycopg.Connection, directory: Traversable | None = None, *,
             try:
                 with conn.transaction():
                     conn.execute(migration.sql)
-                    conn.execute(
-                        "INSERT INTO bgjobs_migrations (version, name, checksum) "
-                        "VALUES (%s, %s, %s)",
-                        (migration.version, migration.name, migration.checksum),
-                    )
+                    _record(conn, migration)
             except psycopg.Error as exc:
                 raise MigrationError(f"{migration.name} failed: {first_line(exc)}; nothing of it "
                                      "was applied") from exc
@@ -142,13 +138,15 @@ def _apply_baseline(conn: psycopg.Connection, start: Migration, migrations: list
             conn.execute(start.sql)
             for migration in migrations:
                 if migration.version <= start.version:
-                    conn.execute(
-                        "INSERT INTO bgjobs_migrations (version, name, checksum) "
-                        "VALUES (%s, %s, %s)",
-                        (migration.version, migration.name, migration.checksum),
-                    )
+                    _record(conn, migration)
     except psycopg.Error as exc:
         raise MigrationError(f"creating the schema ({start.name}) failed: {first_line(exc)}; "
                              "nothing was changed") from exc
     log.info("created the schema from baseline/%s", start.name)
     return f"baseline/{start.name}"
+
+
+def _record(conn: psycopg.Connection, migration: Migration) -> None:
+    """Mark ``migration`` as applied, in the caller's transaction."""
+    conn.execute("INSERT INTO bgjobs_migrations (version, name, checksum) VALUES (%s, %s, %s)",
+                 (migration.version, migration.name, migration.checksum))

@@ -212,9 +212,9 @@ class Supervisor:
             if error is None:
                 self.write_state.ok(now)
                 # A finished job of a limited type frees a slot that no notification announces.
-                finished = [o.running for o in batch.done] + [o.running for o in batch.failed]
-                if self.limited and any(r.job_type in self.limited for r in finished):
-                    self.wake = True
+                if self.limited:
+                    finished = [o.running for o in batch.done] + [o.running for o in batch.failed]
+                    self.wake |= any(r.job_type in self.limited for r in finished)
                 continue
             self.outbox.put_back(batch)
             if not isinstance(error, DatabaseUnavailable):
