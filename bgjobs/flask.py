@@ -252,5 +252,7 @@ def settings(app: Flask) -> config_mod.Config:
             ok, wanted = isinstance(value, str) and bool(value), "a non-empty string"
         if not ok:
             raise config_mod.ConfigError(f"app.config[{key!r}] must be {wanted}, got {value!r}")
+        if field == "database_url":
+            config_mod.check_database_url(f"app.config[{key!r}]", value)
         overrides[field] = value
     return dataclasses.replace(config_mod.load(), **overrides)

@@ -13,8 +13,11 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+import psycopg
+
 LOG_FORMAT = "%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+_PASSWORD = re.compile(r"(://[^:/@]*:)[^@]*@")
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)?$")
 
 
@@ -179,6 +182,23 @@ def _identifier(name: str, default: str) -> str:
     return value
 
 
+def check_database_url(name: str, value: str) -> str:
+    """``value`` if libpq can read it as a connection string; else a ConfigError naming ``name``."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        conninfo_to_dict(value)
+    except psycopg.ProgrammingError as exc:
+        # libpq quotes the value back: never its password.
+        shown = _PASSWORD.sub(r"\1***@", value)
+        reason = (str(exc).strip().splitlines() or ["unreadable"])[0].replace(value, shown)
+        hint = ("; SQLAlchemy's postgresql+psycopg:// is not accepted, drop the +psycopg"
+                if value.startswith(("postgresql+", "postgres+")) else "")
+        raise ConfigError(f"{name} is not a Postgres connection URL "
+                          f"(postgresql://user@host:port/db): {reason}{hint}") from None
+    return value
+
+
 def load() -> Config:
     """Read the configuration from the environment, with development defaults."""
     cpus = os.cpu_count() or 2
@@ -186,8 +206,9 @@ def load() -> Config:
     if level not in LOG_LEVELS:
         raise ConfigError(f"BGJOBS_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {level!r}")
     pg_bin = os.environ.get("BGJOBS_PG_BIN")
+    url = os.environ.get("DATABASE_URL") or None
     return Config(
-        database_url=os.environ.get("DATABASE_URL") or None,
+        database_url=url and check_database_url("DATABASE_URL", url),
         data_dir=Path(_text("BGJOBS_DATA_DIR", ".bgjobs")).resolve(),
         api_bind=_text("BGJOBS_API_BIND", "127.0.0.1:8000"),
         events_bind=_text("BGJOBS_EVENTS_BIND", "127.0.0.1:8001"),

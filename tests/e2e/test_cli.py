@@ -109,6 +109,15 @@ def test_unreachable_database_is_one_line(args):
     assert_one_line_error(bgjobs(UNREACHABLE, *args), "Postgres")
 
 
+@pytest.mark.parametrize("args", [["migrate"], ["jobs"], ["enqueue", "noop"], ["worker"],
+                                  ["user", "create", "x"], ["events"], ["api"], ["run"]])
+def test_a_database_url_that_is_no_postgres_url_is_one_line(args):
+    # SQLAlchemy's spelling, the likeliest mistake; events used to start and retry it forever.
+    done = bgjobs("postgresql+psycopg://postgres@127.0.0.1:5432/postgres", *args)
+    assert_one_line_error(done, "DATABASE_URL is not a Postgres connection URL")
+    assert "drop the +psycopg" in done.stderr
+
+
 def test_two_concurrent_migrate_commands_both_succeed(new_database):
     url = new_database()
     procs = [subprocess.Popen([BGJOBS, "migrate"], env=url_env(url), stdout=subprocess.PIPE,

@@ -269,11 +269,14 @@ def test_misuse_fails_fast(host_db_url: str) -> None:
     with pytest.raises(RuntimeError, match="already set up"):
         ext.init_app(app)
     for key, value in [("BGJOBS_STREAM_TOKEN_SECONDS", 0), ("BGJOBS_STREAM_TOKEN_SECONDS", "60"),
-                       ("BGJOBS_DATABASE_URL", ""), ("BGJOBS_SECRET_KEY", 42)]:
+                       ("BGJOBS_DATABASE_URL", ""), ("BGJOBS_SECRET_KEY", 42),
+                       ("BGJOBS_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1/x"),
+                       ("BGJOBS_DATABASE_URL", "notaurl")]:
         bad = Flask("bad")
         bad.config[key] = value
         with pytest.raises(ConfigError, match=key):
             BgJobs(bad, current_user_id=lambda: 1)
+        assert "bgjobs" not in bad.extensions and not bad.blueprints
 
 
 def test_a_current_user_id_that_is_no_int_is_a_logged_500(host: Host, caplog) -> None:

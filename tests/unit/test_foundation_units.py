@@ -74,6 +74,28 @@ def test_config_rejects_settings_it_cannot_use(monkeypatch, name, value, message
         config.load()
 
 
+@pytest.mark.parametrize(("value", "message"), [
+    ("postgresql+psycopg://ann:s3cret@127.0.0.1:5432/db", r"drop the \+psycopg"),
+    ("notaurl", 'after "notaurl"'),
+    ("mysql://ann@127.0.0.1/db", "mysql://"),
+    ("postgresql://ann@127.0.0.1/db?bogus=1", "bogus"),
+])
+def test_config_refuses_a_database_url_libpq_cannot_read(monkeypatch, value, message):
+    monkeypatch.setenv("DATABASE_URL", value)
+    with pytest.raises(config.ConfigError, match=message) as refused:
+        config.load()
+    text = str(refused.value)
+    assert text.startswith("DATABASE_URL is not a Postgres connection URL (postgresql://")
+    assert "s3cret" not in text and "\n" not in text
+
+
+@pytest.mark.parametrize("value", ["postgresql://ann:pw@127.0.0.1:5432/db",
+                                   "postgres://ann@db.example/app", "host=/tmp dbname=app"])
+def test_config_accepts_libpq_urls_and_key_value_strings(monkeypatch, value):
+    monkeypatch.setenv("DATABASE_URL", value)
+    assert config.load().database_url == value
+
+
 def test_config_reads_lists_flags_and_paths(monkeypatch, tmp_path):
     monkeypatch.setenv("BGJOBS_TASK_MODULES", " myapp.jobs, ,other.jobs ")
     monkeypatch.setenv("BGJOBS_COOKIE_SECURE", "yes")
