@@ -155,6 +155,7 @@ def _gunicorn(service: str, cfg: Config) -> int:
 
 
 def cmd_api(ns: argparse.Namespace, cfg: Config) -> int:
+    registry.load_tasks(cfg.task_modules)  # a bad module: one line here, not a failed boot
     return _gunicorn("api", cfg)
 
 
@@ -187,14 +188,11 @@ def _migrate(url: str, cfg: Config) -> list[str]:
     """Apply the migrations, then record the job types this installation knows."""
     with connect(url) as conn:
         applied = migrate.apply(conn, users_table=cfg.users_table)
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())  # BGJOBS_TASK_MODULES resolve as for `bgjobs worker`
     try:
         registry.load_tasks(cfg.task_modules)
-    except ImportError as exc:
+    except ConfigError as exc:
         # The API and the workers record their types when they start, so this is no failure.
-        print(f"bgjobs: warning: BGJOBS_TASK_MODULES could not be imported here "
-              f"({first_line(exc)}); recording the built-in job types only", file=sys.stderr)
+        print(f"bgjobs: warning: {exc}; recording the built-in job types only", file=sys.stderr)
     store = Store(make_pool(url, min_size=1, max_size=1, open_wait=True))
     try:
         store.sync_job_types(registry.type_rows())
@@ -365,6 +363,7 @@ def cmd_db_reset(ns: argparse.Namespace, cfg: Config) -> int:
 def cmd_run(ns: argparse.Namespace, cfg: Config) -> int:
     """Start the database (if embedded), migrate, then API, events and workers (and nginx in
     front with BGJOBS_PROXY_BIND); stop all on ^C."""
+    registry.load_tasks(cfg.task_modules)  # a bad module: one line before anything starts
     services = [("api", ["api"]), ("events", ["events"]), ("worker", ["worker"])]
     if cfg.proxy_bind:
         proxy.nginx_binary()  # missing: say so before starting anything

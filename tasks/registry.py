@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import random
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
 import psycopg
 
+from bgjobs.core.config import ConfigError
 from bgjobs.core.errors import DatabaseUnavailable, first_line
 from bgjobs.core.store_ops import JobTypeRow
 
@@ -193,11 +196,21 @@ def task(
 def load_tasks(modules: Iterable[str] = ()) -> dict[str, Task]:
     """Import the built-in tasks and ``modules`` (BGJOBS_TASK_MODULES); every registered task.
 
-    Processes call it once at start, so a host module that fails to import fails the start.
+    Processes call it once at start, so a host module that fails to import fails the start,
+    with a ConfigError. ``modules`` resolve from the working directory, as under ``python -m``,
+    in every process: the CLI, the workers, the API under gunicorn, a Flask app.
     """
+    modules = tuple(modules)
+    if modules and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     for module in ("bgjobs.tasks.builtin", *modules):
         if module not in _IMPORTED:
-            importlib.import_module(module)
+            try:
+                importlib.import_module(module)
+            except ImportError as exc:
+                raise ConfigError(f"BGJOBS_TASK_MODULES: cannot import {module!r}: "
+                                  f"{first_line(exc)} (run bgjobs from your app's folder, or "
+                                  "set PYTHONPATH)") from exc
             _IMPORTED.add(module)
     return dict(_TASKS)
 

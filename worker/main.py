@@ -85,9 +85,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     config_mod.setup_logging(args.log_level, force=True)
     # `kill -USR1 PID` prints every thread's stack to the log: a stuck worker explains itself.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())  # BGJOBS_TASK_MODULES resolve as under `python -m`
-    known = registry.load_tasks(cfg.task_modules)
+    try:
+        known = registry.load_tasks(cfg.task_modules)
+    except config_mod.ConfigError as exc:
+        print(f"bgjobs worker: {exc}", file=sys.stderr)
+        return 2
     types = tuple(t.strip() for t in args.types.split(",") if t.strip())
     unknown = sorted(set(types) - set(known))
     if unknown:

@@ -118,6 +118,26 @@ def test_a_database_url_that_is_no_postgres_url_is_one_line(args):
     assert "drop the +psycopg" in done.stderr
 
 
+@pytest.mark.parametrize("args", [["enqueue", "noop"], ["worker"], ["api"], ["run"],
+                                  ["schedules", "run", "x"]])
+def test_task_modules_that_cannot_be_imported_are_one_line(db_url, args):
+    env = {**url_env(db_url), "BGJOBS_TASK_MODULES": "no_such_host_module"}
+    done = subprocess.run([BGJOBS, *args], env=env, capture_output=True, text=True, timeout=60)
+    assert_one_line_error(done, "BGJOBS_TASK_MODULES: cannot import 'no_such_host_module'")
+
+
+def test_enqueue_finds_task_modules_in_the_working_directory(db_url, store, tmp_path):
+    # As `bgjobs worker` does: run from the app's folder, no PYTHONPATH.
+    (tmp_path / "appjobs.py").write_text(
+        "import bgjobs\n\n@bgjobs.task('from_app_folder')\ndef run(ctx):\n    return None\n")
+    env = {**url_env(db_url), "BGJOBS_TASK_MODULES": "appjobs"}
+    env.pop("PYTHONPATH", None)
+    done = subprocess.run([BGJOBS, "enqueue", "from_app_folder"], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert store.get_job(uuid.UUID(done.stdout.strip())).job_type == "from_app_folder"
+
+
 def test_two_concurrent_migrate_commands_both_succeed(new_database):
     url = new_database()
     procs = [subprocess.Popen([BGJOBS, "migrate"], env=url_env(url), stdout=subprocess.PIPE,

@@ -279,6 +279,15 @@ def test_misuse_fails_fast(host_db_url: str) -> None:
         assert "bgjobs" not in bad.extensions and not bad.blueprints
 
 
+def test_init_app_refuses_task_modules_it_cannot_import(host_db_url: str, monkeypatch) -> None:
+    monkeypatch.setenv("BGJOBS_TASK_MODULES", "no_such_host_module")
+    app = Flask("bad")
+    app.config["BGJOBS_DATABASE_URL"] = host_db_url
+    with pytest.raises(ConfigError, match="BGJOBS_TASK_MODULES: cannot import"):
+        BgJobs(app, current_user_id=lambda: 1)
+    assert "bgjobs" not in app.extensions
+
+
 def test_a_current_user_id_that_is_no_int_is_a_logged_500(host: Host, caplog) -> None:
     host.app.extensions["bgjobs"]  # set up
     host.ext.current_user_id = lambda: "3"  # e.g. Flask-Login's get_id()

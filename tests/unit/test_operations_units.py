@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import sys
+import uuid
 
 import pytest
 
@@ -59,3 +61,22 @@ def test_a_side_loop_logs_its_bug_and_lets_outages_through(caplog):
     assert "periodic jobs failed; retrying later" in caplog.text
     with pytest.raises(DatabaseUnavailable), _side_loop("retention"):
         raise DatabaseUnavailable("down")
+
+
+def test_task_modules_resolve_from_the_working_directory(monkeypatch, tmp_path):
+    name = f"hostjobs_{uuid.uuid4().hex}"
+    (tmp_path / f"{name}.py").write_text("LOADED = True\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    registry.load_tasks([name])
+    assert sys.modules[name].LOADED and sys.path[0] == str(tmp_path)
+    monkeypatch.delitem(sys.modules, name)
+
+
+def test_a_task_module_that_cannot_be_imported_is_a_one_line_config_error(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(config.ConfigError) as refused:
+        registry.load_tasks(["no_such_host_module"])
+    assert str(refused.value) == (
+        "BGJOBS_TASK_MODULES: cannot import 'no_such_host_module': No module named "
+        "'no_such_host_module' (run bgjobs from your app's folder, or set PYTHONPATH)")
