@@ -75,13 +75,16 @@ def _parser() -> argparse.ArgumentParser:
     cmd("api", cmd_api, "run the HTTP API under gunicorn (BGJOBS_API_BIND, default 127.0.0.1:8000)")
     cmd("events", cmd_events,
         "run the SSE events service under gunicorn (BGJOBS_EVENTS_BIND, default 127.0.0.1:8001)")
-    sub.add_parser("worker", help="run worker processes (see `bgjobs worker --help`)")
+    sub.add_parser("worker", help="run worker processes for the built-in job types and those of "
+                                  "BGJOBS_TASK_MODULES (see `bgjobs worker --help`)")
     prox = cmd("proxy", cmd_proxy,
                "run nginx in front of the API and the events service (BGJOBS_PROXY_BIND, "
                f"default {proxy.DEFAULT_BIND})")
     prox.add_argument("--print", action="store_true", dest="print_config",
                       help="print the nginx site config (for a production nginx) and exit")
-    cmd("migrate", cmd_migrate, "apply the SQL migrations in sql/migrations")
+    cmd("migrate", cmd_migrate,
+        "create or upgrade bgjobs's tables in the database in use and record its job types "
+        "(safe to repeat)")
 
     user = cmd("user", None, "manage users and their API tokens")
     usub = user.add_subparsers(title="user commands", metavar="ACTION")
@@ -339,7 +342,11 @@ def cmd_db_start(ns: argparse.Namespace, cfg: Config) -> int:
 
 
 def cmd_db_stop(ns: argparse.Namespace, cfg: Config) -> int:
-    _cluster(cfg).stop()
+    cluster = _cluster(cfg)
+    if cluster.stop():
+        print(f"stopped the embedded Postgres in {cluster.pgdata}")
+    else:
+        print(f"the embedded Postgres in {cluster.pgdata} was not running")
     return 0
 
 

@@ -107,11 +107,14 @@ class Cluster:
             self._create_database()
             return True
 
-    def stop(self, mode: str = "fast") -> None:
-        """Stop the cluster; ``mode="immediate"`` is a crash (recovery replays the WAL)."""
-        if self.is_running():
-            log.info("stopping embedded Postgres (%s)", mode)
-            self._run(["pg_ctl", "-D", str(self.pgdata), "-m", mode, "-w", "stop"], check=False)
+    def stop(self, mode: str = "fast") -> bool:
+        """Stop the cluster; False if it was not running. ``mode="immediate"`` is a crash
+        (recovery replays the WAL)."""
+        if not self.is_running():
+            return False
+        log.info("stopping embedded Postgres (%s)", mode)
+        self._run(["pg_ctl", "-D", str(self.pgdata), "-m", mode, "-w", "stop"], check=False)
+        return True
 
     def _init(self) -> None:
         if self.pgdata.exists():

@@ -48,7 +48,10 @@ def parser(default_log_level: str = "INFO") -> argparse.ArgumentParser:
         description="Run a worker supervisor and its processes: one LISTEN connection for the "
                     "machine, N processes each running one job at a time. SIGTERM or Ctrl-C "
                     "stops gracefully; a second signal stops at once. DATABASE_URL picks the "
-                    "database (unset: the embedded cluster, which must be running).",
+                    "database (unset: the embedded cluster, which must be running). Runs the "
+                    "built-in job types and those registered by BGJOBS_TASK_MODULES "
+                    "(comma-separated modules, imported from the working directory: run it "
+                    "from your app's folder, or set PYTHONPATH).",
     )
     p.add_argument("--concurrency", type=positive_int, default=os.cpu_count() or 1,
                    help="worker processes, each running one job at a time "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import uuid
@@ -37,6 +38,24 @@ def assert_one_line_error(done: subprocess.CompletedProcess[str], text: str) -> 
 def test_every_command_has_help(db_url, args):
     done = bgjobs(db_url, *args, "--help")
     assert done.returncode == 0 and "usage: bgjobs" in done.stdout
+
+
+def test_help_says_what_migrate_and_worker_do_for_the_user(db_url):
+    top = bgjobs(db_url, "--help").stdout
+    assert "sql/migrations" not in top and "create or upgrade bgjobs's tables" in top
+    worker = " ".join(bgjobs(db_url, "worker", "--help").stdout.split())
+    assert "BGJOBS_TASK_MODULES" in worker and "imported from the working directory" in worker
+
+
+def test_db_stop_says_whether_it_stopped_a_cluster(private_cluster):
+    env = {**os.environ, "BGJOBS_DATA_DIR": str(private_cluster.data_dir)}
+    env.pop("DATABASE_URL", None)
+    stop = [BGJOBS, "db", "stop"]
+    first = subprocess.run(stop, env=env, capture_output=True, text=True, timeout=60)
+    assert first.returncode == 0 and first.stdout.startswith("stopped the embedded Postgres")
+    assert not private_cluster.is_running()
+    again = subprocess.run(stop, env=env, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0 and "was not running" in again.stdout
 
 
 def test_migrate_is_idempotent(db_url):
