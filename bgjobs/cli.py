@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import errno
 import json
 import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -371,6 +373,10 @@ def cmd_run(ns: argparse.Namespace, cfg: Config) -> int:
     """Start the database (if embedded), migrate, then API, events and workers (and nginx in
     front with BGJOBS_PROXY_BIND); stop all on ^C."""
     registry.load_tasks(cfg.task_modules)  # a bad module: one line before anything starts
+    taken = _taken_address(cfg)
+    if taken:
+        print(f"bgjobs run: {taken}", file=sys.stderr)
+        return 1
     services = [("api", ["api"]), ("events", ["events"]), ("worker", ["worker"])]
     if cfg.proxy_bind:
         proxy.nginx_binary()  # missing: say so before starting anything
@@ -432,6 +438,27 @@ def cmd_run(ns: argparse.Namespace, cfg: Config) -> int:
         if cluster and started:
             cluster.stop()
     return status
+
+
+def _taken_address(cfg: Config) -> str | None:
+    """Why one of the addresses `bgjobs run` listens on cannot be had, or None: said before
+    anything starts, instead of gunicorn's retries and the stack stopping."""
+    for setting, bind in [("BGJOBS_API_BIND", cfg.api_bind),
+                          ("BGJOBS_EVENTS_BIND", cfg.events_bind),
+                          ("BGJOBS_PROXY_BIND", cfg.proxy_bind)]:
+        host, _, port = (bind or "").rpartition(":")
+        if not host or not port.isdigit():
+            continue  # unset, or a unix socket: the service itself says what is wrong
+        host = host.strip("[]")
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn and nginx
+            try:
+                sock.bind((host, int(port)))
+            except OSError as exc:
+                why = ("is in use (is bgjobs already running?)" if exc.errno == errno.EADDRINUSE
+                       else f"cannot be listened on ({exc.strerror or exc})")
+                return f"{bind} {why}; set {setting} to another host:port"
+    return None
 
 
 def _stop_with_parent() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import uuid
 
@@ -15,7 +16,7 @@ from bgjobs.core import migrate
 from bgjobs.core.errors import NotFound
 from tests.conftest import add_host_user, add_job, url_env
 from tests.integration.test_migrations import REFUSALS
-from tests.procs import BGJOBS
+from tests.procs import BGJOBS, free_port
 
 UNREACHABLE = "postgresql://postgres@127.0.0.1:1/nowhere"
 
@@ -155,6 +156,19 @@ def test_enqueue_finds_task_modules_in_the_working_directory(db_url, store, tmp_
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert store.get_job(uuid.UUID(done.stdout.strip())).job_type == "from_app_folder"
+
+
+@pytest.mark.parametrize("setting", ["BGJOBS_API_BIND", "BGJOBS_EVENTS_BIND", "BGJOBS_PROXY_BIND"])
+def test_run_says_an_address_is_in_use_before_starting_anything(db_url, setting):
+    binds = {name: f"127.0.0.1:{free_port()}"
+             for name in ("BGJOBS_API_BIND", "BGJOBS_EVENTS_BIND", "BGJOBS_PROXY_BIND")}
+    host, port = binds[setting].split(":")
+    with socket.create_server((host, int(port))):  # e.g. a bgjobs run already running
+        done = subprocess.run([BGJOBS, "run"], env={**url_env(db_url), **binds},
+                              capture_output=True, text=True, timeout=60)
+    assert_one_line_error(done, f"bgjobs run: {binds[setting]} is in use (is bgjobs already "
+                                f"running?); set {setting} to another host:port")
+    assert done.stdout == ""
 
 
 def test_two_concurrent_migrate_commands_both_succeed(new_database):
