@@ -11,6 +11,7 @@ live progress through the events service with signed stream URLs. See docs/flask
         return app
 
     jobs.stream_url(job.id)     # in a view: the events stream of that job, for this user
+    @jobs.same_origin           # on the app's views that change something: 403 cross-site
 
 Nothing here is global: each app keeps its settings and its connection pool in
 ``app.extensions["bgjobs"]``, so one extension object serves any number of apps.
@@ -30,7 +31,7 @@ from urllib.parse import urljoin
 from uuid import UUID
 
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
-from werkzeug.exceptions import HTTPException, Unauthorized
+from werkzeug.exceptions import Forbidden, HTTPException, Unauthorized
 from werkzeug.routing import RoutingException
 
 from bgjobs.core import config as config_mod
@@ -38,6 +39,7 @@ from bgjobs.core.db import database_url, make_pool
 from bgjobs.core.jobs import parse_job_id
 from bgjobs.core.store import Store
 from bgjobs.server import csrf, dashboard, errors, stream_tokens
+from bgjobs.server.errors import ApiError
 from bgjobs.server.job_views import ROUTES, JobViews, answer, register_error_handlers
 from bgjobs.tasks import registry
 
@@ -59,6 +61,11 @@ class NotSignedIn(Unauthorized):
     own 401."""
 
     description = "sign in first"
+
+
+class CrossSite(Forbidden):
+    """A change request with the app's cookie came from another origin's page: the extension's
+    routes answer a JSON 403; the app's views (``BgJobs.same_origin``), the app's own 403."""
 
 
 class BgJobs:
@@ -102,6 +109,21 @@ class BgJobs:
             raise TypeError(f"current_user_id returned {user_id!r}; return the signed-in "
                             "user's id as an int (a row of the app's users table), or None")
         return user_id
+
+    def same_origin(self, view: Callable[..., Any]) -> Callable[..., Any]:
+        """Decorate an app view that changes something with the extension's own check: a
+        POST (PUT, PATCH, DELETE) that carries a cookie must come from this site's pages, by its
+        Origin (else Referer) header; else CrossSite, a 403."""
+
+        @functools.wraps(view)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                _check_same_origin()
+            except ApiError as exc:
+                raise CrossSite(str(exc)) from None
+            return view(*args, **kwargs)
+
+        return wrapper
 
     def stream_url(self, job_id: UUID | str | None = None) -> str:
         """The absolute URL of the events stream of ``job_id`` (None: every job of the signed-in
@@ -166,13 +188,7 @@ class BgJobs:
                               (prefix, [m for m in _METHODS if m not in taken])]:
             bp.add_url_rule(rule, "no_route", no_route, methods=methods)
 
-        @bp.before_request
-        def same_origin() -> None:
-            # The app signs its users in with a cookie of its own, which a page on another port
-            # of the same host can make the browser send: a change needs this site's Origin.
-            # https too: behind a TLS proxy.
-            csrf.check(request, has_cookie=bool(request.cookies),
-                       schemes=frozenset({request.scheme, "https"}))
+        bp.before_request(_check_same_origin)
 
         @bp.before_request
         def limit_body() -> None:
@@ -187,6 +203,15 @@ class BgJobs:
 
         register_error_handlers(bp)
         return bp
+
+
+def _check_same_origin() -> None:
+    """A 403 ApiError for a change request with a cookie from another origin (server/csrf.py)."""
+    # The app signs its users in with a cookie of its own, which a page on another port of the
+    # same host can make the browser send: a change needs this site's Origin. https too: behind
+    # a TLS proxy.
+    csrf.check(request, has_cookie=bool(request.cookies),
+               schemes=frozenset({request.scheme, "https"}))
 
 
 def _allowed_methods() -> list[str]:

@@ -11,6 +11,7 @@ URL (docs/flask.md).
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,8 @@ from itsdangerous import BadSignature, URLSafeSerializer
 
 from bgjobs.server import errors
 from bgjobs.server.errors import ApiError
+
+log = logging.getLogger(__name__)
 
 #: The query parameter that carries a token.
 PARAM = "token"
@@ -61,19 +64,43 @@ def issue(secret: str, user_id: int, job_id: UUID | None, seconds: int,
 
 
 def verify(secret: str, token: str, now: float | None = None) -> Grant:
-    """The grant of a valid, unexpired token; else a 401 ApiError."""
+    """The grant of a valid, unexpired token; else a 401 ApiError, and a warning in the log
+    that says why (never the token): the page only sees the 401, and renews in vain when the
+    cause is this service's setup (another BGJOBS_SECRET_KEY than the app's, a clock apart)."""
+    serializer = _serializer(secret)
     try:
-        data: Any = _serializer(secret).loads(token)
+        data: Any = serializer.loads(token)
         user_id, raw_job, expires = data["u"], data["j"], data["e"]
         job_id = UUID(raw_job) if raw_job is not None else None
-    except (BadSignature, KeyError, TypeError, ValueError):
-        raise errors.unauthorized("invalid stream token; ask the app for a new stream URL"
-                                  ) from None
-    if not isinstance(user_id, int) or not isinstance(expires, int):
-        raise errors.unauthorized("invalid stream token; ask the app for a new stream URL")
-    if expires <= (time.time() if now is None else now):
+        if not isinstance(user_id, int) or not isinstance(expires, int):
+            raise TypeError("user id and expiry are ints")
+    except BadSignature:
+        raise _invalid(_bad_signature(serializer, token)) from None
+    except (KeyError, TypeError, ValueError):
+        raise _invalid("malformed (signed with this service's key, but not a stream token)"
+                       ) from None
+    moment = time.time() if now is None else now
+    if expires <= moment:
+        log.warning("stream token of user %s refused: it expired %d s ago; the page asks the "
+                    "app for a new stream URL (if fresh ones are refused so too, the app's and "
+                    "this service's clocks are apart)", user_id, moment - expires)
         raise errors.unauthorized("the stream token has expired; ask the app for a new stream URL")
     return Grant(user_id, job_id, expires)
+
+
+def _bad_signature(serializer: URLSafeSerializer, token: str) -> str:
+    """Why a token whose signature failed was refused: a well-formed token signed with another
+    key (or altered), or no token at all."""
+    _, payload = serializer.loads_unsafe(token)
+    if isinstance(payload, dict) and set(payload) == {"u", "j", "e"}:
+        return ("its signature does not match this service's BGJOBS_SECRET_KEY (signed with "
+                "another key, or altered): the app and the events service must share it")
+    return "malformed (not a stream URL's token)"
+
+
+def _invalid(why: str) -> ApiError:
+    log.warning("stream token refused: %s", why)
+    return errors.unauthorized("invalid stream token; ask the app for a new stream URL")
 
 
 def user_for(secret: str, token: str, raw_job_id: str | None) -> int:

@@ -79,8 +79,12 @@ class SeedClient:
         assert signed_in.status_code == 302, signed_in.text[:300]
         self.cookies = dict(signed_in.cookies)
 
-    def post(self, path: str, body: dict[str, Any] | None = None) -> httpx.Response:
-        return httpx.post(f"{self.base}{path}", json=body, cookies=self.cookies, timeout=30)
+    def post(self, path: str, body: dict[str, Any] | None = None,
+             origin: str | None = None) -> httpx.Response:
+        """A POST with JSON, from the app's own origin as a browser on its page sends it
+        (``origin``: another page's)."""
+        return httpx.post(f"{self.base}{path}", json=body, cookies=self.cookies, timeout=30,
+                          headers={"Origin": origin or self.base})
 
     def get(self, path: str) -> httpx.Response:
         return httpx.get(f"{self.base}{path}", cookies=self.cookies, timeout=30)

@@ -9,6 +9,7 @@ import subprocess
 from collections import defaultdict
 from pathlib import Path
 
+import httpx
 import psycopg
 import pytest
 
@@ -103,6 +104,15 @@ def run_the_app(base: str, url: str, tmp_path: Path) -> None:
         clash = demo.post("/api/screening/run", {})
         assert clash.status_code == 409 and clash.json()["job_id"] == screening
         assert demo.post(f"/api/screening/cancel/{screening}").status_code == 200
+        # Another page (another port of this host: the same site) cannot start or cancel a
+        # job with the user's cookie, and no form post starts one.
+        other_page = "http://127.0.0.1:9999"
+        assert demo.post("/api/rescoring/run", {}, origin=other_page).status_code == 403
+        assert demo.post(f"/api/optimization/cancel/{job_id}",
+                         origin=other_page).status_code == 403
+        form = httpx.post(f"{base}/api/rescoring/run", data={"x": "1"}, cookies=demo.cookies,
+                          headers={"Origin": base}, timeout=30)
+        assert form.status_code == 415, form.text
         # Another user's job does not exist for them, however it is asked for.
         for path in (f"/api/optimization/progress/{job_id}",
                      f"/api/rescoring/progress/{job_id}", f"/jobs/{job_id}"):
@@ -129,3 +139,4 @@ def run_the_app(base: str, url: str, tmp_path: Path) -> None:
     with psycopg.connect(url) as conn:
         actions = [r[0] for r in conn.execute("SELECT action FROM activity ORDER BY id")]
     assert actions[:2] == ["start optimization", "start screening"], actions
+    assert "start rescoring" not in actions, actions

@@ -103,6 +103,13 @@ def test_expired_tampered_wrong_scope_and_wrong_user_tokens_are_refused(
     response = status(f"{one}?token=garbage", Authorization=f"Bearer {bearer}")
     assert response.status_code == 401
     assert events.stats()["subscriptions"] == 0
+    # The page only sees a 401; the service's log says why, for whoever runs it.
+    output = events.proc.output()
+    for why in ("stream token refused: its signature does not match this service's "
+                "BGJOBS_SECRET_KEY", "the app and the events service must share it",
+                f"stream token of user {ada} refused: it expired",
+                "stream token refused: malformed"):
+        assert why in output, output[-3000:]
 
 
 def test_cors_lets_the_host_apps_origin_read_the_stream(events: EventsService,

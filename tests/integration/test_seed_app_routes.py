@@ -55,6 +55,7 @@ def seed(seed_db: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Seed]:
     ada, bob = add_user(seed_db, "ada@example.com", "ada-pw"), add_user(seed_db, "bob@x.org", "b")
     try:
         with app.test_client() as client:
+            client.environ_base["HTTP_ORIGIN"] = "http://localhost"  # a browser on its page
             yield Seed(client, seed_db, ada, bob)
     finally:
         app_module.jobs.close(app)
@@ -120,3 +121,46 @@ def test_signed_out_api_calls_are_401_and_pages_go_to_the_sign_in(seed: Seed) ->
     page = seed.client.get("/")
     assert page.status_code == 302 and page.headers["Location"].endswith("/login")
     assert seed.stored() == []
+
+
+# The check is the extension's (every case of it: test_flask_ext.py); here, that both routes
+# take it.
+@pytest.mark.parametrize("headers", [
+    {"Origin": "http://localhost:9999"},  # another port of the same host: the same site
+    {"Referer": "http://evil.example/page"},
+    {},  # neither header
+])
+def test_a_change_from_another_origin_is_refused_and_changes_nothing(seed: Seed,
+                                                                     headers: dict) -> None:
+    assert seed.sign_in("ada@example.com", "ada-pw") == 302
+    job_id = seed.client.post("/api/rescoring/run", json={}).json["job_id"]
+    before = seed.stored()
+    seed.client.environ_base.pop("HTTP_ORIGIN")
+    for path in ("/api/validation/run", f"/api/rescoring/cancel/{job_id}"):
+        answer = seed.client.post(path, json={}, headers=headers)
+        assert answer.status_code == 403, answer.get_data(as_text=True)[:300]
+        assert answer.mimetype == "application/json"
+        assert "Origin" in answer.json["error"] or "cross-site" in answer.json["error"]
+    assert seed.stored() == before
+    ok = seed.client.post(f"/api/rescoring/cancel/{job_id}",
+                          headers={"Referer": "http://localhost/"})
+    assert ok.status_code == 200 and ok.json["status"] == "cancelled"
+
+
+@pytest.mark.parametrize(("data", "content_type"), [
+    ("x=1", "application/x-www-form-urlencoded"),  # what another site's form sends
+    ("{}", "text/plain"),
+    ("", None),
+])
+def test_a_start_that_is_not_json_is_a_415_and_changes_nothing(seed: Seed, data: str,
+                                                               content_type: str | None) -> None:
+    assert seed.sign_in("ada@example.com", "ada-pw") == 302
+    answer = seed.client.post("/api/rescoring/run", data=data, content_type=content_type)
+    assert answer.status_code == 415, answer.get_data(as_text=True)[:300]
+    assert "application/json" in answer.json["error"]
+    assert seed.stored() == []
+
+
+def test_the_session_cookie_is_samesite_lax(seed: Seed) -> None:
+    answer = seed.client.post("/login", data={"email": "ada@example.com", "password": "ada-pw"})
+    assert "SameSite=Lax" in answer.headers["Set-Cookie"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 
 import pytest
@@ -83,3 +84,34 @@ def test_a_job_token_opens_no_other_stream(asked) -> None:
 def test_only_an_int_user_id_gets_a_token(user_id) -> None:
     with pytest.raises(TypeError, match="user id is an int"):
         stream_tokens.issue(SECRET, user_id, None, 60)
+
+
+KEY_MISMATCH = ("its signature does not match this service's BGJOBS_SECRET_KEY (signed with "
+                "another key, or altered): the app and the events service must share it")
+
+
+@pytest.mark.parametrize(("make", "why"), [
+    (lambda: stream_tokens.issue("another key", 7, JOB, 60)[0], KEY_MISMATCH),
+    (lambda: stream_tokens.issue(SECRET, 7, JOB, 60, now=NOW - 120)[0],
+     "stream token of user 7 refused: it expired 60 s ago"),
+    (lambda: "garbage", "malformed (not a stream URL's token)"),
+    (lambda: "", "malformed (not a stream URL's token)"),
+    (lambda: stream_tokens._serializer(SECRET).dumps({"u": "7", "j": None, "e": 1}),
+     "malformed (signed with this service's key, but not a stream token)"),
+])
+def test_a_refused_token_is_logged_with_why_and_without_the_token(caplog, make, why) -> None:
+    token = make()
+    with caplog.at_level(logging.WARNING, logger="bgjobs.server.stream_tokens"), \
+            pytest.raises(ApiError) as excinfo:
+        stream_tokens.verify(SECRET, token, now=NOW)
+    assert refused(excinfo)[0] == 401
+    [record] = caplog.records
+    assert record.levelno == logging.WARNING and why in record.getMessage()
+    assert not token or token not in record.getMessage()
+
+
+def test_a_good_token_logs_nothing(caplog) -> None:
+    token, _ = stream_tokens.issue(SECRET, 7, JOB, 60)
+    with caplog.at_level(logging.DEBUG, logger="bgjobs.server.stream_tokens"):
+        stream_tokens.verify(SECRET, token)
+    assert caplog.records == []

@@ -8,6 +8,10 @@ What changed from before/app.py (docs/migrating.md walks through it):
 - The routes and their JSON stayed: ``POST /api/<feature>/run``,
   ``GET /api/<feature>/progress/<job_id>``, ``POST /api/<feature>/cancel/<job_id>``.
 - The page follows progress live through bgjobs's events service (``stream_url``).
+- The routes that change something take the extension's cross-site check
+  (``jobs.same_origin``: a request with the session cookie from another origin's page is a
+  403) and the start route reads only JSON (a 415 otherwise, which no HTML form can send);
+  the session cookie is ``SameSite=Lax``.
 """
 
 from __future__ import annotations
@@ -34,6 +38,9 @@ def create_app() -> Flask:
     if not secret:  # every gunicorn worker must sign sessions with the same key
         raise RuntimeError("set SECRET_KEY (run.py does it for you)")
     app.config["SECRET_KEY"] = secret
+    # Other sites' pages cannot make the browser send the cookie with their POSTs; other ports
+    # of this host are the same site, which jobs.same_origin refuses.
+    app.config["SESSION_COOKIE_SAMESITE"] = "Lax"
     app.register_blueprint(users.bp)
     jobs.init_app(app)
 
@@ -57,7 +64,11 @@ def create_app() -> Flask:
 
     @app.post("/api/<any(validation, optimization, rescoring, screening):feature>/run")
     @users.login_required
+    @jobs.same_origin
     def run(feature: str) -> Any:
+        if not request.is_json:  # an HTML form (another site's page) cannot send JSON
+            return jsonify({"error": "send the job's params as application/json (got "
+                                     f"{request.mimetype or 'none'})"}), 415
         params = request.get_json(silent=True) if request.data else {}
         if not isinstance(params, dict):
             return jsonify({"error": "send the job's params as a JSON object"}), 400
@@ -83,6 +94,7 @@ def create_app() -> Flask:
 
     @app.post("/api/<feature>/cancel/<job_id>")
     @users.login_required
+    @jobs.same_origin
     def cancel(feature: str, job_id: str) -> Any:
         user_id = jobs.user_id()
         job = bgjobs.get_job(job_id, user_id=user_id)

@@ -37,9 +37,14 @@ async function loadJobs() {
   if (answer.ok) (await answer.json()).jobs.reverse().forEach(render);
 }
 
-function follow(url) {
+// Renewing cannot help when fresh URLs are refused too (the events service has another
+// BGJOBS_SECRET_KEY than the app, say; its log says why): longer pauses, then stop.
+const RENEW_FIRST_MS = 1000, RENEW_MAX_MS = 30000, RENEW_TRIES = 5;
+
+function follow(url, failures = 0) {
   source = new EventSource(url);  // the token in the URL is the credential
   source.onopen = () => {
+    failures = 0;  // this URL works: renew quickly next time
     setConn("live", "Live");
     loadJobs();  // the stream has no snapshot: read the list once per (re)connection
   };
@@ -47,11 +52,21 @@ function follow(url) {
   source.onerror = async () => {
     setConn("reconnecting", "Reconnecting…");
     if (source.readyState !== EventSource.CLOSED) return;  // the browser retries by itself
-    // Refused (its token expired): ask the app for a new URL, after a pause.
-    await new Promise((wake) => setTimeout(wake, 1000));
-    const answer = await fetch("/jobs/stream-url");
-    if (answer.status === 401) return location.assign("/login");
-    follow(answer.ok ? (await answer.json()).url : url);
+    if (failures >= RENEW_TRIES) {
+      setConn("failed", "Live progress stopped: the events service refuses this page's "
+              + "stream URLs (reload to try again)");
+      return;
+    }
+    // Refused (its token expired): ask the app for a new URL, after a pause (1 s, 2 s, 4 s…).
+    await new Promise((wake) => setTimeout(wake, Math.min(RENEW_FIRST_MS * 2 ** failures,
+                                                          RENEW_MAX_MS)));
+    let next = url;  // the app did not answer: the same URL again
+    try {
+      const answer = await fetch("/jobs/stream-url");
+      if (answer.status === 401) return location.assign("/login");
+      if (answer.ok) next = (await answer.json()).url;
+    } catch {}
+    follow(next, failures + 1);
   };
 }
 
