@@ -186,13 +186,20 @@ def cmd_migrate(ns: argparse.Namespace, cfg: Config) -> int:
     url = database_url(cfg, start=cfg.embedded)
     applied = _migrate(url, cfg)
     print(f"applied {', '.join(applied)}" if applied else "database is up to date")
+    with connect(url) as conn:
+        line, warning = migrate.users_binding(conn, cfg.users_table,
+                                              users_table_set=cfg.users_table_set)
+    print(line)
+    if warning:
+        print(f"bgjobs: warning: {warning}", file=sys.stderr)
     return 0
 
 
 def _migrate(url: str, cfg: Config) -> list[str]:
     """Apply the migrations, then record the job types this installation knows."""
     with connect(url) as conn:
-        applied = migrate.apply(conn, users_table=cfg.users_table)
+        applied = migrate.apply(conn, users_table=cfg.users_table,
+                                users_table_set=cfg.users_table_set)
     try:
         registry.load_tasks(cfg.task_modules)
     except ConfigError as exc:

@@ -65,6 +65,8 @@ class Config:
     #: The host app's table of users (BGJOBS_USERS_TABLE): a new background_jobs references
     #: its id when the database has it.
     users_table: str = "users"
+    #: BGJOBS_USERS_TABLE is set: `bgjobs migrate` refuses a database without that table.
+    users_table_set: bool = False
     #: How long a stream URL made by the Flask extension's stream_url() may open (and reopen)
     #: its stream (BGJOBS_STREAM_TOKEN_SECONDS).
     stream_token_seconds: int = 600
@@ -231,6 +233,7 @@ def load() -> Config:
         service=_text("BGJOBS_SERVICE", "api"),
         secret_key_env=os.environ.get("BGJOBS_SECRET_KEY") or None,
         users_table=_identifier("BGJOBS_USERS_TABLE", "users"),
+        users_table_set=bool(os.environ.get("BGJOBS_USERS_TABLE")),
         stream_token_seconds=_int("BGJOBS_STREAM_TOKEN_SECONDS", 600, minimum=1),
         timezone=_timezone("BGJOBS_TIMEZONE"),
         keep_complete_days=_days("BGJOBS_KEEP_COMPLETE_DAYS", 7.0),

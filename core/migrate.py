@@ -3,6 +3,9 @@
 A database bgjobs has never migrated gets sql/baseline/NNN_schema.sql instead of migrations
 1..NNN (the same schema, made at once, and fitted to a host app's users table), then the
 migrations after NNN like any other database.
+
+``users_binding`` reads back which table background_jobs.user_id references, for
+`bgjobs migrate` to say on every run.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ log = logging.getLogger(__name__)
 
 _FILENAME = re.compile(r"^(\d{3,})_[a-z0-9_]+\.sql$")
 _LOCK_KEY = 0x6267_6A6F  # "bgjo": one advisory lock for all migrators
+_INTEGER_IDS = ("integer", "smallint", "bigint")  # what background_jobs.user_id can reference
 
 
 class MigrationError(RuntimeError):
@@ -71,18 +75,22 @@ def baseline() -> Migration:
 
 
 def apply(conn: psycopg.Connection, directory: Traversable | None = None, *,
-          users_table: str = "users") -> list[str]:
+          users_table: str = "users", users_table_set: bool = False) -> list[str]:
     """Apply what is missing; returns the names applied. Safe to run from many processes.
 
     ``users_table`` is the host app's table of users, if the database has one: a new
-    background_jobs references its ``id`` (see the baseline). ``directory`` replaces the
-    packaged migrations (and then no baseline is used).
+    background_jobs references its ``id`` (see the baseline). ``users_table_set``: that name
+    was given on purpose (BGJOBS_USERS_TABLE), so a database without such a table, or whose
+    ``id`` jobs cannot reference, is refused before anything changes. ``directory`` replaces
+    the packaged migrations (and then no baseline is used).
     """
     migrations = discover(directory)
     start = baseline() if directory is None else None
     conn.autocommit = True
     conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
     try:
+        if users_table_set:
+            _require_users_table(conn, users_table)
         conn.execute(
             """CREATE TABLE IF NOT EXISTS bgjobs_migrations (
                    version INTEGER PRIMARY KEY,
@@ -150,3 +158,81 @@ def _record(conn: psycopg.Connection, migration: Migration) -> None:
     """Mark ``migration`` as applied, in the caller's transaction."""
     conn.execute("INSERT INTO bgjobs_migrations (version, name, checksum) VALUES (%s, %s, %s)",
                  (migration.version, migration.name, migration.checksum))
+
+
+@dataclass(frozen=True)
+class _UsersTable:
+    """What the catalog says of a would-be users table."""
+
+    oid: int | None  # None: no such table
+    id_type: str | None  # None: no id column
+    unique: bool
+
+    @property
+    def fits(self) -> bool:
+        """background_jobs.user_id can reference its id (what the baseline checks)."""
+        return self.id_type in _INTEGER_IDS and self.unique
+
+
+def _users_table(conn: psycopg.Connection, name: str) -> _UsersTable:
+    row = conn.execute(
+        """SELECT t.oid::oid, format_type(a.atttypid, a.atttypmod),
+                  EXISTS (SELECT FROM pg_index i WHERE i.indrelid = t.oid AND i.indisunique
+                          AND i.indnkeyatts = 1 AND i.indpred IS NULL
+                          AND i.indkey[0] = a.attnum)
+           FROM (SELECT to_regclass(%s) AS oid) t
+           LEFT JOIN pg_attribute a ON a.attrelid = t.oid AND a.attname = 'id'
+                                   AND NOT a.attisdropped""", (name,)).fetchone()
+    assert row is not None
+    return _UsersTable(*row)
+
+
+def _require_users_table(conn: psycopg.Connection, name: str) -> None:
+    """Refuse, changing nothing, a users table named on purpose that jobs cannot reference."""
+    found = _users_table(conn, name)
+    if found.oid is None:
+        problem = ("this database has no such table: fix the name, or create your app's tables "
+                   "before running `bgjobs migrate`")
+    elif found.id_type not in _INTEGER_IDS:
+        problem = f"it has no integer id column (found {found.id_type or 'none'})"
+    elif not found.unique:
+        problem = "its id column is not unique (no primary key or unique constraint on id)"
+    else:
+        return
+    raise MigrationError(f'BGJOBS_USERS_TABLE is "{name}", but {problem}; nothing was changed')
+
+
+def users_binding(conn: psycopg.Connection, users_table: str = "users", *,
+                  users_table_set: bool = False) -> tuple[str, str | None]:
+    """Which table background_jobs.user_id references, read from pg_constraint: one line to
+    print, and a warning (or None) when that is not the app's users table it could be.
+
+    bgjobs never re-points the foreign key itself: docs/dba.md says how.
+    """
+    row = conn.execute(
+        """SELECT c.confrelid::oid, c.confrelid::regclass::text, r.attname,
+                  c.confrelid = to_regclass('bgjobs_users')
+           FROM pg_constraint c
+           JOIN pg_attribute k ON k.attrelid = c.conrelid AND k.attnum = c.conkey[1]
+           JOIN pg_attribute r ON r.attrelid = c.confrelid AND r.attnum = c.confkey[1]
+           WHERE c.conrelid = to_regclass('background_jobs') AND c.contype = 'f'
+             AND cardinality(c.conkey) = 1 AND k.attname = 'user_id'
+           ORDER BY c.conname LIMIT 1""").fetchone()
+    if row is None:
+        return ("jobs belong to no users table: background_jobs.user_id has no foreign key "
+                "(see docs/dba.md)", None)
+    oid, table, column, own = row
+    line = f"jobs belong to {table}({column})"
+    app = _users_table(conn, users_table)
+    repoint = ('; bgjobs never re-points jobs itself: see "Re-pointing jobs at your users '
+               'table" in docs/dba.md')
+    if own and app.fits:
+        return line, (f'{line}, but this database now has your users table "{users_table}"'
+                      f"{repoint}")
+    if own:
+        why = (f'no table "{users_table}" here' if app.oid is None
+               else f'"{users_table}" has no integer, unique id')
+        return f"{line} ({why}; see docs/dba.md to use your app's)", None
+    if users_table_set and app.fits and app.oid != oid:
+        return line, f'{line}, but BGJOBS_USERS_TABLE is "{users_table}"{repoint}'
+    return line, None

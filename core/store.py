@@ -462,7 +462,9 @@ def translate_errors(suspect: Callable[[], None] | None = None) -> Iterator[None
             suspect()
         raise DatabaseUnavailable(f"database unavailable: {first_line(exc)}") from exc
     except psycopg.errors.ForeignKeyViolation as exc:
-        raise InvalidInput(f"no such user: {first_line(exc)}") from exc
+        # The detail names the id and the table it is missing from ("Key (user_id)=(7) is not
+        # present in table "users"."): which users table jobs belong to (docs/dba.md).
+        raise InvalidInput(f"no such user: {exc.diag.message_detail or first_line(exc)}") from exc
     except psycopg.DataError as exc:
         # A value Postgres refuses to store (out of range, a NUL in JSON text): the caller's
         # input, and the statement changed nothing.

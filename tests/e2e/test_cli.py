@@ -15,15 +15,16 @@ import pytest
 from bgjobs.core import migrate
 from bgjobs.core.errors import NotFound
 from tests.conftest import add_host_user, add_job, url_env
-from tests.integration.test_migrations import REFUSALS
+from tests.integration.test_migrations import NO_USERS, REFUSALS
 from tests.procs import BGJOBS, free_port
 
 UNREACHABLE = "postgresql://postgres@127.0.0.1:1/nowhere"
 
 
-def bgjobs(url: str, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([BGJOBS, *args], env=url_env(url), capture_output=True, text=True,
-                          input=stdin, timeout=60)
+def bgjobs(url: str, *args: str, stdin: str | None = None,
+           env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([BGJOBS, *args], env={**url_env(url), **(env or {})},
+                          capture_output=True, text=True, input=stdin, timeout=60)
 
 
 def assert_one_line_error(done: subprocess.CompletedProcess[str], text: str) -> None:
@@ -62,6 +63,48 @@ def test_db_stop_says_whether_it_stopped_a_cluster(private_cluster):
 def test_migrate_is_idempotent(db_url):
     done = bgjobs(db_url, "migrate")
     assert done.returncode == 0 and "up to date" in done.stdout
+
+
+
+def test_migrate_says_which_users_table_jobs_belong_to_on_every_run(new_database, host_db_url):
+    url = new_database()
+    first, again = bgjobs(url, "migrate"), bgjobs(url, "migrate")
+    assert first.returncode == 0 and first.stdout.startswith("applied baseline/")
+    assert first.stdout.splitlines()[1:] == [NO_USERS] and "warning" not in first.stderr
+    assert again.stdout.splitlines() == ["database is up to date", NO_USERS]
+    host = bgjobs(host_db_url, "migrate")
+    assert host.returncode == 0, host.stderr
+    assert host.stdout.splitlines() == ["database is up to date", "jobs belong to users(id)"]
+    assert host.stderr == ""
+
+
+def test_migrate_refuses_a_users_table_set_to_a_table_the_database_lacks(new_database):
+    url = new_database()
+    done = bgjobs(url, "migrate", env={"BGJOBS_USERS_TABLE": "acounts"})
+    assert_one_line_error(done, 'bgjobs: BGJOBS_USERS_TABLE is "acounts", but this database '
+                                "has no such table")
+    assert done.stdout == ""
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT count(*) FROM pg_class WHERE relnamespace = "
+                            "'public'::regnamespace").fetchone() == (0,)
+    made = bgjobs(url, "migrate", env={"BGJOBS_USERS_TABLE": ""})  # empty: the default
+    assert made.returncode == 0 and made.stdout.splitlines()[-1] == NO_USERS
+
+
+def test_migrate_warns_when_the_apps_users_table_appears_after_it_ran(new_database):
+    url = new_database()
+    assert bgjobs(url, "migrate").returncode == 0  # a deploy script, before the app's tables
+    add_host_schema = "CREATE TABLE users (id SERIAL PRIMARY KEY, email TEXT)"
+    with psycopg.connect(url) as conn:
+        conn.execute(add_host_schema)
+    for env in ({}, {"BGJOBS_USERS_TABLE": "users"}):
+        done = bgjobs(url, "migrate", env=env)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.splitlines() == ["database is up to date",
+                                            "jobs belong to bgjobs_users(id)"]
+        assert done.stderr.startswith('bgjobs: warning: jobs belong to bgjobs_users(id), but '
+                                      'this database now has your users table "users"')
+        assert "docs/dba.md" in done.stderr and len(done.stderr.splitlines()) == 1
 
 
 def test_user_create_prints_a_token_once(db_url, store):

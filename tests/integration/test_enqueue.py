@@ -158,7 +158,8 @@ def test_get_job_and_cancel_are_scoped_to_the_user(store):
 
 
 def test_an_unknown_user_is_invalid_input(store, conn):
-    with pytest.raises(bgjobs.InvalidInput, match="no such user"):
+    with pytest.raises(bgjobs.InvalidInput, match=r'^no such user: Key \(user_id\)=\(424242\) '
+                       r'is not present in table "bgjobs_users"'):
         bgjobs.enqueue("noop", user_id=424242, store=store)
     assert count_jobs(conn) == 0
 

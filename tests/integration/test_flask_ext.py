@@ -193,6 +193,15 @@ def test_bad_input_gets_the_apis_answer_and_changes_nothing(host: Host, case: Ca
     assert jobs_table(host.url) == before
 
 
+def test_a_user_the_apps_table_lacks_is_a_422_naming_that_table(host: Host) -> None:
+    host.sign_in(host.bob + 100)
+    r = host.post({"type": "noop"})
+    assert r.status_code == 422 and r.json["error"] == {
+        "code": "invalid_input",
+        "message": f'no such user: Key (user_id)=({host.bob + 100}) is not present in table '
+                   '"users".'}
+
+
 def test_the_hosts_own_routes_and_errors_stay_its_own(host: Host) -> None:
     r = host.client.get("/no-such-page")
     assert r.status_code == 404 and r.mimetype == "text/html"

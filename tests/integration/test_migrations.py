@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
+from unittest.mock import ANY
 
 import psycopg
 import pytest
@@ -225,3 +227,162 @@ def test_the_users_table_can_be_named(new_database):
         assert conn.execute(
             "SELECT confrelid::regclass::text FROM pg_constraint "
             "WHERE conname = 'background_jobs_user_id_fkey'").fetchone() == ("app.accounts",)
+
+
+# Which users table jobs belong to ------------------------------------------------------------
+
+#: What `bgjobs migrate` says of a database without the app's users table.
+NO_USERS = ('jobs belong to bgjobs_users(id) (no table "users" here; see docs/dba.md to use '
+            "your app's)")
+
+
+def repoint_sql() -> str:
+    """The SQL docs/dba.md gives to re-point jobs at the app's users table."""
+    text = (Path(__file__).parents[2] / "docs" / "dba.md").read_text()
+    section = text.split("### Re-pointing jobs at your users table", 1)[1]
+    return section.split("```sql\n", 1)[1].split("```", 1)[0]
+
+
+@pytest.mark.parametrize(("schema", "line"), [
+    (None, NO_USERS),
+    (HOST_SCHEMA, "jobs belong to users(id)"),
+])
+def test_the_binding_is_read_from_the_foreign_key(new_database, schema, line):
+    url = new_database()
+    with psycopg.connect(url, autocommit=True) as conn:
+        if schema:
+            conn.execute(schema)
+        migrate.apply(conn)
+        assert migrate.users_binding(conn) == (line, None)
+        assert migrate.apply(conn) == []
+        assert migrate.users_binding(conn) == (line, None)
+
+
+#: (an app's schema, BGJOBS_USERS_TABLE naming a table jobs cannot reference, the refusal)
+EXPLICIT_REFUSALS = [
+    ("", "acounts", 'BGJOBS_USERS_TABLE is "acounts", but this database has no such table'),
+    (HOST_SCHEMA, "acounts", "has no such table"),
+    ("CREATE TABLE accounts (id UUID PRIMARY KEY)", "accounts", "no integer id column .found uuid"),
+    ("CREATE TABLE accounts (uid INT PRIMARY KEY)", "accounts", "no integer id column .found none"),
+    ("CREATE TABLE accounts (id INTEGER)", "accounts", "its id column is not unique"),
+]
+
+
+@pytest.mark.parametrize(("schema", "table", "message"), EXPLICIT_REFUSALS)
+@pytest.mark.parametrize("migrated_before", [False, True])
+def test_an_explicit_users_table_jobs_cannot_reference_is_refused_changing_nothing(
+        new_database, schema, table, message, migrated_before):
+    url = new_database()
+    with psycopg.connect(url, autocommit=True) as conn:
+        if schema:
+            conn.execute(schema)
+        if migrated_before:  # an installed bgjobs, with the last migration still to apply
+            migrate.apply(conn)
+            conn.execute("DELETE FROM bgjobs_migrations WHERE version = %s",
+                         (migrate.discover()[-1].version,))
+    before = catalog(url), recorded(url)
+    with psycopg.connect(url) as conn, pytest.raises(migrate.MigrationError, match=message):
+        migrate.apply(conn, users_table=table, users_table_set=True)
+    assert (catalog(url), recorded(url)) == before
+
+
+def recorded(url: str) -> list[tuple] | None:
+    """The migrations recorded as applied (None: bgjobs_migrations does not exist)."""
+    with psycopg.connect(url) as conn:
+        if conn.execute("SELECT to_regclass('bgjobs_migrations')").fetchone() == (None,):
+            return None
+        return conn.execute("SELECT version, checksum FROM bgjobs_migrations ORDER BY 1"
+                            ).fetchall()
+
+
+def test_the_default_users_table_is_not_required(new_database):
+    url = new_database()
+    with psycopg.connect(url) as conn:
+        assert migrate.apply(conn, users_table="users", users_table_set=False)
+        assert migrate.users_binding(conn)[0] == NO_USERS
+
+
+def test_an_explicit_users_table_that_exists_is_bound(new_database):
+    url = new_database()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE accounts (id INTEGER PRIMARY KEY)")
+        migrate.apply(conn, users_table="accounts", users_table_set=True)
+        assert migrate.users_binding(conn, "accounts", users_table_set=True) == (
+            "jobs belong to accounts(id)", None)
+
+
+def test_a_users_table_made_after_migrating_gets_a_warning_until_the_documented_sql_repoints(
+        new_database):
+    url = new_database()
+    with psycopg.connect(url, autocommit=True) as conn:
+        migrate.apply(conn)  # a deploy script ran bgjobs migrate before the app made its tables
+        conn.execute(HOST_SCHEMA)  # ada (1), grace (2)
+        for explicit in (False, True):
+            line, warning = migrate.users_binding(conn, "users", users_table_set=explicit)
+            assert line == "jobs belong to bgjobs_users(id)"
+            assert warning == ('jobs belong to bgjobs_users(id), but this database now has your '
+                               'users table "users"; bgjobs never re-points jobs itself: see '
+                               '"Re-pointing jobs at your users table" in docs/dba.md')
+        assert migrate.apply(conn) == []
+        assert migrate.apply(conn, users_table="users", users_table_set=True) == []
+        assert migrate.users_binding(conn)[0] == "jobs belong to bgjobs_users(id)"  # as it was
+        conn.execute("INSERT INTO bgjobs_users (id, name) VALUES (2, 'grace')")
+        conn.execute("INSERT INTO background_jobs (job_type, user_id) VALUES ('noop', 2), "
+                     "('noop', NULL)")
+        conn.execute(repoint_sql())
+        assert migrate.users_binding(conn) == ("jobs belong to users(id)", None)
+        assert conn.execute(
+            "SELECT confrelid::regclass::text FROM pg_constraint "
+            "WHERE conname = 'bgjobs_users_id_fkey'").fetchone() == ("users",)
+        with pytest.raises(psycopg.errors.ForeignKeyViolation):
+            conn.execute("INSERT INTO background_jobs (job_type, user_id) VALUES ('noop', 99)")
+
+
+def test_the_documented_repointing_changes_nothing_while_a_job_names_no_user_of_the_app(
+        new_database):
+    url = new_database()
+    with psycopg.connect(url, autocommit=True) as conn:
+        migrate.apply(conn)
+        conn.execute("INSERT INTO bgjobs_users (name) SELECT g::text FROM generate_series(1, 5) g")
+        conn.execute("INSERT INTO background_jobs (job_type, user_id) VALUES ('noop', 5)")
+        conn.execute(HOST_SCHEMA)  # ids 1 and 2: job 5 is nobody there
+        orphans = repoint_sql().split(";")[1]  # the first query: what to fix first
+        assert conn.execute(orphans).fetchall() == [
+            ("background_jobs", ANY, 5), *[("bgjobs_users", str(i), i) for i in (3, 4, 5)]]
+    before = catalog(url)
+    refused = pytest.raises(psycopg.errors.ForeignKeyViolation)
+    with psycopg.connect(url, autocommit=True) as conn, refused:
+        conn.execute(repoint_sql())
+    assert catalog(url) == before
+    with psycopg.connect(url) as conn:
+        assert migrate.users_binding(conn)[0] == "jobs belong to bgjobs_users(id)"
+
+
+def test_an_explicit_users_table_other_than_the_bound_one_gets_a_warning(new_database):
+    url = new_database()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(HOST_SCHEMA)
+        migrate.apply(conn)
+        conn.execute("CREATE TABLE accounts (id BIGINT PRIMARY KEY)")
+        assert migrate.users_binding(conn, "accounts") == ("jobs belong to users(id)", None)
+        line, warning = migrate.users_binding(conn, "accounts", users_table_set=True)
+        assert line == "jobs belong to users(id)"
+        assert warning is not None and warning.startswith(
+            'jobs belong to users(id), but BGJOBS_USERS_TABLE is "accounts"; bgjobs never '
+            "re-points jobs itself")
+
+
+@pytest.mark.parametrize(("later", "line"), [
+    ("CREATE TABLE users (id UUID PRIMARY KEY)",
+     'jobs belong to bgjobs_users(id) ("users" has no integer, unique id; see docs/dba.md to use '
+     "your app's)"),
+    ("ALTER TABLE background_jobs DROP CONSTRAINT background_jobs_user_id_fkey",
+     "jobs belong to no users table: background_jobs.user_id has no foreign key "
+     "(see docs/dba.md)"),
+])
+def test_what_changed_after_migrating_is_said_without_a_warning(new_database, later, line):
+    url = new_database()
+    with psycopg.connect(url, autocommit=True) as conn:
+        migrate.apply(conn)
+        conn.execute(later)
+        assert migrate.users_binding(conn) == (line, None)
