@@ -16,6 +16,11 @@ class DatabaseUnavailable(BgjobsError):
     """Postgres cannot be reached (down, refused, restarting, pool exhausted)."""
 
 
+class NotMigrated(DatabaseUnavailable):
+    """The database answers but lacks bgjobs's tables or functions: `bgjobs migrate` was not run
+    on it (or not since an upgrade). Served as unavailable, as an outage is."""
+
+
 class StoreError(BgjobsError):
     """Base of the store's errors about jobs, users and tokens."""
 

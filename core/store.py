@@ -28,6 +28,7 @@ from bgjobs.core.errors import (
     DatabaseUnavailable,
     InvalidInput,
     NotFound,
+    NotMigrated,
     first_line,
 )
 from bgjobs.core.jobs import (
@@ -461,6 +462,10 @@ def translate_errors(suspect: Callable[[], None] | None = None) -> Iterator[None
         if suspect:
             suspect()
         raise DatabaseUnavailable(f"database unavailable: {first_line(exc)}") from exc
+    except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedFunction,
+            psycopg.errors.UndefinedColumn) as exc:
+        raise NotMigrated(f"{first_line(exc)}: this database is not (fully) migrated for this "
+                          "version of bgjobs; run `bgjobs migrate`") from exc
     except psycopg.errors.ForeignKeyViolation as exc:
         # The detail names the id and the table it is missing from ("Key (user_id)=(7) is not
         # present in table "users"."): which users table jobs belong to (docs/dba.md).

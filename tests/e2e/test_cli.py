@@ -258,3 +258,10 @@ def test_user_create_refuses_an_id_when_bgjobs_numbers_its_own_users(db_url, sto
     assert store.host_users_table() is None
     with pytest.raises(NotFound):
         store.get_user("dora")
+
+
+@pytest.mark.parametrize("args", [["jobs"], ["enqueue", "noop"], ["cancel", str(uuid.UUID(int=2))],
+                                  ["user", "create", "x"]])
+def test_a_database_never_migrated_is_one_line_that_says_to_migrate(new_database, args):
+    done = bgjobs(new_database(), *args)
+    assert_one_line_error(done, "run `bgjobs migrate`")
