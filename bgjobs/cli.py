@@ -184,22 +184,25 @@ def cmd_proxy(ns: argparse.Namespace, cfg: Config) -> int:
 
 def cmd_migrate(ns: argparse.Namespace, cfg: Config) -> int:
     url = database_url(cfg, start=cfg.embedded)
-    applied = _migrate(url, cfg)
+    applied, binding = _migrate(url, cfg)
     print(f"applied {', '.join(applied)}" if applied else "database is up to date")
-    with connect(url) as conn:
-        line, warning = migrate.users_binding(conn, cfg.users_table,
-                                              users_table_set=cfg.users_table_set)
-    print(line)
-    if warning:
-        print(f"bgjobs: warning: {warning}", file=sys.stderr)
+    print(binding)
     return 0
 
 
-def _migrate(url: str, cfg: Config) -> list[str]:
-    """Apply the migrations, then record the job types this installation knows."""
+def _migrate(url: str, cfg: Config) -> tuple[list[str], str]:
+    """Apply the migrations, then record the job types this installation knows.
+
+    Returns the migrations applied and the line saying which table jobs belong to; warns on
+    stderr when that is not the app's table it could be (`bgjobs migrate` and `bgjobs run`).
+    """
     with connect(url) as conn:
         applied = migrate.apply(conn, users_table=cfg.users_table,
                                 users_table_set=cfg.users_table_set)
+        binding, warning = migrate.users_binding(conn, cfg.users_table,
+                                                 users_table_set=cfg.users_table_set)
+    if warning:
+        print(f"bgjobs: warning: {warning}", file=sys.stderr)
     try:
         registry.load_tasks(cfg.task_modules)
     except ConfigError as exc:
@@ -210,7 +213,7 @@ def _migrate(url: str, cfg: Config) -> list[str]:
         store.sync_job_types(registry.type_rows())
     finally:
         store.pool.close()
-    return applied
+    return applied, binding
 
 
 def _store(cfg: Config) -> Store:
