@@ -11,7 +11,8 @@
   const MAX_TRACKED = 20000; // job id -> last status, to count transitions once
 
   // $, api and EVENTS are dashboard.js's: it loads this script, so they are there.
-  const state = { stream: null, retry: null, delay: 1000, cursor: null, filters: {} };
+  const state = { stream: null, retry: null, delay: 1000, cursor: null, filters: {},
+                  newest: null, soon: null };
   const statusOf = new Map();
   let counts = new Map(); // "type\tstatus" -> jobs
   let minutes = []; // [{minute: Date, started, completed, failed}], oldest first
@@ -158,11 +159,11 @@
 
   // Reading -----------------------------------------------------------------------------
 
-  async function reload() {
+  async function reload(withJobs = true) {
     try {
       const overview = await api("GET", "/api/admin/overview");
       renderOverview(overview);
-      await loadJobs(false);
+      if (withJobs) await loadJobs(false);
       document.body.dataset.admin = "live";
     } catch (err) {
       $("#admin-notice").textContent = `Could not load the operator view: ${err.message}`;
@@ -178,6 +179,7 @@
       if (!more) body.replaceChildren();
       data.jobs.forEach((job) => body.append(jobRow(job)));
       state.cursor = data.next_cursor;
+      if (!more) state.newest = data.jobs.length ? data.jobs[0].created_at : null;
       $("#admin-more").hidden = !data.next_cursor;
       $("#admin-notice").textContent = "";
     } catch (err) {
@@ -339,6 +341,39 @@
     if (tr) updateRow(tr, job);
     else if (!before && job.status === "pending" && matches(job)) {
       $("#admin-jobs").tBodies[0].prepend(jobRow(job));
+    } else if (!before) {
+      reloadSoon();
+    }
+  }
+
+  // A job first seen past pending: a busy stream sends each job's latest state only, so its
+  // earlier ones (its insert among them) may never have come. The table says what is new and
+  // what the counts are: re-read them, at most once a second, keeping the pages open.
+  function reloadSoon() {
+    if (state.soon) return;
+    state.soon = setTimeout(async () => {
+      state.soon = null;
+      await reload(false);
+      await loadNewer();
+    }, 1000);
+  }
+
+  // The jobs made since the newest row listed, on top; more than a page of them: page one again.
+  async function loadNewer() {
+    if (!state.newest) return loadJobs(false);
+    const query = new URLSearchParams({ ...state.filters, since: state.newest, limit: String(PAGE) });
+    try {
+      const data = await api("GET", `/api/admin/jobs?${query}`);
+      if (data.next_cursor) return loadJobs(false);
+      const body = $("#admin-jobs").tBodies[0];
+      for (const job of [...data.jobs].reverse()) {
+        const tr = document.querySelector(`#admin-jobs tr[data-job-id="${job.id}"]`);
+        if (tr) updateRow(tr, job);
+        else body.prepend(jobRow(job));
+      }
+      if (data.jobs.length) state.newest = data.jobs[0].created_at;
+    } catch (err) {
+      $("#admin-notice").textContent = err.message;
     }
   }
 
