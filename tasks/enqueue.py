@@ -146,20 +146,23 @@ _default: tuple[int, Store] | None = None
 
 
 def configure(url: str | None = None, *, pool_max: int | None = None) -> Store:
-    """Use this database (default: DATABASE_URL, else the running embedded cluster) from now on."""
-    global _default
-    cfg = config_mod.load()
-    pool = make_pool(url or database_url(cfg), min_size=1, max_size=pool_max or cfg.pool_max,
-                     name="bgjobs-enqueue")
+    """Use this database (default: DATABASE_URL, else the running embedded cluster) from now on.
+
+    Meant for start-up: the pool it replaces is closed, so calls still using it fail.
+    """
     with _lock:
-        previous, _default = _default, (os.getpid(), Store(pool))
-    if previous is not None and previous[0] == os.getpid():
-        previous[1].pool.close()
-    return _default[1]
+        store, previous = _open_default(url, pool_max)
+    if previous is not None:
+        previous.pool.close()
+    return store
 
 
 def default_store() -> Store:
-    """The process's pool, opened on first use (and anew in a forked child)."""
+    """The process's pool, opened on first use (and anew in a forked child).
+
+    Threads that arrive together on first use wait for one pool: a second pool opened beside
+    it would close the first while a request is borrowing from it.
+    """
     current = _default
     if current is not None and current[0] == os.getpid():
         return current[1]
@@ -167,8 +170,23 @@ def default_store() -> Store:
         current = _default
         if current is not None and current[0] == os.getpid():
             return current[1]
-    # A pool inherited across fork shares its parent's sockets: leave it alone, open ours.
-    return configure()
+        return _open_default(None, None)[0]
+
+
+def _open_default(url: str | None, pool_max: int | None) -> tuple[Store, Store | None]:
+    """Install a new process pool (caller holds _lock); returns it and the one it replaced.
+
+    A pool inherited across fork shares its parent's sockets: it is left alone, not returned.
+    """
+    global _default
+    cfg = config_mod.load()
+    pool = make_pool(url or database_url(cfg), min_size=1, max_size=pool_max or cfg.pool_max,
+                     name="bgjobs-enqueue")
+    store, previous = Store(pool), _default
+    _default = (os.getpid(), store)
+    if previous is None or previous[0] != os.getpid():
+        return store, None
+    return store, previous[1]
 
 
 # Checks ------------------------------------------------------------------------------------

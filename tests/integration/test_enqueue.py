@@ -3,6 +3,8 @@ per job, the task's rules applied, the caller's transaction respected."""
 
 from __future__ import annotations
 
+import threading
+import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 
@@ -173,3 +175,33 @@ def test_without_a_store_the_process_pool_is_used(db_url, monkeypatch):
         assert enqueue_mod.default_store() is enqueue_mod.default_store()
     finally:
         enqueue_mod.default_store().pool.close()
+
+
+def test_threads_that_arrive_together_share_one_process_pool(db_url, monkeypatch):
+    """Seen in CI: two first uses each opened a pool, the second closed the first mid-request."""
+    monkeypatch.setattr(enqueue_mod, "_default", None)
+    monkeypatch.setenv("DATABASE_URL", db_url)
+    start = threading.Barrier(16)
+    stores: list[Store] = []
+    failures: list[BaseException] = []
+
+    def first_request() -> None:
+        start.wait()
+        try:
+            stores.append(enqueue_mod.default_store())
+            assert bgjobs.get_job(uuid.uuid4()) is None
+        except BaseException as exc:  # noqa: BLE001 - reported below, with the others
+            failures.append(exc)
+
+    threads = [threading.Thread(target=first_request) for _ in range(16)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert failures == []
+        assert len(stores) == 16 and len({id(s) for s in stores}) == 1
+        assert not stores[0].pool.closed
+    finally:
+        for s in {id(s): s for s in stores}.values():
+            s.pool.close()
