@@ -183,8 +183,13 @@ def cmd_proxy(ns: argparse.Namespace, cfg: Config) -> int:
 
 
 def cmd_migrate(ns: argparse.Namespace, cfg: Config) -> int:
-    url = database_url(cfg, start=cfg.embedded)
-    applied, binding = _migrate(url, cfg)
+    if cfg.embedded:
+        cluster = _cluster(cfg)
+        if cluster.ensure_running():  # left running: it is the database bgjobs will use
+            print(f"bgjobs: DATABASE_URL is unset: started the embedded Postgres in "
+                  f"{cluster.pgdata}; it keeps running (stop it with `bgjobs db stop`)",
+                  file=sys.stderr)
+    applied, binding = _migrate(database_url(cfg), cfg)
     print(f"applied {', '.join(applied)}" if applied else "database is up to date")
     print(binding)
     return 0

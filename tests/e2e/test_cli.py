@@ -49,6 +49,22 @@ def test_help_says_what_migrate_and_worker_do_for_the_user(db_url):
     assert "BGJOBS_TASK_MODULES" in worker and "imported from the working directory" in worker
 
 
+def test_migrate_says_when_it_started_the_embedded_cluster(private_cluster):
+    env = {**os.environ, "BGJOBS_DATA_DIR": str(private_cluster.data_dir)}
+    env.pop("DATABASE_URL", None)
+    private_cluster.stop()
+    migrate_ = [BGJOBS, "migrate"]
+    first = subprocess.run(migrate_, env=env, capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.startswith("database is up to date"), first.stdout
+    assert (f"bgjobs: DATABASE_URL is unset: started the embedded Postgres in "
+            f"{private_cluster.pgdata}; it keeps running (stop it with `bgjobs db stop`)"
+            in first.stderr), first.stderr
+    assert private_cluster.is_running()
+    again = subprocess.run(migrate_, env=env, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0 and "started the embedded" not in again.stderr, again.stderr
+
+
 def test_db_stop_says_whether_it_stopped_a_cluster(private_cluster):
     env = {**os.environ, "BGJOBS_DATA_DIR": str(private_cluster.data_dir)}
     env.pop("DATABASE_URL", None)
