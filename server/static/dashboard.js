@@ -296,7 +296,13 @@ function place(card, job) {
 }
 
 function stageText(job, p) {
-  if (job.status === "pending") return job.attempts ? "waiting to retry" : "waiting for a worker";
+  if (job.status === "pending") {
+    // A job due later (run_after, or a retry's back-off) says when, not "waiting for a worker".
+    const due = new Date(job.run_after);
+    const later = due - Date.now() > 1000 ? due.toLocaleString() : "";
+    if (job.attempts) return later ? `waiting to retry at ${later}` : "waiting to retry";
+    return later ? `scheduled for ${later}` : "waiting for a worker";
+  }
   const parts = p.stage ? [p.stage] : [];
   for (const [key, value] of Object.entries(p)) {
     if (["current", "total", "stage"].includes(key)) continue;

@@ -7,6 +7,7 @@ import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -176,4 +177,11 @@ def test_dashboard_shows_live_progress_cancels_and_never_polls(stack: Stack,
         # A job started elsewhere (here: the store, as `bgjobs enqueue` would) shows up live.
         job = add_job(store, "noop", {"echo": "hi"}, user_id=user.id)
         page.wait_for_selector(f"[data-job-id='{job.id}'][data-status='complete']")
+        # A job due in an hour says when it is due, not "waiting for a worker".
+        later = add_job(store, "noop", user_id=user.id,
+                        run_after=datetime.now(UTC) + timedelta(hours=1))
+        stage = page.wait_for_selector(f"[data-job-id='{later.id}'][data-status='pending'] .stage")
+        assert (stage.text_content() or "").startswith("scheduled for "), stage.text_content()
+        due = page.evaluate("(iso) => new Date(iso).toLocaleString()", later.run_after.isoformat())
+        assert stage.text_content() == f"scheduled for {due}"
         assert errors == []
