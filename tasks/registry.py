@@ -180,8 +180,16 @@ def task(
         raise ValueError("timezone= goes with cron=")
 
     def register(handler: Callable[..., Any]) -> Callable[..., Any]:
-        if name in _TASKS and _TASKS[name].handler is not handler:
-            raise ValueError(f"task {name!r} is registered twice")
+        existing = _TASKS.get(name)
+        if existing is not None and existing.handler is not handler:
+            # A host's own task of a built-in's name (the seed's "optimization") wins, whichever
+            # module was imported first; two of the host's own are a mistake.
+            if _is_builtin(handler) and not _is_builtin(existing.handler):
+                return handler
+            if _is_builtin(handler) or not _is_builtin(existing.handler):
+                raise ValueError(f"task {name!r} is registered twice: in "
+                                 f"{existing.handler.__module__} and {handler.__module__}")
+            log.info("task %r from %s replaces the built-in one", name, handler.__module__)
         doc = (handler.__doc__ or "").strip().splitlines()
         _TASKS[name] = Task(name, handler, dict(params or {}), exclusive, max_attempts,
                             doc[0] if doc else "", open_params, retry_delay,
@@ -191,6 +199,10 @@ def task(
         return handler
 
     return register
+
+
+def _is_builtin(handler: Callable[..., Any]) -> bool:
+    return handler.__module__.startswith("bgjobs.tasks.builtin")
 
 
 def load_tasks(modules: Iterable[str] = ()) -> dict[str, Task]:

@@ -217,6 +217,25 @@ def test_enqueue_finds_task_modules_in_the_working_directory(db_url, store, tmp_
     assert store.get_job(uuid.UUID(done.stdout.strip())).job_type == "from_app_folder"
 
 
+def test_a_host_task_may_take_a_built_in_types_name(db_url, store, tmp_path):
+    # The seed's team keeps its own "rescoring" (the built-in one takes other params).
+    (tmp_path / "appjobs.py").write_text(
+        "import bgjobs\n\n@bgjobs.task('rescoring', params={'account': bgjobs.Param(int)})\n"
+        "def run(ctx):\n    return None\n")
+    env = {**url_env(db_url), "BGJOBS_TASK_MODULES": "appjobs"}
+    done = subprocess.run([BGJOBS, "enqueue", "rescoring", "--params", '{"account": 7}'],
+                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert store.get_job(uuid.UUID(done.stdout.strip())).params == {"account": 7}
+    (tmp_path / "twice.py").write_text(
+        "import bgjobs\n\n@bgjobs.task('rescoring')\ndef again(ctx):\n    return None\n")
+    env["BGJOBS_TASK_MODULES"] = "appjobs,twice"
+    done = subprocess.run([BGJOBS, "enqueue", "rescoring", "--params", '{"account": 7}'],
+                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert "task 'rescoring' is registered twice: in appjobs and twice" in done.stderr
+
+
 @pytest.mark.parametrize("setting", ["BGJOBS_API_BIND", "BGJOBS_EVENTS_BIND", "BGJOBS_PROXY_BIND"])
 def test_run_says_an_address_is_in_use_before_starting_anything(db_url, setting):
     binds = {name: f"127.0.0.1:{free_port()}"
