@@ -183,16 +183,21 @@ def cmd_proxy(ns: argparse.Namespace, cfg: Config) -> int:
 
 
 def cmd_migrate(ns: argparse.Namespace, cfg: Config) -> int:
-    if cfg.embedded:
-        cluster = _cluster(cfg)
-        if cluster.ensure_running():  # left running: it is the database bgjobs will use
-            print(f"bgjobs: DATABASE_URL is unset: started the embedded Postgres in "
-                  f"{cluster.pgdata}; it keeps running (stop it with `bgjobs db stop`)",
-                  file=sys.stderr)
-    applied, binding = _migrate(database_url(cfg), cfg)
+    url = _start_embedded(cfg) if cfg.embedded else database_url(cfg)
+    applied, binding = _migrate(url, cfg)
     print(f"applied {', '.join(applied)}" if applied else "database is up to date")
     print(binding)
     return 0
+
+
+def _start_embedded(cfg: Config) -> str:
+    """The embedded cluster's URL, started if need be, and left running (it is bgjobs's database
+    from now on): saying so, since the user asked for a migration, not a server."""
+    cluster = _cluster(cfg)
+    if cluster.ensure_running():
+        print(f"bgjobs: DATABASE_URL is unset: started the embedded Postgres in {cluster.pgdata}; "
+              "it keeps running (stop it with `bgjobs db stop`)", file=sys.stderr)
+    return cluster.url()
 
 
 def _migrate(url: str, cfg: Config) -> tuple[list[str], str]:

@@ -151,9 +151,10 @@ def configure(url: str | None = None, *, pool_max: int | None = None) -> Store:
     Meant for start-up: the pool it replaces is closed, so calls still using it fail.
     """
     with _lock:
-        store, previous = _open_default(url, pool_max)
-    if previous is not None:
-        previous.pool.close()
+        previous = _default
+        store = _install(url, pool_max)
+    if previous is not None and previous[0] == os.getpid():  # a parent's pool is not ours
+        previous[1].pool.close()
     return store
 
 
@@ -170,23 +171,17 @@ def default_store() -> Store:
         current = _default
         if current is not None and current[0] == os.getpid():
             return current[1]
-        return _open_default(None, None)[0]
+        return _install(None, None)  # none yet, or its parent's (across fork): open ours
 
 
-def _open_default(url: str | None, pool_max: int | None) -> tuple[Store, Store | None]:
-    """Install a new process pool (caller holds _lock); returns it and the one it replaced.
-
-    A pool inherited across fork shares its parent's sockets: it is left alone, not returned.
-    """
+def _install(url: str | None, pool_max: int | None) -> Store:
+    """Open this process's pool and make it the default (the caller holds _lock)."""
     global _default
     cfg = config_mod.load()
-    pool = make_pool(url or database_url(cfg), min_size=1, max_size=pool_max or cfg.pool_max,
-                     name="bgjobs-enqueue")
-    store, previous = Store(pool), _default
+    store = Store(make_pool(url or database_url(cfg), min_size=1,
+                            max_size=pool_max or cfg.pool_max, name="bgjobs-enqueue"))
     _default = (os.getpid(), store)
-    if previous is None or previous[0] != os.getpid():
-        return store, None
-    return store, previous[1]
+    return store
 
 
 # Checks ------------------------------------------------------------------------------------

@@ -184,11 +184,11 @@ def task(
         if existing is not None and existing.handler is not handler:
             # A host's own task of a built-in's name (the seed's "optimization") wins, whichever
             # module was imported first; two of the host's own are a mistake.
-            if _is_builtin(handler) and not _is_builtin(existing.handler):
-                return handler
-            if _is_builtin(handler) or not _is_builtin(existing.handler):
+            if _is_builtin(handler) == _is_builtin(existing.handler):
                 raise ValueError(f"task {name!r} is registered twice: in "
                                  f"{existing.handler.__module__} and {handler.__module__}")
+            if _is_builtin(handler):
+                return handler  # the host's task of this name came first: it stays
             log.info("task %r from %s replaces the built-in one", name, handler.__module__)
         doc = (handler.__doc__ or "").strip().splitlines()
         _TASKS[name] = Task(name, handler, dict(params or {}), exclusive, max_attempts,

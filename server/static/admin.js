@@ -170,11 +170,15 @@
     }
   }
 
+  // A page of the jobs the filters select; `extra`: a cursor or a since.
+  function jobsPage(extra = {}) {
+    const query = new URLSearchParams({ ...state.filters, limit: String(PAGE), ...extra });
+    return api("GET", `/api/admin/jobs?${query}`);
+  }
+
   async function loadJobs(more) {
-    const query = new URLSearchParams({ ...state.filters, limit: String(PAGE) });
-    if (more && state.cursor) query.set("cursor", state.cursor);
     try {
-      const data = await api("GET", `/api/admin/jobs?${query}`);
+      const data = await jobsPage(more && state.cursor ? { cursor: state.cursor } : {});
       const body = $("#admin-jobs").tBodies[0];
       if (!more) body.replaceChildren();
       data.jobs.forEach((job) => body.append(jobRow(job)));
@@ -361,9 +365,8 @@
   // The jobs made since the newest row listed, on top; more than a page of them: page one again.
   async function loadNewer() {
     if (!state.newest) return loadJobs(false);
-    const query = new URLSearchParams({ ...state.filters, since: state.newest, limit: String(PAGE) });
     try {
-      const data = await api("GET", `/api/admin/jobs?${query}`);
+      const data = await jobsPage({ since: state.newest });
       if (data.next_cursor) return loadJobs(false);
       const body = $("#admin-jobs").tBodies[0];
       for (const job of [...data.jobs].reverse()) {

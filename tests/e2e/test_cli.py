@@ -8,11 +8,12 @@ import re
 import socket
 import subprocess
 import uuid
+from pathlib import Path
 
 import psycopg
 import pytest
 
-from bgjobs.core import migrate
+from bgjobs.core import embedded, migrate
 from bgjobs.core.errors import NotFound
 from tests.conftest import add_host_user, add_job, url_env
 from tests.integration.test_migrations import NO_USERS, REFUSALS
@@ -21,10 +22,17 @@ from tests.procs import BGJOBS, free_port
 UNREACHABLE = "postgresql://postgres@127.0.0.1:1/nowhere"
 
 
-def bgjobs(url: str, *args: str, stdin: str | None = None,
-           env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([BGJOBS, *args], env={**url_env(url), **(env or {})},
+def bgjobs(url: str, *args: str, stdin: str | None = None, env: dict[str, str] | None = None,
+           cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([BGJOBS, *args], env={**url_env(url), **(env or {})}, cwd=cwd,
                           capture_output=True, text=True, input=stdin, timeout=60)
+
+
+def embedded_bgjobs(cluster: embedded.Cluster, *args: str) -> subprocess.CompletedProcess[str]:
+    """`bgjobs ARGS` with DATABASE_URL unset and the data folder of ``cluster``."""
+    env = {**os.environ, "BGJOBS_DATA_DIR": str(cluster.data_dir)}
+    env.pop("DATABASE_URL", None)
+    return subprocess.run([BGJOBS, *args], env=env, capture_output=True, text=True, timeout=120)
 
 
 def assert_one_line_error(done: subprocess.CompletedProcess[str], text: str) -> None:
@@ -50,29 +58,23 @@ def test_help_says_what_migrate_and_worker_do_for_the_user(db_url):
 
 
 def test_migrate_says_when_it_started_the_embedded_cluster(private_cluster):
-    env = {**os.environ, "BGJOBS_DATA_DIR": str(private_cluster.data_dir)}
-    env.pop("DATABASE_URL", None)
     private_cluster.stop()
-    migrate_ = [BGJOBS, "migrate"]
-    first = subprocess.run(migrate_, env=env, capture_output=True, text=True, timeout=120)
+    first = embedded_bgjobs(private_cluster, "migrate")
     assert first.returncode == 0, first.stderr
     assert first.stdout.startswith("database is up to date"), first.stdout
     assert (f"bgjobs: DATABASE_URL is unset: started the embedded Postgres in "
             f"{private_cluster.pgdata}; it keeps running (stop it with `bgjobs db stop`)"
             in first.stderr), first.stderr
     assert private_cluster.is_running()
-    again = subprocess.run(migrate_, env=env, capture_output=True, text=True, timeout=60)
+    again = embedded_bgjobs(private_cluster, "migrate")
     assert again.returncode == 0 and "started the embedded" not in again.stderr, again.stderr
 
 
 def test_db_stop_says_whether_it_stopped_a_cluster(private_cluster):
-    env = {**os.environ, "BGJOBS_DATA_DIR": str(private_cluster.data_dir)}
-    env.pop("DATABASE_URL", None)
-    stop = [BGJOBS, "db", "stop"]
-    first = subprocess.run(stop, env=env, capture_output=True, text=True, timeout=60)
+    first = embedded_bgjobs(private_cluster, "db", "stop")
     assert first.returncode == 0 and first.stdout.startswith("stopped the embedded Postgres")
     assert not private_cluster.is_running()
-    again = subprocess.run(stop, env=env, capture_output=True, text=True, timeout=60)
+    again = embedded_bgjobs(private_cluster, "db", "stop")
     assert again.returncode == 0 and "was not running" in again.stdout
 
 
@@ -222,16 +224,13 @@ def test_a_host_task_may_take_a_built_in_types_name(db_url, store, tmp_path):
     (tmp_path / "appjobs.py").write_text(
         "import bgjobs\n\n@bgjobs.task('rescoring', params={'account': bgjobs.Param(int)})\n"
         "def run(ctx):\n    return None\n")
-    env = {**url_env(db_url), "BGJOBS_TASK_MODULES": "appjobs"}
-    done = subprocess.run([BGJOBS, "enqueue", "rescoring", "--params", '{"account": 7}'],
-                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    enqueue = ("enqueue", "rescoring", "--params", '{"account": 7}')
+    done = bgjobs(db_url, *enqueue, env={"BGJOBS_TASK_MODULES": "appjobs"}, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert store.get_job(uuid.UUID(done.stdout.strip())).params == {"account": 7}
     (tmp_path / "twice.py").write_text(
         "import bgjobs\n\n@bgjobs.task('rescoring')\ndef again(ctx):\n    return None\n")
-    env["BGJOBS_TASK_MODULES"] = "appjobs,twice"
-    done = subprocess.run([BGJOBS, "enqueue", "rescoring", "--params", '{"account": 7}'],
-                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    done = bgjobs(db_url, *enqueue, env={"BGJOBS_TASK_MODULES": "appjobs,twice"}, cwd=tmp_path)
     assert done.returncode != 0
     assert "task 'rescoring' is registered twice: in appjobs and twice" in done.stderr
 
