@@ -163,6 +163,14 @@ def url_env(url: str) -> dict[str, str]:
     return {**os.environ, "DATABASE_URL": url, "PYTHONUNBUFFERED": "1"}
 
 
+def doc_code(doc: str, heading: str, language: str) -> str:
+    """The first ``language`` code block under ``heading`` in docs/``doc``: tests run what the
+    docs show, as written."""
+    text = (Path(__file__).parent.parent / "docs" / doc).read_text()
+    section = text.split(heading, 1)[1]
+    return section.split(f"```{language}\n", 1)[1].split("```", 1)[0]
+
+
 def dbname(url: str) -> str:
     return conninfo_to_dict(url)["dbname"]
 

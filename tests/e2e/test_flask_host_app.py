@@ -23,9 +23,9 @@ import bgjobs
 import tests.task_fixtures  # noqa: F401 - the app's job types (its workers import them too)
 from bgjobs.flask import BgJobs
 from bgjobs.server import stream_tokens
-from tests.conftest import add_host_user, url_env, wait_for
+from tests.conftest import add_host_user, doc_code, url_env, wait_for
 from tests.e2e.test_browser import chromium, headless_chromium
-from tests.procs import BGJOBS, ROOT, Proc, free_port, wait_until
+from tests.procs import BGJOBS, Proc, free_port, wait_until
 
 pytestmark = pytest.mark.browser
 
@@ -35,9 +35,7 @@ TOKEN_SECONDS = 20
 def doc_follow(**constants: int) -> str:
     """docs/flask.md's ``follow()`` as the doc shows it (under this app's prefix, /bg), with
     its renewal ``constants`` changed if given."""
-    text = (ROOT / "docs" / "flask.md").read_text()
-    js = text.split("### In the page, with renewal", 1)[1].split("```js\n", 1)[1]
-    js = js.split("```", 1)[0]
+    js = doc_code("flask.md", "### In the page, with renewal", "js")
     assert js.count("`/jobs/${jobId}/stream-url`") == 1, js
     js = js.replace("`/jobs/${jobId}/stream-url`", "`/bg/${jobId}/stream-url`")
     for name, value in constants.items():

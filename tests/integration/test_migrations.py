@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 from unittest.mock import ANY
 
 import psycopg
 import pytest
 
 from bgjobs.core import migrate
+from tests.conftest import doc_code
 
 
 def schema_snapshot(url: str) -> list[tuple]:
@@ -238,9 +238,7 @@ NO_USERS = ('jobs belong to bgjobs_users(id) (no table "users" here; see docs/db
 
 def repoint_sql() -> str:
     """The SQL docs/dba.md gives to re-point jobs at the app's users table."""
-    text = (Path(__file__).parents[2] / "docs" / "dba.md").read_text()
-    section = text.split("### Re-pointing jobs at your users table", 1)[1]
-    return section.split("```sql\n", 1)[1].split("```", 1)[0]
+    return doc_code("dba.md", "### Re-pointing jobs at your users table", "sql")
 
 
 @pytest.mark.parametrize(("schema", "line"), [
