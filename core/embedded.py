@@ -225,11 +225,14 @@ def _owner() -> pwd.struct_passwd | None:
 
 
 def allow_traverse(path: Path) -> None:
-    """Let the cluster's owner reach ``path`` (a mktemp checkout is 0700)."""
+    """Let the cluster's owner reach ``path`` (a mktemp checkout is 0700): o+x on each folder
+    above it that lacks it, which passes through a folder but does not list it (README)."""
     for parent in path.parents:
         mode = parent.stat().st_mode
         if not mode & stat.S_IXOTH:
             parent.chmod(mode | stat.S_IXOTH)
+            log.info("added o+x to %s, for the system user %r to reach %s", parent, SYSTEM_USER,
+                     path)
 
 
 def _free_port() -> int:

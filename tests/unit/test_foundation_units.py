@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+import stat
 import uuid
 
 import pytest
 
-from bgjobs.core import config, queries
+from bgjobs.core import config, embedded, queries
 from bgjobs.core.migrate import discover
 from bgjobs.server import auth
 from bgjobs.tasks.registry import InvalidParams, Param, Task
@@ -165,3 +167,17 @@ def test_the_proxy_config_is_filled_in_and_a_missing_nginx_is_one_line(monkeypat
     assert cli.main(["proxy"]) == 1
     assert capsys.readouterr().err.startswith("bgjobs: nginx is not installed")
     assert not (tmp_path / "proxy").exists()  # nothing written
+
+
+def test_folders_above_the_cluster_get_o_x_only_where_missing_and_each_is_logged(tmp_path,
+                                                                                  caplog):
+    closed, opened = tmp_path / "closed", tmp_path / "closed" / "opened"
+    opened.mkdir(parents=True)
+    closed.chmod(0o700)
+    opened.chmod(0o755)
+    with caplog.at_level(logging.INFO, logger="bgjobs.core.embedded"):
+        embedded.allow_traverse(opened / "pgdata")
+    assert stat.S_IMODE(closed.stat().st_mode) == 0o701  # passed through, still not listed
+    assert stat.S_IMODE(opened.stat().st_mode) == 0o755
+    changed = {r.getMessage().split(",")[0] for r in caplog.records}
+    assert f"added o+x to {closed}" in changed and f"added o+x to {opened}" not in changed
