@@ -34,6 +34,11 @@ class InvalidParams(ValueError):
     """Params a task does not accept; the message says which and why."""
 
 
+class BadDeclaration(ValueError):
+    """A ``@task(...)`` bgjobs cannot use (raised as its module is imported); the message says
+    which and why. A module in BGJOBS_TASK_MODULES that raises it stops a command in one line."""
+
+
 class UnknownTask(LookupError):
     """No task is registered under that name."""
 
@@ -165,19 +170,24 @@ def task(
     enqueues one job of it at each tick (see docs/tasks.md).
     """
     if not name or len(name) > 50:
-        raise ValueError("a task name is 1 to 50 characters (background_jobs.job_type)")
+        raise BadDeclaration("a task name is 1 to 50 characters (background_jobs.job_type)")
     if max_running is not None and (type(max_running) is not int or max_running < 1):
-        raise ValueError(f"max_running must be a whole number of at least 1, got {max_running!r}")
+        raise BadDeclaration(f"max_running must be a whole number of at least 1, "
+                             f"got {max_running!r}")
     if starts_per_second is not None and (
             isinstance(starts_per_second, bool) or not isinstance(starts_per_second, int | float)
             or not 0 < starts_per_second < float("inf")):
-        raise ValueError(f"starts_per_second must be a number above 0, got {starts_per_second!r}")
+        raise BadDeclaration(f"starts_per_second must be a number above 0, "
+                             f"got {starts_per_second!r}")
     if cron is not None:
-        from bgjobs.tasks.schedules import check_cron  # the cron library, only when used
+        from bgjobs.tasks.schedules import InvalidSchedule, check_cron  # only when used
 
-        check_cron(cron, timezone or "UTC")
+        try:
+            check_cron(cron, timezone or "UTC")
+        except InvalidSchedule as exc:
+            raise BadDeclaration(f"task {name!r}: {exc}") from None
     elif timezone is not None:
-        raise ValueError("timezone= goes with cron=")
+        raise BadDeclaration("timezone= goes with cron=")
 
     def register(handler: Callable[..., Any]) -> Callable[..., Any]:
         existing = _TASKS.get(name)
@@ -185,7 +195,7 @@ def task(
             # A host's own task of a built-in's name (the seed's "optimization") wins, whichever
             # module was imported first; two of the host's own are a mistake.
             if _is_builtin(handler) == _is_builtin(existing.handler):
-                raise ValueError(f"task {name!r} is registered twice: in "
+                raise BadDeclaration(f"task {name!r} is registered twice: in "
                                  f"{existing.handler.__module__} and {handler.__module__}")
             if _is_builtin(handler):
                 return handler  # the host's task of this name came first: it stays
@@ -223,6 +233,8 @@ def load_tasks(modules: Iterable[str] = ()) -> dict[str, Task]:
                 raise ConfigError(f"BGJOBS_TASK_MODULES: cannot import {module!r}: "
                                   f"{first_line(exc)} (run bgjobs from your app's folder, or "
                                   "set PYTHONPATH)") from exc
+            except BadDeclaration as exc:
+                raise ConfigError(f"BGJOBS_TASK_MODULES: {module!r}: {exc}") from exc
             _IMPORTED.add(module)
     return dict(_TASKS)
 

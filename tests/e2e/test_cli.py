@@ -230,9 +230,12 @@ def test_a_host_task_may_take_a_built_in_types_name(db_url, store, tmp_path):
     assert store.get_job(uuid.UUID(done.stdout.strip())).params == {"account": 7}
     (tmp_path / "twice.py").write_text(
         "import bgjobs\n\n@bgjobs.task('rescoring')\ndef again(ctx):\n    return None\n")
-    done = bgjobs(db_url, *enqueue, env={"BGJOBS_TASK_MODULES": "appjobs,twice"}, cwd=tmp_path)
-    assert done.returncode != 0
-    assert "task 'rescoring' is registered twice: in appjobs and twice" in done.stderr
+    for args in (enqueue, ("worker",)):
+        done = bgjobs(db_url, *args, env={"BGJOBS_TASK_MODULES": "appjobs,twice"}, cwd=tmp_path)
+        assert done.returncode != 0 and "Traceback" not in done.stderr
+        assert done.stderr.splitlines()[-1].endswith(  # after the INFO line of appjobs's
+            ": BGJOBS_TASK_MODULES: 'twice': task 'rescoring' is registered twice: in appjobs "
+            "and twice"), done.stderr
 
 
 @pytest.mark.parametrize("setting", ["BGJOBS_API_BIND", "BGJOBS_EVENTS_BIND", "BGJOBS_PROXY_BIND"])
