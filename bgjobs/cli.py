@@ -112,13 +112,14 @@ def _parser() -> argparse.ArgumentParser:
     enq = cmd("enqueue", cmd_enqueue, "enqueue a job of TYPE")
     enq.add_argument("type", help="job type, e.g. validation, optimization, rescoring, noop")
     enq.add_argument("--params", default="{}", help="the job's params as a JSON object")
-    enq.add_argument("--user", help="owner's user name (default: no owner)")
+    _owner_options(enq, "owner's user name (default: no owner)",
+                   "owner's id in your app's users table (default: no owner)")
     enq.add_argument("--priority", type=int, default=0, help="lower runs first (default 0)")
 
     jobs = cmd("jobs", cmd_jobs, "list jobs, newest first")
     jobs.add_argument("--status", choices=["pending", "running", "complete", "error", "cancelled"])
     jobs.add_argument("--type", dest="job_type")
-    jobs.add_argument("--user", help="only this user's jobs")
+    _owner_options(jobs, "only this user's jobs", "only the jobs of this id of your app's users")
     jobs.add_argument("--limit", type=int, default=50)
     jobs.add_argument("--json", action="store_true", help="one JSON object per line")
 
@@ -268,27 +269,43 @@ def cmd_user_revoke(ns: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
+def _owner_options(parser: argparse.ArgumentParser, by_name: str, by_id: str) -> None:
+    """--user NAME (a bgjobs user) or --user-id N (any id jobs may reference: your app's)."""
+    owner = parser.add_mutually_exclusive_group()
+    owner.add_argument("--user", help=by_name)
+    owner.add_argument("--user-id", type=int, metavar="N", help=by_id)
+
+
+def _owner_id(ns: argparse.Namespace, store: Store) -> int | None:
+    return store.get_user(ns.user).id if ns.user else ns.user_id
+
+
 def cmd_enqueue(ns: argparse.Namespace, cfg: Config) -> int:
     try:
         params = json.loads(ns.params)
     except json.JSONDecodeError as exc:
         raise CliError(f"--params is not valid JSON: {exc}") from None
     registry.load_tasks(cfg.task_modules)
-    registry.get(ns.type)  # an unknown type fails before the database is asked anything
+    task = registry.get(ns.type)  # an unknown type fails before the database is asked anything
     store = _store(cfg)
-    user_id = store.get_user(ns.user).id if ns.user else None
+    user_id = _owner_id(ns, store)
     try:
         job = enqueue.enqueue(ns.type, params, user_id=user_id, priority=ns.priority,
                               store=store)
     except Conflict as exc:
         raise CliError(f"{exc} (job {exc.job_id})") from None
+    except registry.InvalidParams as exc:
+        if task.builtin and not cfg.task_modules:  # the app's own type of that name, unloaded?
+            raise CliError(f"{exc} (checked against bgjobs's built-in {task.name!r}; for your "
+                           "app's own, set BGJOBS_TASK_MODULES)") from None
+        raise
     print(job.id)
     return 0
 
 
 def cmd_jobs(ns: argparse.Namespace, cfg: Config) -> int:
     store = _store(cfg)
-    user_id = store.get_user(ns.user).id if ns.user else None
+    user_id = _owner_id(ns, store)
     jobs = store.list_jobs(user_id=user_id, status=ns.status, job_type=ns.job_type,
                            limit=ns.limit)
     if ns.json:

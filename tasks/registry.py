@@ -102,6 +102,11 @@ class Task:
         """Whether a failed attempt with ``exc`` may be retried."""
         return not isinstance(exc, (NonRetryable, *self.non_retryable))
 
+    @property
+    def builtin(self) -> bool:
+        """One of bgjobs's own types (tasks/builtin), not the host's."""
+        return _is_builtin(self.handler)
+
     def delay_before_retry(self, attempt: int) -> float:
         """Seconds before retrying after failed attempt number ``attempt`` (1, 2, ...)."""
         return retry_delay(self.retry_delay, attempt)

@@ -289,6 +289,30 @@ def test_user_create_in_an_apps_database_names_one_of_its_users(host_db_url, hos
                           f"user id {ada} already has a bgjobs user")
 
 
+def test_enqueue_and_jobs_take_the_id_of_one_of_the_apps_users(host_db_url, host_store):
+    ada = add_host_user(host_db_url, "ada.cli@example.com")
+    done = bgjobs(host_db_url, "enqueue", "noop", "--user-id", str(ada))
+    assert done.returncode == 0, done.stderr
+    job = host_store.get_job(uuid.UUID(done.stdout.strip()))
+    assert job.user_id == ada
+    listed = bgjobs(host_db_url, "jobs", "--user-id", str(ada), "--json")
+    assert [json.loads(line)["id"] for line in listed.stdout.splitlines()] == [str(job.id)]
+    before = host_store.list_jobs(limit=1000)
+    assert_one_line_error(bgjobs(host_db_url, "enqueue", "noop", "--user-id", "987654"),
+                          'no such user: Key (user_id)=(987654) is not present in table "users"')
+    both = bgjobs(host_db_url, "enqueue", "noop", "--user", "ada", "--user-id", str(ada))
+    assert both.returncode == 2 and "not allowed with argument" in both.stderr
+    assert host_store.list_jobs(limit=1000) == before
+
+
+def test_params_refused_by_a_built_in_type_say_so_when_no_task_modules_are_set(db_url, store):
+    done = bgjobs(db_url, "enqueue", "rescoring", "--params", '{"account": 7}')
+    assert_one_line_error(done, "unknown param(s) for rescoring: account (checked against "
+                                "bgjobs's built-in 'rescoring'; for your app's own, set "
+                                "BGJOBS_TASK_MODULES)")
+    assert store.list_jobs() == []
+
+
 def test_user_create_refuses_an_id_when_bgjobs_numbers_its_own_users(db_url, store):
     assert_one_line_error(bgjobs(db_url, "user", "create", "dora", "--id", "7"),
                           "--id links to a row of your app's users table")
