@@ -54,6 +54,12 @@ class Job:
     version: int
     idempotency_key: str | None
     exclusive_key: str | None
+    #: Workflows (docs/workflows.md): the jobs this one runs after, how many of them have not
+    #: completed yet, whether it runs even if one fails, and the workflow it belongs to.
+    depends_on: list[UUID] | None = None
+    waiting_for: int = 0
+    run_if_dependency_fails: bool = False
+    workflow_id: UUID | None = None
 
     @property
     def finished(self) -> bool:
@@ -78,6 +84,9 @@ class Job:
             "run_after": _iso(self.run_after),
             "started_at": _iso(self.started_at),
             "finished_at": _iso(self.finished_at),
+            "depends_on": [str(d) for d in self.depends_on] if self.depends_on else [],
+            "waiting_for": self.waiting_for,
+            "workflow_id": str(self.workflow_id) if self.workflow_id else None,
         }
 
 
@@ -116,6 +125,8 @@ class Claimed(NamedTuple):
     attempt: int
     max_attempts: int
     version: int
+    #: results of the jobs it waited for, by id (None when it waited for none)
+    dependencies: dict[str, Any] | None = None
 
 
 class ProgressUpdate(NamedTuple):
