@@ -10,8 +10,9 @@
 --
 -- depends_on is fixed at insert (a trigger refuses a change): a job can only wait for jobs
 -- older than itself, so no cycle can be made. bgjobs_dependencies is the reverse index (from a
--- job to the jobs waiting for it) that makes the release cost O(dependents), never a scan;
--- the triggers keep it, nobody writes it by hand.
+-- job to the jobs still waiting for it) that makes the release cost O(dependents), never a
+-- scan; the triggers keep it (a row lives from the insert of the waiting job until its
+-- dependency finishes), nobody writes it by hand.
 
 ALTER TABLE background_jobs
     ADD COLUMN depends_on UUID[],
@@ -25,17 +26,17 @@ COMMENT ON COLUMN background_jobs.waiting_for IS 'How many of depends_on have no
 COMMENT ON COLUMN background_jobs.run_if_dependency_fails IS 'Run even if a job in depends_on ends in error or is cancelled (default: be cancelled too).';
 COMMENT ON COLUMN background_jobs.workflow_id IS 'The workflow this job belongs to (inherited from depends_on when not given).';
 
+-- No foreign keys: they would make a plain `TRUNCATE background_jobs` fail. Triggers below
+-- forget the rows of deleted and truncated jobs instead.
 CREATE TABLE bgjobs_dependencies (
-    job_id UUID NOT NULL REFERENCES background_jobs(id) ON DELETE CASCADE,
-    depends_on UUID NOT NULL REFERENCES background_jobs(id) ON DELETE CASCADE,
-    -- Set once the dependency has counted (completed, or failed and dealt with): a job that
-    -- completes again after a requeue must not release its dependents twice.
-    settled BOOLEAN NOT NULL DEFAULT false,
+    job_id UUID NOT NULL,
+    depends_on UUID NOT NULL,
+    -- Deleted once the dependency has counted (completed, or failed and dealt with): a job
+    -- that completes again after a requeue finds nothing to release twice.
     PRIMARY KEY (job_id, depends_on)
 );
-CREATE INDEX bgjobs_dependencies_depends_on_idx ON bgjobs_dependencies (depends_on)
-    WHERE NOT settled;
-COMMENT ON TABLE bgjobs_dependencies IS 'Kept by triggers from background_jobs.depends_on: which jobs wait for which. Read it; do not write it.';
+CREATE INDEX bgjobs_dependencies_depends_on_idx ON bgjobs_dependencies (depends_on);
+COMMENT ON TABLE bgjobs_dependencies IS 'Kept by triggers from background_jobs.depends_on: which jobs still wait for which. Read it; do not write it.';
 
 CREATE INDEX background_jobs_workflow_idx ON background_jobs (workflow_id)
     WHERE workflow_id IS NOT NULL;
@@ -50,30 +51,36 @@ CREATE INDEX background_jobs_claim_idx ON background_jobs (priority, created_at)
 -- seen complete by it).
 CREATE FUNCTION bgjobs_check_dependencies() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
-    wanted int := cardinality(ARRAY(SELECT DISTINCT unnest(NEW.depends_on)));
     n_found int;
     n_others int;
     n_open int;
-    failed background_jobs;
+    n_failed int;
     workflow uuid;
+    failed background_jobs;
 BEGIN
-    IF NEW.depends_on IS NULL OR cardinality(NEW.depends_on) = 0 THEN
-        NEW.depends_on := NULL;
-        RETURN NEW;
+    IF cardinality(NEW.depends_on) IS DISTINCT FROM 1 THEN
+        IF coalesce(cardinality(NEW.depends_on), 0) = 0 THEN
+            NEW.depends_on := NULL;
+            RETURN NEW;
+        END IF;
+        -- Each once, in the order given.
+        NEW.depends_on := ARRAY(SELECT d FROM unnest(NEW.depends_on) WITH ORDINALITY AS u(d, n)
+                                GROUP BY d ORDER BY min(n));
     END IF;
-    -- Each once, in the order given.
-    NEW.depends_on := ARRAY(SELECT d FROM unnest(NEW.depends_on) WITH ORDINALITY AS u(d, n)
-                            GROUP BY d ORDER BY min(n));
+    -- No ordered aggregates here (a sort each, per inserted row): the failure's details are
+    -- read only when there is one.
     SELECT count(*),
            count(*) FILTER (WHERE p.user_id IS DISTINCT FROM NEW.user_id),
            count(*) FILTER (WHERE p.status <> 'complete'
                               AND NOT (p.status IN ('error', 'cancelled')
                                        AND NEW.run_if_dependency_fails)),
-           (array_agg(p.workflow_id ORDER BY p.created_at) FILTER (WHERE p.workflow_id IS NOT NULL))[1]
-      INTO n_found, n_others, n_open, workflow
+           count(*) FILTER (WHERE p.status IN ('error', 'cancelled')),
+           max(p.workflow_id::text)::uuid
+      INTO n_found, n_others, n_open, n_failed, workflow
     FROM (SELECT * FROM background_jobs WHERE id = ANY(NEW.depends_on) FOR SHARE) AS p;
-    IF n_found < wanted THEN
-        RAISE EXCEPTION 'depends_on names % job(s) that do not exist', wanted - n_found
+    IF n_found < cardinality(NEW.depends_on) THEN
+        RAISE EXCEPTION 'depends_on names % job(s) that do not exist',
+            cardinality(NEW.depends_on) - n_found
             USING ERRCODE = 'foreign_key_violation',
                   CONSTRAINT = 'background_jobs_depends_on_exist';
     END IF;
@@ -84,15 +91,13 @@ BEGIN
     END IF;
     NEW.waiting_for := n_open;
     NEW.workflow_id := coalesce(NEW.workflow_id, workflow);
-    IF NOT NEW.run_if_dependency_fails THEN
+    IF n_failed > 0 AND NOT NEW.run_if_dependency_fails AND NEW.status = 'pending' THEN
         SELECT * INTO failed FROM background_jobs
         WHERE id = ANY(NEW.depends_on) AND status IN ('error', 'cancelled')
         ORDER BY finished_at LIMIT 1;
-        IF FOUND AND NEW.status = 'pending' THEN
-            NEW.status := 'cancelled';
-            NEW.waiting_for := 0;
-            NEW.result := bgjobs_dependency_failed(failed.id, failed.job_type, failed.status);
-        END IF;
+        NEW.status := 'cancelled';
+        NEW.waiting_for := 0;
+        NEW.result := bgjobs_dependency_failed(failed.id, failed.job_type, failed.status);
     END IF;
     RETURN NEW;
 END $$;
@@ -123,11 +128,13 @@ CREATE TRIGGER background_jobs_depends_on_fixed BEFORE UPDATE OF depends_on ON b
 -- After insert: the reverse index, once per statement.
 CREATE FUNCTION bgjobs_index_dependencies() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    INSERT INTO bgjobs_dependencies (job_id, depends_on, settled)
-    SELECT n.id, d.id, n.status <> 'pending' OR p.status IN ('complete', 'error', 'cancelled')
+    -- A scalar subquery per dependency, by primary key: with no statistics yet the planner
+    -- once chose to read every pending job per dependency instead.
+    INSERT INTO bgjobs_dependencies (job_id, depends_on)
+    SELECT n.id, d.id
     FROM inserted n CROSS JOIN LATERAL unnest(n.depends_on) AS d(id)
-    JOIN background_jobs p ON p.id = d.id
-    WHERE n.depends_on IS NOT NULL;
+    WHERE n.depends_on IS NOT NULL AND n.status = 'pending' AND n.waiting_for > 0
+      AND (SELECT p.status FROM background_jobs p WHERE p.id = d.id) IN ('pending', 'running');
     RETURN NULL;
 END $$;
 
@@ -135,41 +142,51 @@ CREATE TRIGGER background_jobs_index_dependencies AFTER INSERT ON background_job
     REFERENCING NEW TABLE AS inserted
     FOR EACH STATEMENT EXECUTE FUNCTION bgjobs_index_dependencies();
 
--- After a statement that finished jobs: settle their dependents, in the same transaction.
--- Completed (or failed, for a dependent that runs anyway): one less to wait for; failed or
--- cancelled: the dependent is cancelled, which runs this again for its own dependents.
-CREATE FUNCTION bgjobs_release_dependents() RETURNS trigger LANGUAGE plpgsql AS $$
+-- After a statement that finished jobs, however (a worker's batch, a DBA's UPDATE, a cancel):
+-- settle their dependents, in the same transaction, one update per dependent. Completed (or
+-- failed, for a dependent that runs anyway): that many fewer to wait for; failed or cancelled:
+-- the dependent is cancelled, which runs this again for its own dependents.
+-- The transition tables carry no statistics: joined in a nested loop, N rows cost N^2, so the
+-- finished rows are found with nestloop off, and everything after by key.
+CREATE FUNCTION bgjobs_release_dependents() RETURNS trigger LANGUAGE plpgsql
+SET enable_nestloop = off SET enable_seqscan = off AS $$
+DECLARE
+    ids uuid[];
+    types text[];
+    statuses text[];
 BEGIN
-    -- Most statements finish nothing (progress, heartbeats, claims; and this function's own
-    -- update of waiting_for, which would otherwise run it again without end).
-    IF NOT EXISTS (SELECT FROM new_rows n JOIN old_rows o ON o.id = n.id
-                   WHERE n.status IN ('complete', 'error', 'cancelled')
-                     AND o.status IN ('pending', 'running')) THEN
+    -- Most statements finish nothing (progress, heartbeats, claims, this function's own).
+    IF NOT EXISTS (SELECT FROM new_rows WHERE status IN ('complete', 'error', 'cancelled')) THEN
         RETURN NULL;
     END IF;
+    SELECT array_agg(n.id), array_agg(n.job_type), array_agg(n.status)
+      INTO ids, types, statuses
+    FROM new_rows n JOIN old_rows o ON o.id = n.id
+    WHERE n.status IN ('complete', 'error', 'cancelled') AND o.status IN ('pending', 'running');
+    IF ids IS NULL THEN
+        RETURN NULL;
+    END IF;
+    PERFORM set_config('enable_nestloop', 'on', true);  -- undone when this function returns
     WITH finished AS (
-        SELECT n.id, n.job_type, n.status FROM new_rows n JOIN old_rows o ON o.id = n.id
-        WHERE n.status IN ('complete', 'error', 'cancelled') AND o.status <> n.status
-          AND o.status IN ('pending', 'running')
+        SELECT * FROM unnest(ids, types, statuses) AS f(id, job_type, status)
     ), settled AS (
-        UPDATE bgjobs_dependencies e SET settled = true
-        FROM finished f
-        WHERE e.depends_on = f.id AND NOT e.settled
+        DELETE FROM bgjobs_dependencies e
+        USING finished f
+        WHERE e.depends_on = f.id
         RETURNING e.job_id, f.id AS parent, f.job_type, f.status
     ), outcome AS (
-        SELECT s.job_id,
-               count(*) FILTER (WHERE s.status = 'complete' OR c.run_if_dependency_fails) AS done,
-               (array_agg(bgjobs_dependency_failed(s.parent, s.job_type, s.status))
-                    FILTER (WHERE s.status <> 'complete' AND NOT c.run_if_dependency_fails))[1]
-                   AS failure
-        FROM settled s JOIN background_jobs c ON c.id = s.job_id
-        GROUP BY s.job_id
+        SELECT job_id, count(*) AS settled,
+               (array_agg(bgjobs_dependency_failed(parent, job_type, status))
+                    FILTER (WHERE status <> 'complete'))[1] AS failure
+        FROM settled GROUP BY job_id
     )
     UPDATE background_jobs c
-    SET status = CASE WHEN o.failure IS NULL THEN c.status ELSE 'cancelled' END,
-        result = coalesce(o.failure, c.result),
-        waiting_for = CASE WHEN o.failure IS NULL THEN greatest(c.waiting_for - o.done, 0)
-                           ELSE 0 END
+    SET status = CASE WHEN o.failure IS NULL OR c.run_if_dependency_fails THEN c.status
+                      ELSE 'cancelled' END,
+        result = CASE WHEN o.failure IS NULL OR c.run_if_dependency_fails THEN c.result
+                      ELSE o.failure END,
+        waiting_for = CASE WHEN o.failure IS NULL OR c.run_if_dependency_fails
+                           THEN greatest(c.waiting_for - o.settled, 0) ELSE 0 END
     FROM outcome o
     WHERE c.id = o.job_id AND c.status = 'pending';
     RETURN NULL;
@@ -257,6 +274,52 @@ BEGIN
       AND o.worker_id IS DISTINCT FROM nullif(current_setting('bgjobs.worker_id', true), '');
     RETURN NULL;
 END $$;
+
+-- Deleted jobs (retention, a DBA): forget their rows; a job still waiting for a deleted one
+-- would wait for ever, so it is cancelled with the reason.
+CREATE FUNCTION bgjobs_forget_dependencies() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    DELETE FROM bgjobs_dependencies e USING deleted d WHERE e.job_id = d.id;
+    WITH gone AS (
+        DELETE FROM bgjobs_dependencies e USING deleted d WHERE e.depends_on = d.id
+        RETURNING e.job_id, e.depends_on, d.job_type
+    )
+    UPDATE background_jobs c
+    SET status = 'cancelled', waiting_for = 0,
+        result = jsonb_build_object(
+            'error', 'DependencyFailed',
+            'message', format('cancelled: job %s (%s) it depends on was deleted',
+                              g.depends_on, g.job_type),
+            'dependency', g.depends_on)
+    FROM gone g
+    WHERE c.id = g.job_id AND c.status = 'pending';
+    RETURN NULL;
+END $$;
+
+CREATE TRIGGER background_jobs_forget_dependencies AFTER DELETE ON background_jobs
+    REFERENCING OLD TABLE AS deleted
+    FOR EACH STATEMENT EXECUTE FUNCTION bgjobs_forget_dependencies();
+
+CREATE FUNCTION bgjobs_truncate_dependencies() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    TRUNCATE bgjobs_dependencies;
+    RETURN NULL;
+END $$;
+
+CREATE TRIGGER background_jobs_truncate_dependencies AFTER TRUNCATE ON background_jobs
+    FOR EACH STATEMENT EXECUTE FUNCTION bgjobs_truncate_dependencies();
+
+-- The notify trigger joins its transition tables, which carry no statistics: the planner took
+-- them for one row each and joined them in a nested loop, so a statement changing N rows cost
+-- N^2 comparisons (2,000 rows: 1.3 s; a worker's batch of 200: about 10 ms). Hash joins.
+ALTER FUNCTION bgjobs_notify_updated() SET enable_nestloop = off;
+
+-- The workflow triggers look rows up by key only. Right after a bulk insert into a table the
+-- planner has no statistics for (a fresh database, a TRUNCATE), it took background_jobs for a
+-- few rows and scanned it whole once per row: 10,000 dependents of one job took 20 s to insert.
+ALTER FUNCTION bgjobs_check_dependencies() SET enable_seqscan = off;
+ALTER FUNCTION bgjobs_index_dependencies() SET enable_seqscan = off;
+ALTER FUNCTION bgjobs_forget_dependencies() SET enable_seqscan = off;
 
 -- For the DBA: what waits, and on what.
 CREATE VIEW bgjobs_waiting AS

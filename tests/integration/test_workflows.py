@@ -184,3 +184,17 @@ def test_the_claim_skips_waiting_jobs_through_the_partial_index(conn):
         "EXPLAIN SELECT id FROM background_jobs WHERE status = 'pending' AND waiting_for = 0 "
         "ORDER BY priority, created_at LIMIT 1"))
     assert "background_jobs_claim_idx" in plan
+
+
+def test_deleting_a_dependency_cancels_its_waiting_jobs_and_truncate_still_works(store, conn):
+    a, done = enqueue("noop", store=store), enqueue("noop", store=store)
+    conn.execute("UPDATE background_jobs SET status = 'complete' WHERE id = %s", [a.id])
+    b = enqueue("noop", after=[done], store=store)
+    keep = enqueue("noop", after=[a], store=store)
+    conn.execute("DELETE FROM background_jobs WHERE id = ANY(%s)", [[done.id, a.id]])
+    status, _, result = row(conn, b.id)
+    assert status == "cancelled" and "was deleted" in result["message"]
+    assert row(conn, keep.id)[:2] == ("pending", 0)  # its dependency had completed
+    assert conn.execute("SELECT count(*) FROM bgjobs_dependencies").fetchone()[0] == 0
+    conn.execute("TRUNCATE background_jobs")
+    assert conn.execute("SELECT count(*) FROM bgjobs_dependencies").fetchone()[0] == 0
