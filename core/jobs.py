@@ -94,6 +94,33 @@ JOB_COLUMNS = tuple(f.name for f in fields(Job))
 
 
 @dataclass(frozen=True)
+class Workflow:
+    """A workflow: its jobs counted by state, the first that failed, and its jobs."""
+
+    id: UUID
+    counts: dict[str, int]
+    failed: UUID | None
+    jobs: list[Job]
+    #: more jobs than ``jobs`` holds (the counts cover them all)
+    truncated: bool = False
+
+    @property
+    def finished(self) -> bool:
+        return self.counts["waiting"] + self.counts["pending"] + self.counts["running"] == 0
+
+    def to_json(self) -> dict[str, Any]:
+        by_status = {k: v for k, v in self.counts.items() if k not in ("total", "done")}
+        return {
+            "workflow_id": str(self.id),
+            "summary": {"total": self.counts["total"], "done": self.counts["done"],
+                        "finished": self.finished, "by_status": by_status,
+                        "failed": str(self.failed) if self.failed else None},
+            "jobs": [j.to_json() for j in self.jobs],
+            "jobs_truncated": self.truncated,
+        }
+
+
+@dataclass(frozen=True)
 class User:
     """A bgjobs user (stand-alone API and dashboard); ``token_id`` when found by a token or a
     session, ``session_id`` when found by a session."""

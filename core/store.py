@@ -40,9 +40,13 @@ from bgjobs.core.jobs import (
     Job,
     ProgressUpdate,
     User,
+    Workflow,
 )
 from bgjobs.core.queries import q
 from bgjobs.core.store_ops import Operations
+
+#: A workflow's jobs listed at most (its counts cover them all).
+WORKFLOW_JOBS_MAX = 1000
 
 
 class NewJob(NamedTuple):
@@ -189,6 +193,19 @@ class Store(Operations):
         }
         with self.connection() as c, c.cursor(row_factory=class_row(Job)) as cur:
             return cur.execute(q("list_jobs"), args).fetchall()
+
+    def get_workflow(self, workflow_id: UUID, user_id: int | None = None,
+                     limit: int = WORKFLOW_JOBS_MAX) -> Workflow:
+        """A workflow's summary and first ``limit`` jobs; NotFound if it has none (of theirs)."""
+        args = {"id": workflow_id, "user_id": user_id, "limit": limit + 1}
+        with self.connection() as c, c.cursor(row_factory=dict_row) as cur:
+            counts = cur.execute(q("workflow_summary"), args).fetchone()
+            with c.cursor(row_factory=class_row(Job)) as jobs_cur:
+                jobs = jobs_cur.execute(q("workflow_jobs"), args).fetchall()
+        if not counts or not counts["total"]:
+            raise NotFound(f"no workflow {workflow_id}")
+        failed = counts.pop("failed")
+        return Workflow(workflow_id, counts, failed, jobs[:limit], len(jobs) > limit)
 
     def cancel(self, job_id: UUID, user_id: int | None = None) -> Job:
         """Cancel a pending or running job; NotFound if missing or not theirs, Conflict if done."""

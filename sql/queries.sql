@@ -483,3 +483,27 @@ FROM bgjobs_workers ORDER BY machine, pid
 SELECT id, job_type, user_id, worker_id, attempts, max_attempts, started_at, heartbeat_at,
        extract(epoch FROM silent_for)::float8 AS silent_seconds
 FROM bgjobs_stuck ORDER BY heartbeat_at NULLS FIRST LIMIT %(limit)s
+
+-- name: workflow_summary
+-- A workflow's jobs counted by state (pending split into waiting and ready), and the first
+-- to fail for good or be cancelled (whatever was cancelled after it followed from it).
+SELECT count(*) AS total,
+       count(*) FILTER (WHERE status = 'complete') AS done,
+       count(*) FILTER (WHERE status = 'pending' AND waiting_for > 0) AS waiting,
+       count(*) FILTER (WHERE status = 'pending' AND waiting_for = 0) AS pending,
+       count(*) FILTER (WHERE status = 'running') AS running,
+       count(*) FILTER (WHERE status = 'complete') AS complete,
+       count(*) FILTER (WHERE status = 'error') AS error,
+       count(*) FILTER (WHERE status = 'cancelled') AS cancelled,
+       (array_agg(id ORDER BY finished_at, id)
+            FILTER (WHERE status = 'error' OR (status = 'cancelled'
+                    AND coalesce(result->>'error', '') <> 'DependencyFailed')))[1] AS failed
+FROM background_jobs
+WHERE workflow_id = %(id)s AND (%(user_id)s::int IS NULL OR user_id = %(user_id)s)
+
+-- name: workflow_jobs
+-- A workflow's jobs, oldest first (jobs enqueued in one transaction share created_at: by id).
+SELECT * FROM background_jobs
+WHERE workflow_id = %(id)s AND (%(user_id)s::int IS NULL OR user_id = %(user_id)s)
+ORDER BY created_at, id
+LIMIT %(limit)s

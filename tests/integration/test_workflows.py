@@ -198,3 +198,39 @@ def test_deleting_a_dependency_cancels_its_waiting_jobs_and_truncate_still_works
     assert conn.execute("SELECT count(*) FROM bgjobs_dependencies").fetchone()[0] == 0
     conn.execute("TRUNCATE background_jobs")
     assert conn.execute("SELECT count(*) FROM bgjobs_dependencies").fetchone()[0] == 0
+
+
+def test_the_builder_commits_a_workflow_at_once_and_wait_workflow_follows_it(store, conn):
+    import threading
+
+    from bgjobs.tasks.wait import WaitTimeout, wait_workflow
+    from bgjobs.tasks.workflow import workflow
+
+    with pytest.raises(RuntimeError), workflow(store=store) as broken:
+        broken.enqueue("noop")
+        raise RuntimeError("the block failed")
+    assert conn.execute("SELECT count(*) FROM background_jobs").fetchone()[0] == 0
+
+    with workflow(store=store) as wf:
+        root = wf.enqueue("noop")
+        group = wf.enqueue_many("noop", [{}, {}], after=[root])
+        last = wf.enqueue("noop", after=group)
+        # Nothing is visible before the block ends.
+        assert conn.execute("SELECT count(*) FROM background_jobs").fetchone()[0] == 0
+    assert {j.workflow_id for j in wf.jobs} == {wf.id} and len(wf.jobs) == 4
+    with pytest.raises(WaitTimeout) as timed_out:
+        wait_workflow(wf.id, timeout=0.2, store=store)
+    assert timed_out.value.workflow.counts["waiting"] == 3
+
+    def drain() -> None:
+        for _ in range(3):  # root, the group, the last: one level at a time
+            specs = store.claim_specs("w", ["noop"], limit=10)
+            store.complete([Completion(Attempt(s.id, "w", s.attempt), None, None)
+                            for s in specs])
+
+    worker = threading.Thread(target=drain)
+    worker.start()
+    done = wait_workflow(str(wf.id), timeout=10, store=store)
+    worker.join(10)
+    assert done.finished and done.counts["complete"] == 4 and done.failed is None
+    assert {j.id for j in done.jobs} == {j.id for j in wf.jobs} and last in wf.jobs
