@@ -234,3 +234,15 @@ def test_the_builder_commits_a_workflow_at_once_and_wait_workflow_follows_it(sto
     worker.join(10)
     assert done.finished and done.counts["complete"] == 4 and done.failed is None
     assert {j.id for j in done.jobs} == {j.id for j in wf.jobs} and last in wf.jobs
+
+
+def test_the_docs_sql_builds_a_fan_in_as_written(conn):
+    from tests.conftest import doc_code
+
+    conn.execute(doc_code("workflows.md", "## For the DBA", "sql"))
+    [(waiting, parts)] = conn.execute(
+        "SELECT waiting_for, cardinality(depends_on) FROM background_jobs "
+        "WHERE job_type = 'import_summary'").fetchall()
+    assert waiting == parts == 3
+    [(waiting_on,)] = conn.execute("SELECT cardinality(waiting_on) FROM bgjobs_waiting").fetchall()
+    assert waiting_on == 3
