@@ -37,6 +37,7 @@ _EXPORTS = {
     "wait": "bgjobs.tasks.wait",
     "wait_workflow": "bgjobs.tasks.wait",
     "workflow": "bgjobs.tasks.workflow",
+    "get_workflow": "bgjobs.tasks.workflow",
     "Workflow": "bgjobs.core.jobs",
     "WaitTimeout": "bgjobs.tasks.wait",
     "InvalidRequest": "bgjobs.tasks.enqueue",
@@ -53,7 +54,7 @@ __all__ = [
     "BgjobsError", "Conflict", "DatabaseUnavailable", "InvalidInput", "InvalidParams",
     "InvalidRequest", "Job", "JobCancelled", "JobContext", "NonRetryable", "NotFound", "Param",
     "Status", "UnknownTask", "WaitTimeout", "Workflow", "cancel", "configure", "enqueue",
-    "enqueue_many", "get_job", "task", "wait", "wait_workflow", "workflow",
+    "enqueue_many", "get_job", "get_workflow", "task", "wait", "wait_workflow", "workflow",
 ]
 
 if TYPE_CHECKING:
@@ -76,7 +77,7 @@ if TYPE_CHECKING:
     )
     from bgjobs.tasks.registry import InvalidParams, NonRetryable, Param, UnknownTask, task
     from bgjobs.tasks.wait import WaitTimeout, wait, wait_workflow
-    from bgjobs.tasks.workflow import workflow
+    from bgjobs.tasks.workflow import get_workflow, workflow
 
 
 def __getattr__(name: str) -> Any:

@@ -21,7 +21,8 @@ from uuid import UUID
 
 import psycopg
 
-from bgjobs.core.jobs import Job
+from bgjobs.core.errors import NotFound
+from bgjobs.core.jobs import Job, Workflow, parse_job_id
 from bgjobs.core.store import Store
 from bgjobs.tasks import enqueue as enqueue_mod
 
@@ -72,3 +73,14 @@ def workflow(*, user_id: int | None = None, workflow_id: UUID | None = None,
         return
     with store.connection() as pooled, pooled.transaction():
         yield WorkflowBuilder(workflow_id, user_id, pooled, store)
+
+
+def get_workflow(workflow_id: UUID | str, *, user_id: int | None = None,
+                 store: Store | None = None) -> Workflow | None:
+    """The workflow (its counts, the job that failed first, its jobs), or None if it has no
+    jobs (or, with ``user_id``, none of that user's)."""
+    try:
+        return (store or enqueue_mod.default_store()).get_workflow(parse_job_id(workflow_id),
+                                                                   user_id)
+    except NotFound:
+        return None
