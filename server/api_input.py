@@ -29,7 +29,7 @@ LIMIT_DEFAULT, LIMIT_MAX = 50, 200
 # Deep enough for any real params; shallow enough that nothing downstream hits a recursion limit.
 MAX_JSON_DEPTH = 64
 JOB_FIELDS = frozenset({"type", "params", "priority", "run_after", "after",
-                        "run_if_dependency_fails"})
+                        "run_if_dependency_fails", "workflow_id"})
 #: At most this many jobs in one request's ``after`` (a larger fan-in: enqueue_many, SQL).
 AFTER_MAX = 1000
 #: An Idempotency-Key: visible ASCII, inner spaces allowed (HTTP strips outer ones).
@@ -48,6 +48,7 @@ class JobRequest:
     run_after: datetime | None
     after: list[uuid.UUID] | None = None
     run_if_dependency_fails: bool = False
+    workflow_id: uuid.UUID | None = None
 
 
 def _reject_constant(name: str) -> Any:
@@ -126,8 +127,15 @@ def job_request(body: dict[str, Any]) -> JobRequest:
     anyway = body.get("run_if_dependency_fails", False)
     if not isinstance(anyway, bool):
         raise _invalid("run_if_dependency_fails must be true or false")
+    workflow = body.get("workflow_id")
+    if workflow is not None:
+        try:
+            workflow = uuid.UUID(workflow)
+        except (TypeError, ValueError, AttributeError):
+            raise _invalid(f"workflow_id must be a UUID, got {workflow!r}") from None
     return JobRequest(job_type, params, priority(body.get("priority", 0)),
-                      run_after(body.get("run_after")), after(body.get("after")), anyway)
+                      run_after(body.get("run_after")), after(body.get("after")), anyway,
+                      workflow)
 
 
 def after(value: Any) -> list[uuid.UUID] | None:

@@ -51,7 +51,7 @@ class JobViews:
     def create_job(self) -> tuple[Response, int]:
         req = api_input.job_request(api_input.json_body(request))
         job, created = self.create(req.job_type, req.params, req.priority, req.run_after,
-                                   req.after, req.run_if_dependency_fails)
+                                   req.after, req.run_if_dependency_fails, req.workflow_id)
         return self.accepted(job.to_json(), job, created)
 
     def list_jobs(self) -> Response:
@@ -79,14 +79,15 @@ class JobViews:
     # For other views that enqueue (the API's seed routes) -------------------------------------
 
     def create(self, job_type: str, params: Any, priority: int = 0, run_after: Any = None,
-               after: Any = None, run_if_dependency_fails: bool = False) -> tuple[Job, bool]:
+               after: Any = None, run_if_dependency_fails: bool = False,
+               workflow_id: Any = None) -> tuple[Job, bool]:
         """Enqueue for the caller, honouring the request's Idempotency-Key."""
         user_id = self.user_id()
         key = api_input.idempotency_key(request)
         job, created = enqueue.submit(job_type, params, user_id=user_id, priority=priority,
                                       run_after=run_after, idempotency_key=key, after=after,
                                       run_if_dependency_fails=run_if_dependency_fails,
-                                      store=self.store())
+                                      workflow_id=workflow_id, store=self.store())
         if created:
             log.info("job %s created: type=%s user=%s", job.id, job.job_type, user_id)
         return job, created

@@ -277,7 +277,10 @@ def _schemas() -> dict[str, Any]:
                                  "items": {"type": "string", "format": "uuid"},
                                  "description": "Your jobs that must complete first "
                                                 "(docs/workflows.md)"},
-                       "run_if_dependency_fails": {"type": "boolean", "default": False}}},
+                       "run_if_dependency_fails": {"type": "boolean", "default": False},
+                       "workflow_id": {"type": "string", "format": "uuid",
+                                       "description": "Group jobs under an id of your choice "
+                                                      "(inherited from after's jobs if unset)"}}},
         "JobList": {"type": "object", "properties": {
             "jobs": {"type": "array", "items": _ref("Job")},
             "next_cursor": {"type": ["string", "null"]}}},

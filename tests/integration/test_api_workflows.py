@@ -20,6 +20,10 @@ def test_a_chain_through_the_api_and_its_workflow(api: Api, conn) -> None:
     assert b.json["workflow_id"] is None  # a root without one: nothing to inherit
     wf = str(uuid.uuid4())
     conn.execute("UPDATE background_jobs SET workflow_id = %s", [wf])
+    given = _post(api, {"type": "noop", "workflow_id": wf}).json
+    assert given["workflow_id"] == wf
+    api.client.post(f"/api/jobs/{given['id']}/cancel", headers=api.alice.headers)
+    conn.execute("DELETE FROM background_jobs WHERE id = %s", [given["id"]])
     c = _post(api, {"type": "noop", "after": [b.json["id"]], "run_if_dependency_fails": True})
     assert c.json["workflow_id"] == wf
     got = api.client.get(f"/api/jobs/workflows/{wf}", headers=api.alice.headers)
@@ -53,7 +57,9 @@ def test_bad_dependencies_are_a_422_and_store_nothing(api: Api, db_url) -> None:
             ({"after": "x"}, "after must be a list"),
             ({"after": ["x"]}, "is not a job id"),
             ({"after": [mine["id"]] * 1001}, "at most 1000"),
-            ({"after": [mine["id"]], "run_if_dependency_fails": "yes"}, "true or false")):
+            ({"after": [mine["id"]], "run_if_dependency_fails": "yes"}, "true or false"),
+            ({"workflow_id": "x"}, "workflow_id must be a UUID"),
+            ({"workflow_id": 7}, "workflow_id must be a UUID")):
         r = _post(api, {"type": "noop", **body})
         assert r.status_code == 422, (body, r.json)
         assert message in r.json["error"]["message"], r.json
