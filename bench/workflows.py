@@ -1,9 +1,9 @@
 """Workflows: what waiting for other jobs costs (docs/workflows.md, docs/benchmarks.md).
 
 One `bgjobs worker --concurrency 2` on a scratch database, and, each a median over runs:
-- fan-in: N parents and one child after all of them; the parents complete (N-1 in one
-  statement, then the last alone); the time from the last parent's completion to the child's
-  start (Postgres clocks), against the wake-up of an independent job into the same idle worker;
+- fan-in: N parents and one child after all of them, all run by the worker; the time from the
+  last parent's completion to the child's start (Postgres clocks), against the wake-up of an
+  independent job into the same idle worker;
 - fan-out: one parent and N children after it; how long the statement completing the parent
   takes (it releases all N), and the same statement with no children;
 - drain: J jobs in pairs (each second job after the first) against J independent jobs, jobs/s.
@@ -81,30 +81,29 @@ class _worker:
 
 
 def _fan_in_release_ms(c: psycopg.Connection, worker: subprocess.Popen[Any], fan: int) -> float:
-    """N parents (never claimed: a type no worker runs), one noop child after all of them."""
+    """N noop parents run by the worker, one noop child after all of them: milliseconds from
+    the last parent's completion to the child's start (both Postgres clocks)."""
     c.execute("TRUNCATE background_jobs CASCADE")
-    c.execute("INSERT INTO background_jobs (job_type) "
-              "SELECT 'bench_parent' FROM generate_series(1, %s)", [fan])
-    child = c.execute(
-        "INSERT INTO background_jobs (job_type, depends_on) "
-        "SELECT 'noop', array_agg(id) FROM background_jobs RETURNING id").fetchone()[0]
-    last = c.execute("SELECT id FROM background_jobs WHERE job_type = 'bench_parent' "
-                     "ORDER BY id LIMIT 1").fetchone()[0]
-    c.execute("UPDATE background_jobs SET status = 'complete' "
-              "WHERE job_type = 'bench_parent' AND id <> %s", [last])
-    time.sleep(0.3)  # an idle worker, as for the baseline
-    c.execute("UPDATE background_jobs SET status = 'complete' WHERE id = %s", [last])
-    deadline = time.perf_counter() + 30
+    with c.transaction():  # the worker sees parents and child at once
+        c.execute("CREATE TEMP TABLE IF NOT EXISTS parents (id uuid)")
+        c.execute("TRUNCATE parents")
+        c.execute("WITH p AS (INSERT INTO background_jobs (job_type) "
+                  "SELECT 'noop' FROM generate_series(1, %s) RETURNING id) "
+                  "INSERT INTO parents SELECT id FROM p", [fan])
+        child = c.execute("INSERT INTO background_jobs (job_type, depends_on) "
+                          "SELECT 'noop', array_agg(id) FROM parents RETURNING id").fetchone()[0]
+    deadline = time.perf_counter() + max(60.0, fan / 200)
     while True:
         row = c.execute(
-            "SELECT extract(epoch FROM c.started_at - p.finished_at) * 1000 "
-            "FROM background_jobs c, background_jobs p "
-            "WHERE c.id = %s AND c.started_at IS NOT NULL AND p.id = %s", [child, last]).fetchone()
+            "SELECT extract(epoch FROM c.started_at - (SELECT max(finished_at) FROM "
+            "background_jobs WHERE id = ANY(c.depends_on))) * 1000 "
+            "FROM background_jobs c WHERE c.id = %s AND c.started_at IS NOT NULL",
+            [child]).fetchone()
         if row:
             return float(row[0])
         if worker.poll() is not None or time.perf_counter() > deadline:
             raise RuntimeError("the released child did not start")
-        time.sleep(0.005)
+        time.sleep(0.01)
 
 
 def _fan_out_ms(c: psycopg.Connection, fan: int) -> tuple[float, float, float]:
