@@ -163,14 +163,14 @@ def apply(conn: psycopg.Connection, directory: Traversable | None = None, *,
     try:
         if users_table_set:
             _require_users_table(conn, users_table)
-        _require_one_schema(conn)
-        conn.execute(
-            """CREATE TABLE IF NOT EXISTS bgjobs_migrations (
-                   version INTEGER PRIMARY KEY,
-                   name TEXT NOT NULL,
-                   checksum TEXT NOT NULL,
-                   applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"""
-        )
+        if not _require_one_schema(conn):
+            conn.execute(
+                """CREATE TABLE bgjobs_migrations (
+                       version INTEGER PRIMARY KEY,
+                       name TEXT NOT NULL,
+                       checksum TEXT NOT NULL,
+                       applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"""
+            )
         applied = {
             row[0]: (row[1], row[2])
             for row in conn.execute("SELECT version, name, checksum FROM bgjobs_migrations")
@@ -203,12 +203,22 @@ def apply(conn: psycopg.Connection, directory: Traversable | None = None, *,
         if done:
             _after_migrations(conn)
         return done
+    except psycopg.Error as exc:
+        raise MigrationError(f"cannot migrate: {first_line(exc)}{_hint(exc)}") from exc
     finally:
         conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
 
 
-def _require_one_schema(conn: psycopg.Connection) -> None:
-    """Refuse a search_path that would put new bgjobs tables beside, not with, the existing ones."""
+def _hint(exc: psycopg.Error) -> str:
+    if isinstance(exc, psycopg.errors.InsufficientPrivilege):
+        return (" (run `bgjobs migrate` as the owner of bgjobs's schema and tables, not the "
+                "services' runtime role: docs/operations.md, \"Roles and privileges\")")
+    return ""
+
+
+def _require_one_schema(conn: psycopg.Connection) -> bool:
+    """Whether bgjobs_migrations exists; refuses a search_path that would put new bgjobs tables
+    beside, not with, the existing ones."""
     row = conn.execute(
         """SELECT n.nspname, current_schema() FROM pg_class c
            JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -218,13 +228,14 @@ def _require_one_schema(conn: psycopg.Connection) -> None:
             raise MigrationError(
                 "no schema of search_path exists (SHOW search_path): create bgjobs's schema "
                 "first, or fix search_path (docs/operations.md, \"Schema\")")
-        return
+        return False
     found, current = row
     if found != current:
         raise MigrationError(
             f"bgjobs's tables are in schema {found}, but search_path makes new tables in "
             f"{current}: put {found} first in search_path (docs/operations.md, \"Schema\"); "
             "nothing was changed")
+    return True
 
 
 def _apply_in_transaction(conn: psycopg.Connection, migration: Migration,
@@ -308,7 +319,7 @@ def _with_retries(conn: psycopg.Connection, name: str, locks: LockPolicy,
             time.sleep(pause)
         except psycopg.Error as exc:
             raise MigrationError(f"{name} failed: {first_line(exc)}; nothing of it "
-                                 "was applied") from exc
+                                 f"was applied{_hint(exc)}") from exc
 
 
 class _BlockerWatch:

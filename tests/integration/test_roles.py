@@ -123,6 +123,17 @@ def test_later_migrations_keep_the_runtime_roles_grants(granted, tmp_path):
                             ).fetchone() == ("cancelled",)
 
 
+def test_the_runtime_role_cannot_migrate_and_is_told_who_can(granted, tmp_path):
+    folder = tmp_path / "migrations"
+    shutil.copytree(str(migrate.migrations_dir()), folder)
+    (folder / "900_more.sql").write_text("ALTER TABLE background_jobs ADD COLUMN note text;")
+    with psycopg.connect(granted.runtime_url) as conn, pytest.raises(
+            migrate.MigrationError,
+            match=r"^900_more.sql failed: must be owner of table background_jobs; nothing of it "
+                  r"was applied \(run `bgjobs migrate` as the owner of bgjobs's schema"):
+        migrate.apply(conn, folder)
+
+
 def test_printing_the_grants_grants_nothing(server_url):
     with roles_database(server_url) as db:
         with psycopg.connect(db.owner_url, autocommit=True) as conn:
