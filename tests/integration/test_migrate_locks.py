@@ -7,6 +7,7 @@ The same with the real `bgjobs migrate` and a running API: tests/e2e/test_migrat
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import threading
 from collections.abc import Callable, Iterator
@@ -173,3 +174,57 @@ def test_a_failing_no_transaction_migration_is_not_recorded(migrated, tmp_path):
             migrate.MigrationError, match="900_bad.sql failed: .*no_such_column"):
         migrate.apply(conn, folder, locks=FAST)
     assert not applied(migrated, 900)
+
+
+def test_the_baseline_waits_for_the_apps_users_table_too(new_database):
+    """A fresh install references the app's users(id), which locks users briefly: under a
+    lock_timeout as well, and nothing is left of it when it gives up."""
+    url = new_database()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE users (id SERIAL PRIMARY KEY, email TEXT)")
+    with long_transaction(url, "LOCK TABLE users IN SHARE MODE") as holder:
+        pid = holder.info.backend_pid
+        with psycopg.connect(url) as conn, pytest.raises(
+                migrate.MigrationError,
+                match=rf"^baseline/\d+_schema.sql: gave up after 3 tries of 1s waiting for a lock "
+                      rf"on users held by pid {pid} "):
+            migrate.apply(conn, locks=FAST)
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert conn.execute("SELECT to_regclass('background_jobs')").fetchone() == (None,)
+        assert conn.execute("SELECT count(*) FROM bgjobs_migrations").fetchone() == (0,)
+        assert migrate.apply(conn, locks=FAST)  # and it installs once users is free
+
+
+#: Statements that lock background_jobs against writes for as long as they scan it. From 015 on
+#: (012-014 were written alongside this rule) a migration builds indexes on it concurrently
+#: and adds constraints NOT VALID, validating them in a later file (docs/operations.md).
+BLOCKING = [
+    (re.compile(r"CREATE\s+(UNIQUE\s+)?INDEX\s+(?!CONCURRENTLY)[^;]*\sON\s+background_jobs\b",
+                re.I), "CREATE INDEX CONCURRENTLY, in a -- bgjobs:no-transaction file"),
+    (re.compile(r"ALTER\s+TABLE\s+background_jobs\b[^;]*ADD\s+(CONSTRAINT\s+\w+\s+)?"
+                r"(CHECK|FOREIGN\s+KEY)(?![^;]*NOT\s+VALID)", re.I),
+     "ADD CONSTRAINT ... NOT VALID, then VALIDATE CONSTRAINT in a later file"),
+    (re.compile(r"ALTER\s+TABLE\s+background_jobs\b[^;]*(SET\s+NOT\s+NULL|\sTYPE\s)", re.I),
+     "a CHECK (col IS NOT NULL) NOT VALID, validated in a later file"),
+]
+
+
+def test_later_migrations_do_not_block_writes_to_background_jobs():
+    for migration in (m for m in migrate.discover() if m.version >= 15):
+        for pattern, instead in BLOCKING:
+            found = pattern.search(migration.sql)
+            assert found is None, (f"{migration.name}: {found.group(0)!r} blocks writes: "
+                                   f"use {instead}")
+
+
+@pytest.mark.parametrize(("text", "blocked"), [
+    ("CREATE INDEX x ON background_jobs (a);", True),
+    ("CREATE INDEX CONCURRENTLY x ON background_jobs (a);", False),
+    ("CREATE INDEX x ON bgjobs_new_table (a);", False),
+    ("ALTER TABLE background_jobs ADD CONSTRAINT c CHECK (a > 0);", True),
+    ("ALTER TABLE background_jobs ADD CONSTRAINT c CHECK (a > 0) NOT VALID;", False),
+    ("ALTER TABLE background_jobs ALTER COLUMN a SET NOT NULL;", True),
+    ("ALTER TABLE background_jobs ADD COLUMN a text;", False),
+])
+def test_the_blocking_statement_rule_itself(text, blocked):
+    assert any(p.search(text) for p, _ in BLOCKING) is blocked
