@@ -102,6 +102,13 @@ def rows(r: dict[str, Any]) -> list[Row]:
             out.append((f"progress checks, {what}: p50/p99 ms, errors",
                         f"{_fmt(row['p50_ms'])} / {_fmt(row['p99_ms'])}, {row['errors']}", "",
                         "", target))
+    m = r.get("migrate_stall") or {}
+    for key, what in (("lock_timeout_3s", "lock_timeout 3 s"), ("no_lock_timeout", "no timeout")):
+        row = m.get(key)
+        if row:
+            out.append((f"enqueue behind a waiting migration ({what}): max s, enqueues",
+                        f"{_fmt(row['max_enqueue_s'])}, {_fmt(row['enqueues_during'])}", "", "",
+                        "max <= 3.5 s" if key == "lock_timeout_3s" else "(before)"))
     return out
 
 
