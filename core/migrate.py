@@ -302,16 +302,19 @@ def _with_retries(conn: psycopg.Connection, name: str, locks: LockPolicy,
                 run()
             return
         except psycopg.errors.LockNotAvailable as exc:
-            blocker = watch.seen or "a session this role cannot see"
+            blocker = watch.seen or "a lock held by another session"
+            left = ""
             if cleanup is not None:
                 try:
                     cleanup()
                 except psycopg.Error as why:  # the next try (or run) drops it first
                     log.warning("migrate: %s: %s", name, first_line(why))
+                    left = (" (but for an INVALID index, which the next `bgjobs migrate` "
+                            "drops first)")
             if tries == locks.tries:
                 raise MigrationError(
                     f"{name}: gave up after {tries} tries of {locks.timeout:g}s waiting for "
-                    f"{blocker}; nothing of it was applied: end that session or run "
+                    f"{blocker}; nothing of it was applied{left}: end that session or run "
                     "`bgjobs migrate` again later") from exc
             pause = locks.pause(tries)
             log.warning("migrate: %s: waiting for %s; try %d of %d in %.0fs", name, blocker,
