@@ -62,6 +62,7 @@ def roles_database(server_url: str, schema: str = "bgjobs") -> Iterator[RolesDat
         with psycopg.connect(url, autocommit=True) as conn:
             # Postgres 14 and older let every role create tables in public: not the runtime's.
             conn.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+            conn.execute(f'REVOKE TEMPORARY ON DATABASE "{name}" FROM PUBLIC')
             if schema == "public":
                 conn.execute(f'GRANT CREATE ON SCHEMA public TO "{owner}"')
             else:

@@ -42,6 +42,14 @@ def test_the_services_run_as_the_runtime_role_in_a_schema_of_their_own(db, tmp_p
     assert granted.stdout == printed.stdout
     assert f"granted {db.runtime} what the services need" in granted.stderr
 
+    unknown = bgjobs(db.owner_url, "grant", "nobody_at_all")
+    assert unknown.returncode == 1 and unknown.stderr == (
+        "bgjobs: cannot grant nobody_at_all: no such role: nobody_at_all\n")
+    itself = bgjobs(db.runtime_url, "grant", db.runtime)  # the runtime role cannot grant
+    assert itself.returncode == 1 and itself.stderr.startswith(
+        f"bgjobs: cannot grant {db.runtime}: permission denied for function "
+        "bgjobs_grant_runtime"), itself.stderr
+
     created = bgjobs(db.runtime_url, "user", "create", "ada", "--id", "1")
     assert created.returncode == 0, created.stderr
     token = created.stdout.split()[-1]

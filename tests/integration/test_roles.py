@@ -27,6 +27,7 @@ FORBIDDEN = [
     "CREATE INDEX ON background_jobs (job_type)",
     "CREATE TABLE scratch (id int)",
     "CREATE TABLE public.scratch (id int)",
+    "CREATE TEMPORARY TABLE scratch (id int)",
     "CREATE FUNCTION bgjobs_evil() RETURNS int LANGUAGE sql AS 'SELECT 1'",
     "DROP FUNCTION bgjobs_cancel(uuid, integer)",
     "SELECT id FROM users",
