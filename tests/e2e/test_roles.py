@@ -31,6 +31,9 @@ def db(server_url: str) -> Iterator[RolesDatabase]:
 
 
 def test_the_services_run_as_the_runtime_role_in_a_schema_of_their_own(db, tmp_path: Path):
+    early = bgjobs(db.owner_url, "grant", db.runtime)
+    assert early.returncode == 1 and early.stderr == (
+        "bgjobs: this database has no bgjobs_grant_runtime(): run `bgjobs migrate` first\n")
     migrated = bgjobs(db.owner_url, "migrate")
     assert migrated.returncode == 0, migrated.stderr
     assert "jobs belong to users(id)" in migrated.stdout
