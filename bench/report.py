@@ -115,6 +115,13 @@ def rows(r: dict[str, Any]) -> list[Row]:
         out.append(("drain, pairs (one dependency each) vs independent, jobs/s",
                     f"{_fmt(w['paired_jobs_per_s'])} vs {_fmt(w['independent_jobs_per_s'])}",
                     "", f"{w['paired_over_independent']:.2f}x", ">= 0.8x"))
+    m = r.get("migrate_stall") or {}
+    for key, what in (("lock_timeout_3s", "lock_timeout 3 s"), ("no_lock_timeout", "no timeout")):
+        row = m.get(key)
+        if row:
+            out.append((f"enqueue behind a waiting migration ({what}): max s, enqueues",
+                        f"{_fmt(row['max_enqueue_s'])}, {_fmt(row['enqueues_during'])}", "", "",
+                        "max <= 3.5 s" if key == "lock_timeout_3s" else "(before)"))
     return out
 
 

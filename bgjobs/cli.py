@@ -17,6 +17,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import psycopg
+
 from bgjobs import proxy
 from bgjobs.core import config as config_mod
 from bgjobs.core import embedded, migrate
@@ -87,6 +89,12 @@ def _parser() -> argparse.ArgumentParser:
     cmd("migrate", cmd_migrate,
         "create or upgrade bgjobs's tables in the database in use and record its job types "
         "(safe to repeat)")
+    grant = cmd("grant", cmd_grant,
+                "grant ROLE what the API, events and workers need and nothing else (run as the "
+                "owner of bgjobs's tables; `bgjobs migrate` grants it again after upgrades)")
+    grant.add_argument("role", help="an existing role, e.g. bgjobs_app")
+    grant.add_argument("--print", action="store_true", dest="print_only",
+                       help="print the GRANT statements without running them")
 
     user = cmd("user", None, "manage users and their API tokens")
     usub = user.add_subparsers(title="user commands", metavar="ACTION")
@@ -191,6 +199,25 @@ def cmd_migrate(ns: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
+def cmd_grant(ns: argparse.Namespace, cfg: Config) -> int:
+    """`bgjobs grant ROLE`: bgjobs_grant_runtime() (013_runtime_roles.sql), printing its GRANTs."""
+    with connect(database_url(cfg, start=False), autocommit=True) as conn:
+        if conn.execute("SELECT to_regprocedure('bgjobs_grant_runtime(text, boolean)')"
+                        ).fetchone() == (None,):
+            raise CliError("this database has no bgjobs_grant_runtime(): run `bgjobs migrate` "
+                           "first")
+        try:
+            statements = [r[0] for r in conn.execute(
+                "SELECT * FROM bgjobs_grant_runtime(%s, %s)", (ns.role, not ns.print_only))]
+        except psycopg.Error as exc:
+            raise CliError(f"cannot grant {ns.role}: {first_line(exc)}") from None
+    print("\n".join(statements))
+    if not ns.print_only:
+        print(f"bgjobs: granted {ns.role} what the services need ({len(statements)} grants); "
+              "`bgjobs migrate` grants it again after every upgrade", file=sys.stderr)
+    return 0
+
+
 def _start_embedded(cfg: Config) -> str:
     """The embedded cluster's URL, started if need be, and left running (it is bgjobs's database
     from now on): saying so, since the user asked for a migration, not a server."""
@@ -209,7 +236,9 @@ def _migrate(url: str, cfg: Config) -> tuple[list[str], str]:
     """
     with connect(url) as conn:
         applied = migrate.apply(conn, users_table=cfg.users_table,
-                                users_table_set=cfg.users_table_set)
+                                users_table_set=cfg.users_table_set,
+                                locks=migrate.LockPolicy(cfg.migrate_lock_timeout,
+                                                         cfg.migrate_lock_tries))
         binding, warning = migrate.users_binding(conn, cfg.users_table,
                                                  users_table_set=cfg.users_table_set)
     if warning:

@@ -84,6 +84,10 @@ class Config:
     #: Where nginx in front of both services listens (`bgjobs proxy`, BGJOBS_PROXY_BIND); set,
     #: `bgjobs run` starts it too.
     proxy_bind: str | None = None
+    #: Seconds each try of a migration waits for a lock (BGJOBS_MIGRATE_LOCK_TIMEOUT), and how
+    #: many tries `bgjobs migrate` makes before giving up (BGJOBS_MIGRATE_LOCK_TRIES).
+    migrate_lock_timeout: float = 3.0
+    migrate_lock_tries: int = 5
 
     @property
     def embedded(self) -> bool:
@@ -242,6 +246,8 @@ def load() -> Config:
         metrics_token=os.environ.get("BGJOBS_METRICS_TOKEN") or None,
         pg_durable=_flag("BGJOBS_PG_DURABLE", default=True),
         proxy_bind=os.environ.get("BGJOBS_PROXY_BIND") or None,
+        migrate_lock_timeout=_float("BGJOBS_MIGRATE_LOCK_TIMEOUT", 3.0, minimum=0.1),
+        migrate_lock_tries=_int("BGJOBS_MIGRATE_LOCK_TRIES", 5, minimum=1),
     )
 
 

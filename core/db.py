@@ -12,7 +12,7 @@ from typing import Any
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from bgjobs.core import embedded
+from bgjobs.core import embedded, replan
 from bgjobs.core.config import Config
 from bgjobs.core.errors import DatabaseUnavailable, first_line
 
@@ -47,7 +47,8 @@ def database_url(config: Config, start: bool = False) -> str:
 def connect(url: str, **kwargs) -> psycopg.Connection:
     """One connection, with driver errors on connect turned into DatabaseUnavailable."""
     try:
-        return psycopg.connect(url, connect_timeout=CONNECT_TIMEOUT, **kwargs)
+        return psycopg.connect(url, connect_timeout=CONNECT_TIMEOUT,
+                               **{"cursor_factory": replan.Cursor, **kwargs})
     except psycopg.OperationalError as exc:
         raise DatabaseUnavailable(f"cannot connect to Postgres: {first_line(exc)}") from exc
 
@@ -181,7 +182,7 @@ def make_pool(url: str, *, min_size: int = 1, max_size: int = 8, name: str = "bg
     ``connect_kwargs`` go to every ``psycopg.connect``.
     """
     kwargs = {"autocommit": True, "connect_timeout": CONNECT_TIMEOUT, "application_name": name,
-              **connect_kwargs}
+              "cursor_factory": replan.Cursor, **connect_kwargs}
     breaker = Breaker(url, name, **{k: v for k, v in kwargs.items() if k != "connect_timeout"})
 
     def configure(conn: psycopg.Connection) -> None:

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import enum
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any, NamedTuple
 from uuid import UUID
+
+from psycopg.cursor import BaseCursor
+from psycopg.rows import RowMaker
 
 from bgjobs.core.errors import NotFound
 
@@ -91,6 +95,19 @@ class Job:
 
 
 JOB_COLUMNS = tuple(f.name for f in fields(Job))
+
+
+def job_row(cursor: BaseCursor[Any, Any]) -> RowMaker[Job]:
+    """Row factory: a Job from a row of background_jobs, leaving out columns this version of
+    bgjobs does not know: a migration adding one runs before the code that reads it is
+    deployed, and the code still running must read on (docs/operations.md)."""
+    names = [c.name for c in cursor.description or ()]
+    keep = [(i, name) for i, name in enumerate(names) if name in JOB_COLUMNS]
+
+    def make(values: Sequence[Any]) -> Job:
+        return Job(**{name: values[i] for i, name in keep})
+
+    return make
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ from bgjobs.core.jobs import (
     ProgressUpdate,
     User,
     Workflow,
+    job_row,
 )
 from bgjobs.core.queries import q
 from bgjobs.core.store_ops import Operations
@@ -166,14 +167,14 @@ class Store(Operations):
                 for job_id, params in zip(ids, params_list, strict=True)]
 
     def get_job(self, job_id: UUID, user_id: int | None = None) -> Job:
-        with self.connection() as c, c.cursor(row_factory=class_row(Job)) as cur:
+        with self.connection() as c, c.cursor(row_factory=job_row) as cur:
             job = cur.execute(q("get_job"), {"id": job_id, "user_id": user_id}).fetchone()
         if job is None:
             raise NotFound(f"no job {job_id}")
         return job
 
     def get_jobs(self, job_ids: Iterable[UUID]) -> list[Job]:
-        with self.connection() as c, c.cursor(row_factory=class_row(Job)) as cur:
+        with self.connection() as c, c.cursor(row_factory=job_row) as cur:
             return cur.execute(q("get_jobs"), {"ids": list(job_ids)}).fetchall()
 
     def list_jobs(
@@ -191,7 +192,7 @@ class Store(Operations):
             "before_created": before[0] if before else None,
             "before_id": before[1] if before else None,
         }
-        with self.connection() as c, c.cursor(row_factory=class_row(Job)) as cur:
+        with self.connection() as c, c.cursor(row_factory=job_row) as cur:
             return cur.execute(q("list_jobs"), args).fetchall()
 
     def get_workflow(self, workflow_id: UUID, user_id: int | None = None,
@@ -200,7 +201,7 @@ class Store(Operations):
         args = {"id": workflow_id, "user_id": user_id, "limit": limit + 1}
         with self.connection() as c, c.cursor(row_factory=dict_row) as cur:
             counts = cur.execute(q("workflow_summary"), args).fetchone()
-            with c.cursor(row_factory=class_row(Job)) as jobs_cur:
+            with c.cursor(row_factory=job_row) as jobs_cur:
                 jobs = jobs_cur.execute(q("workflow_jobs"), args).fetchall()
         if not counts or not counts["total"]:
             raise NotFound(f"no workflow {workflow_id}")
@@ -209,7 +210,7 @@ class Store(Operations):
 
     def cancel(self, job_id: UUID, user_id: int | None = None) -> Job:
         """Cancel a pending or running job; NotFound if missing or not theirs, Conflict if done."""
-        with self.connection() as c, c.cursor(row_factory=class_row(Job)) as cur:
+        with self.connection() as c, c.cursor(row_factory=job_row) as cur:
             job = cur.execute(q("cancel_job"), {"id": job_id, "user_id": user_id}).fetchone()
             if job is not None:
                 return job
@@ -219,7 +220,7 @@ class Store(Operations):
         raise Conflict(f"job {job_id} has already finished", job_id)
 
     def requeue(self, job_id: UUID) -> Job:
-        with self.connection() as c, c.cursor(row_factory=class_row(Job)) as cur:
+        with self.connection() as c, c.cursor(row_factory=job_row) as cur:
             job = cur.execute(q("requeue_job"), {"id": job_id}).fetchone()
             if job is not None:
                 return job

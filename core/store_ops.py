@@ -15,7 +15,7 @@ import psycopg
 from psycopg.rows import class_row, dict_row
 
 from bgjobs.core.errors import NotFound
-from bgjobs.core.jobs import Job, User
+from bgjobs.core.jobs import Job, User, job_row
 from bgjobs.core.queries import q
 
 
@@ -161,7 +161,7 @@ class Operations:
                 "until": until, "limit": limit,
                 "before_created": before[0] if before else None,
                 "before_id": before[1] if before else None}
-        with self.connection() as c, c.cursor(row_factory=class_row(Job)) as cur:
+        with self.connection() as c, c.cursor(row_factory=job_row) as cur:
             return cur.execute(q("admin_list_jobs"), args).fetchall()
 
     def user_names(self, ids: Iterator[int] | Sequence[int]) -> dict[int, str]:

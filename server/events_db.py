@@ -17,8 +17,9 @@ import psycopg
 from psycopg.rows import class_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from bgjobs.core import replan
 from bgjobs.core.db import CONNECT_TIMEOUT, IDLE_CHECK_SECONDS, Breaker, waits
-from bgjobs.core.jobs import Job, User
+from bgjobs.core.jobs import Job, User, job_row
 from bgjobs.core.queries import q
 from bgjobs.core.store import translate_errors
 from bgjobs.server import auth
@@ -74,7 +75,7 @@ def make_pool(url: str, max_size: int, timeout: float = 5.0) -> AsyncPool:
         # sending to a thousand streams every round trip waits for a whole round of sends.
         check=_check_if_idle,
         kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT,
-                "application_name": POOL_APPLICATION_NAME},
+                "application_name": POOL_APPLICATION_NAME, "cursor_factory": replan.AsyncCursor},
     )
 
 
@@ -102,7 +103,7 @@ class EventsDb:
 
     async def get_job(self, job_id: UUID, user_id: int | None) -> Job | None:
         """The job, if it exists and (with ``user_id``) belongs to that user."""
-        async with self._conn() as conn, conn.cursor(row_factory=class_row(Job)) as cur:
+        async with self._conn() as conn, conn.cursor(row_factory=job_row) as cur:
             await cur.execute(q("get_job"), {"id": job_id, "user_id": user_id})
             return await cur.fetchone()
 
@@ -110,7 +111,7 @@ class EventsDb:
         ids = list(job_ids)
         if not ids:
             return []
-        async with self._conn() as conn, conn.cursor(row_factory=class_row(Job)) as cur:
+        async with self._conn() as conn, conn.cursor(row_factory=job_row) as cur:
             await cur.execute(q("get_jobs"), {"ids": ids})
             return await cur.fetchall()
 
@@ -119,7 +120,7 @@ class EventsDb:
         users = list(user_ids)
         if not users:
             return []
-        async with self._conn() as conn, conn.cursor(row_factory=class_row(Job)) as cur:
+        async with self._conn() as conn, conn.cursor(row_factory=job_row) as cur:
             await cur.execute(q("events_user_jobs_since"),
                               {"user_ids": users, "since": since, "limit": limit})
             return await cur.fetchall()

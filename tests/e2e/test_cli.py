@@ -43,7 +43,7 @@ def assert_one_line_error(done: subprocess.CompletedProcess[str], text: str) -> 
 
 
 @pytest.mark.parametrize("args", [[], ["user"], ["enqueue"], ["jobs"], ["cancel"], ["psql"],
-                                  ["migrate"], ["run"], ["api"], ["events"], ["db"],
+                                  ["migrate"], ["grant"], ["run"], ["api"], ["events"], ["db"],
                                   ["schedules"]])
 def test_every_command_has_help(db_url, args):
     done = bgjobs(db_url, *args, "--help")
