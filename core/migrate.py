@@ -87,6 +87,7 @@ def apply(conn: psycopg.Connection, directory: Traversable | None = None, *,
     migrations = discover(directory)
     start = baseline() if directory is None else None
     conn.autocommit = True
+    conn.add_notice_handler(_log_warning)
     conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
     try:
         if users_table_set:
@@ -130,6 +131,13 @@ def apply(conn: psycopg.Connection, directory: Traversable | None = None, *,
         return done
     finally:
         conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
+        conn.remove_notice_handler(_log_warning)
+
+
+def _log_warning(diag: psycopg.errors.Diagnostic) -> None:
+    """A migration's WARNING (e.g. old rows a new check cannot validate yet) is logged."""
+    if diag.severity_nonlocalized == "WARNING":
+        log.warning("%s (hint: %s)", diag.message_primary, diag.message_hint)
 
 
 def _apply_baseline(conn: psycopg.Connection, start: Migration, migrations: list[Migration],
