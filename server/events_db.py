@@ -14,12 +14,12 @@ from typing import Any
 from uuid import UUID
 
 import psycopg
-from psycopg.rows import class_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from bgjobs.core.db import CONNECT_TIMEOUT, IDLE_CHECK_SECONDS, Breaker, waits
 from bgjobs.core.jobs import Job, User
 from bgjobs.core.queries import q
+from bgjobs.core.rows import job_row, lenient, record_row
 from bgjobs.core.store import translate_errors
 from bgjobs.server import auth
 
@@ -98,11 +98,12 @@ class EventsDb:
     async def _conn(self) -> AsyncIterator[psycopg.AsyncConnection]:
         with translate_errors(self.pool.breaker.suspect):
             async with self.pool.lend() as conn:
+                lenient(conn)  # a stored value no reader can hold never fails a stream
                 yield conn
 
     async def get_job(self, job_id: UUID, user_id: int | None) -> Job | None:
         """The job, if it exists and (with ``user_id``) belongs to that user."""
-        async with self._conn() as conn, conn.cursor(row_factory=class_row(Job)) as cur:
+        async with self._conn() as conn, conn.cursor(row_factory=job_row) as cur:
             await cur.execute(q("get_job"), {"id": job_id, "user_id": user_id})
             return await cur.fetchone()
 
@@ -110,7 +111,7 @@ class EventsDb:
         ids = list(job_ids)
         if not ids:
             return []
-        async with self._conn() as conn, conn.cursor(row_factory=class_row(Job)) as cur:
+        async with self._conn() as conn, conn.cursor(row_factory=job_row) as cur:
             await cur.execute(q("get_jobs"), {"ids": ids})
             return await cur.fetchall()
 
@@ -119,7 +120,7 @@ class EventsDb:
         users = list(user_ids)
         if not users:
             return []
-        async with self._conn() as conn, conn.cursor(row_factory=class_row(Job)) as cur:
+        async with self._conn() as conn, conn.cursor(row_factory=job_row) as cur:
             await cur.execute(q("events_user_jobs_since"),
                               {"user_ids": users, "since": since, "limit": limit})
             return await cur.fetchall()
@@ -139,6 +140,6 @@ class EventsDb:
         return await self._user(*found) if found else None
 
     async def _user(self, query: str, args: dict[str, object]) -> User | None:
-        async with self._conn() as conn, conn.cursor(row_factory=class_row(User)) as cur:
+        async with self._conn() as conn, conn.cursor(row_factory=record_row(User)) as cur:
             await cur.execute(q(query), args)
             return await cur.fetchone()
