@@ -241,7 +241,11 @@ def _schemas() -> dict[str, Any]:
             "user_id": {"type": ["integer", "null"]},
             "version": {"type": "integer", "description": "Bumped on every change (SSE id)"},
             "created_at": _TS, "updated_at": _TS, "run_after": _TS,
-            "started_at": _TS, "finished_at": _TS}},
+            "started_at": _TS, "finished_at": _TS,
+            "unreadable": {"type": "array", "items": {"type": "string"},
+                           "description": "Only when some are: the fields shown as null "
+                                          "because their stored value cannot be read "
+                                          "(docs/dba.md)"}}},
         "SeedJob": {"allOf": [_ref("Job"), {"type": "object", "properties": {
             "job_id": {"type": "string", "format": "uuid"}}}]},
         "NewJob": {"type": "object", "required": ["type"], "additionalProperties": False,
@@ -252,7 +256,9 @@ def _schemas() -> dict[str, Any]:
                                     "maximum": PRIORITY_MAX, "default": 0,
                                     "description": "Lower runs first"},
                        "run_after": {"type": "string", "format": "date-time",
-                                     "description": "ISO 8601 with a timezone"}}},
+                                     "description": "ISO 8601 with a timezone, from "
+                                                    "0001-01-02T00:00:00Z to "
+                                                    "9999-12-30T23:59:59Z"}}},
         "JobList": {"type": "object", "properties": {
             "jobs": {"type": "array", "items": _ref("Job")},
             "next_cursor": {"type": ["string", "null"]}}},
