@@ -491,3 +491,17 @@ def test_old_rows_never_fail_the_migration_and_keep_their_order(
         with pytest.raises(psycopg.errors.CheckViolation):
             conn.execute("INSERT INTO background_jobs (job_type, run_after) "
                          "VALUES ('noop', 'infinity')")
+
+
+def test_a_progress_payload_nested_too_deep_is_dropped_not_a_listener_crash(
+        conn: psycopg.Connection, store: Store, listener: psycopg.Connection) -> None:
+    from bgjobs.server.broadcast import parse_payload
+    from tests.conftest import drain
+
+    job = add_job(store)
+    drain(listener)
+    conn.execute("UPDATE background_jobs SET progress = %s::jsonb WHERE id = %s",
+                 ('{"a": ' + "[" * 3000 + "]" * 3000 + "}", job.id))
+    payloads = [p for channel, p in drain(listener) if channel == "background_jobs_progress"]
+    assert payloads and len(payloads[0]) < 7900  # it fits, so it is sent whole
+    assert parse_payload(payloads[0]) is None
