@@ -71,3 +71,15 @@ FROM background_jobs
 WHERE status = 'running'
   AND greatest(coalesce(heartbeat_at, started_at), pg_postmaster_start_time())
       < now() - make_interval(secs => lease_seconds);
+
+-- Nor a DBA's attempts = 2147483647 (no attempt number left: the claim passes such a job by)
+-- make a requeue fail on integer overflow.
+CREATE OR REPLACE FUNCTION bgjobs_requeue(p_id uuid) RETURNS SETOF background_jobs
+LANGUAGE sql AS $$
+    UPDATE background_jobs
+    SET status = 'pending', run_after = now(), worker_id = NULL, heartbeat_at = NULL,
+        started_at = NULL, result = NULL, progress = '{}',
+        max_attempts = greatest(max_attempts, least(attempts, 2147483646) + 1)
+    WHERE id = p_id AND status <> 'pending'
+    RETURNING *
+$$;
