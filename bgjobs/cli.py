@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -123,6 +124,9 @@ def _parser() -> argparse.ArgumentParser:
     _owner_options(enq, "owner's user name (default: no owner)",
                    "owner's id in your app's users table (default: no owner)")
     enq.add_argument("--priority", type=int, default=0, help="lower runs first (default 0)")
+    enq.add_argument("--run-after", metavar="TIME",
+                     help="not before this ISO 8601 time with a timezone, e.g. "
+                          "2030-01-01T09:00:00Z (park: 9999-12-30T00:00:00Z)")
 
     jobs = cmd("jobs", cmd_jobs, "list jobs, newest first")
     jobs.add_argument("--status", choices=["pending", "running", "complete", "error", "cancelled"])
@@ -314,13 +318,19 @@ def cmd_enqueue(ns: argparse.Namespace, cfg: Config) -> int:
         params = json.loads(ns.params)
     except json.JSONDecodeError as exc:
         raise CliError(f"--params is not valid JSON: {exc}") from None
+    run_after = None
+    if ns.run_after is not None:
+        try:
+            run_after = datetime.fromisoformat(ns.run_after)
+        except ValueError:
+            raise CliError(f"--run-after is not an ISO 8601 time: {ns.run_after!r}") from None
     registry.load_tasks(cfg.task_modules)
     task = registry.get(ns.type)  # an unknown type fails before the database is asked anything
     store = _store(cfg)
     user_id = _owner_id(ns, store)
     try:
         job = enqueue.enqueue(ns.type, params, user_id=user_id, priority=ns.priority,
-                              store=store)
+                              run_after=run_after, store=store)
     except Conflict as exc:
         raise CliError(f"{exc} (job {exc.job_id})") from None
     except registry.InvalidParams as exc:
@@ -343,12 +353,14 @@ def cmd_jobs(ns: argparse.Namespace, cfg: Config) -> int:
         return 0
     print(f"{'ID':36}  {'TYPE':12}  {'STATUS':9}  {'PROGRESS':>9}  {'ATT':>3}  CREATED")
     for job in jobs:
-        prog = job.progress or {}
+        prog = job.progress if isinstance(job.progress, dict) else {}  # a DBA may write any JSON
         done = (f"{prog.get('current')}/{prog.get('total')}"
                 if prog.get("total") is not None else "-")
         created = job.created_at.strftime("%Y-%m-%d %H:%M:%S") if job.created_at else "-"
+        note = (f"  (unreadable: {', '.join(n for n, _ in job.unreadable)}; see docs/dba.md)"
+                if job.unreadable else "")
         print(f"{job.id!s:36}  {job.job_type:12.12}  {job.status:9}  {done:>9}  "
-              f"{job.attempts:>3}  {created}")
+              f"{job.attempts:>3}  {created}{note}")
     return 0
 
 

@@ -37,6 +37,11 @@ class Conflict(StoreError):
         self.job_id = job_id
 
 
+class UnreadableValue(StoreError):
+    """A stored value cannot be represented by this reader (a row written before the tables
+    refused such values): a problem of the data, not of the request."""
+
+
 class InvalidInput(StoreError):
     """The database rejected a value (bad name, out-of-range number, ...)."""
 

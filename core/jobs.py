@@ -6,7 +6,7 @@ import enum
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, NamedTuple
 from uuid import UUID
 
@@ -47,7 +47,7 @@ class Job:
     updated_at: datetime | None
     params: dict[str, Any]
     priority: int
-    run_after: datetime
+    run_after: datetime | None
     attempts: int
     max_attempts: int
     lease_seconds: int
@@ -64,14 +64,18 @@ class Job:
     waiting_for: int = 0
     run_if_dependency_fails: bool = False
     workflow_id: UUID | None = None
+    #: (column, stored value as Postgres printed it) of each value bgjobs could not read (a
+    #: row written before the table refused such values): shown as null, see core/rows.py.
+    unreadable: tuple[tuple[str, str], ...] = ()
 
     @property
     def finished(self) -> bool:
         return self.status in FINISHED
 
     def to_json(self) -> dict[str, Any]:
-        """The job as the API and the events service show it."""
-        return {
+        """The job as the API and the events service show it; ``unreadable`` names the fields
+        shown as null because the stored value cannot be read (only when there are some)."""
+        shown = {
             "id": str(self.id),
             "type": self.job_type,
             "status": self.status,
@@ -92,9 +96,13 @@ class Job:
             "waiting_for": self.waiting_for,
             "workflow_id": str(self.workflow_id) if self.workflow_id else None,
         }
+        if self.unreadable:
+            shown["unreadable"] = [name for name, _ in self.unreadable]
+        return shown
 
 
-JOB_COLUMNS = tuple(f.name for f in fields(Job))
+#: The columns of background_jobs a Job holds (``unreadable`` is not one).
+JOB_COLUMNS = tuple(f.name for f in fields(Job) if f.name != "unreadable")
 
 
 def job_row(cursor: BaseCursor[Any, Any]) -> RowMaker[Job]:
@@ -201,6 +209,27 @@ def parse_job_id(raw: UUID | str) -> UUID:
         return UUID(raw)
     except (ValueError, TypeError, AttributeError):
         raise NotFound(f"no job {raw!r}: job ids are UUIDs") from None
+
+
+#: What every timestamp column of bgjobs's tables accepts, ``TIME_MIN <= t < TIME_MAX``
+#: (012_readable_times.sql): Python's datetime, years 1 to 9999, less a day at each end so that
+#: every reader converts it to its own time zone. Park a job with ``run_after = PARKED``.
+TIME_MIN = datetime(1, 1, 2, tzinfo=UTC)
+TIME_MAX = datetime(9999, 12, 31, tzinfo=UTC)
+PARKED = datetime(9999, 12, 30, tzinfo=UTC)
+TIME_RANGE = "between 0001-01-02T00:00:00Z and 9999-12-30T23:59:59Z"
+
+
+def time_out_of_range(name: str, value: datetime) -> str | None:
+    """Why a column cannot take the aware datetime ``value``, or None."""
+    try:
+        in_range = TIME_MIN <= value < TIME_MAX
+    except OverflowError:  # its UTC falls outside datetime's range itself
+        in_range = False
+    if in_range:
+        return None
+    return (f"{name} must be {TIME_RANGE} (the times every reader can represent; to park a "
+            f"job, use {PARKED.isoformat()}), got {value.isoformat()}")
 
 
 def unstorable(value: Any) -> str | None:

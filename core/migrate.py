@@ -159,6 +159,7 @@ def apply(conn: psycopg.Connection, directory: Traversable | None = None, *,
     start = baseline() if directory is None else None
     locks = locks or LockPolicy()
     conn.autocommit = True
+    conn.add_notice_handler(_log_warning)
     conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
     try:
         if users_table_set:
@@ -207,6 +208,13 @@ def apply(conn: psycopg.Connection, directory: Traversable | None = None, *,
         raise MigrationError(f"cannot migrate: {first_line(exc)}{_hint(exc)}") from exc
     finally:
         conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
+        conn.remove_notice_handler(_log_warning)
+
+
+def _log_warning(diag: psycopg.errors.Diagnostic) -> None:
+    """A migration's WARNING (e.g. old rows a new check cannot validate yet) is logged."""
+    if diag.severity_nonlocalized == "WARNING":
+        log.warning("%s (hint: %s)", diag.message_primary, diag.message_hint)
 
 
 def _hint(exc: psycopg.Error) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import secrets
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -18,7 +19,6 @@ from typing import Any, NamedTuple
 from uuid import UUID
 
 import psycopg
-from psycopg.rows import class_row, dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
 
@@ -29,6 +29,7 @@ from bgjobs.core.errors import (
     InvalidInput,
     NotFound,
     NotMigrated,
+    UnreadableValue,
     first_line,
 )
 from bgjobs.core.jobs import (
@@ -44,10 +45,13 @@ from bgjobs.core.jobs import (
     job_row,
 )
 from bgjobs.core.queries import q
+from bgjobs.core.rows import Unreadable, dict_rows, job_row, lenient, readable, record_row
 from bgjobs.core.store_ops import Operations
 
 #: A workflow's jobs listed at most (its counts cover them all).
 WORKFLOW_JOBS_MAX = 1000
+
+log = logging.getLogger(__name__)
 
 
 class NewJob(NamedTuple):
@@ -89,17 +93,23 @@ class Store(Operations):
 
     @contextmanager
     def connection(self, conn: psycopg.Connection | None = None) -> Iterator[psycopg.Connection]:
-        """The caller's connection if given (their transaction), else one from the pool."""
+        """The caller's connection if given (their transaction), else one from the pool.
+
+        The pool's connections read values bgjobs cannot represent as markers (core/rows.py);
+        the caller's connection is left as it is (its reads here use lenient cursors).
+        """
         if conn is not None:
             with translate_errors():
                 yield conn
             return
         if isinstance(self.pool, Pool):  # fails at once while Postgres is known to be down
             with translate_errors(self.pool.breaker.suspect), self.pool.lend() as pooled:
+                lenient(pooled)
                 yield pooled
                 mark_used(pooled)
             return
         with translate_errors(), self.pool.connection() as pooled:
+            lenient(pooled)
             yield pooled
             mark_used(pooled)
 
@@ -129,7 +139,8 @@ class Store(Operations):
                 row = c.execute(q("insert_job"), args).fetchone()
                 if row is not None:
                     return Inserted(_pending_job(new, *row), True)
-                with c.cursor(row_factory=dict_row) as cur:
+                with c.cursor(row_factory=dict_rows) as cur:
+                    lenient(cur)
                     clash = cur.execute(q("find_clashing_job"), args).fetchone()
                 if clash is not None:
                     break
@@ -184,7 +195,7 @@ class Store(Operations):
         status: str | None = None,
         job_type: str | None = None,
         limit: int = 50,
-        before: tuple[datetime, UUID] | None = None,
+        before: tuple[datetime | str, UUID] | None = None,
     ) -> list[Job]:
         """Newest first; ``before`` is the (created_at, id) of the last job of the previous page."""
         args = {
@@ -199,7 +210,7 @@ class Store(Operations):
                      limit: int = WORKFLOW_JOBS_MAX) -> Workflow:
         """A workflow's summary and first ``limit`` jobs; NotFound if it has none (of theirs)."""
         args = {"id": workflow_id, "user_id": user_id, "limit": limit + 1}
-        with self.connection() as c, c.cursor(row_factory=dict_row) as cur:
+        with self.connection() as c, c.cursor(row_factory=dict_rows) as cur:
             counts = cur.execute(q("workflow_summary"), args).fetchone()
             with c.cursor(row_factory=job_row) as jobs_cur:
                 jobs = jobs_cur.execute(q("workflow_jobs"), args).fetchall()
@@ -266,12 +277,17 @@ class Store(Operations):
         args = {"worker_id": worker_id, "types": list(types), "limit": limit,
                 "lease_seconds": lease_seconds, "now": now}
         with self.connection() as c:
-            return [Claimed(*row) for row in c.execute(q("claim_jobs"), args)]
+            claimed = [Claimed(*row) for row in c.execute(q("claim_jobs"), args)]
+        for job in claimed:
+            if isinstance(job.params, Unreadable):  # the task's check fails it, with this logged
+                log.warning("job %s: its params cannot be read (%r...): it will fail",
+                            job.id, str(job.params))
+        return claimed
 
     def next_run_after(self, types: Sequence[str]) -> datetime | None:
         with self.connection() as c:
             row = c.execute(q("next_run_after"), {"types": list(types)}).fetchone()
-        return row[0] if row else None
+        return readable(row[0]) if row else None
 
     def heartbeat(self, attempts: Sequence[Attempt]) -> set[UUID]:
         """Refresh heartbeats; returns the job ids still owned (the rest were lost)."""
@@ -314,7 +330,7 @@ class Store(Operations):
                    reaper: str | None = None) -> list[dict[str, Any]]:
         """Take back jobs whose heartbeat is older than their lease (one reaper at a time);
         ``reaper`` is the calling worker's id: its own jobs are alive and left alone."""
-        with self.connection() as c, c.transaction(), c.cursor(row_factory=dict_row) as cur:
+        with self.connection() as c, c.transaction(), c.cursor(row_factory=dict_rows) as cur:
             return cur.execute(q("reap_stale"), {"now": now, "reaper": reaper}).fetchall()
 
     def reap_and_list_listeners(self, application_name: str, now: datetime | None = None,
@@ -322,7 +338,7 @@ class Store(Operations):
                                 ) -> tuple[list[dict[str, Any]], list[int]]:
         """``reap_stale``, and in the same transaction (no commit more) the backend pids of the
         connections named ``application_name`` on this database, in order."""
-        with self.connection() as c, c.transaction(), c.cursor(row_factory=dict_row) as cur:
+        with self.connection() as c, c.transaction(), c.cursor(row_factory=dict_rows) as cur:
             reaped = cur.execute(q("reap_stale"), {"now": now, "reaper": reaper}).fetchall()
             pids = [row["pid"] for row in cur.execute(
                 q("worker_listeners"), {"application_name": application_name})]
@@ -334,7 +350,7 @@ class Store(Operations):
             c.execute(q("wake_workers"), {"types": sorted(set(job_types))}).fetchall()
 
     def summary(self) -> list[dict[str, Any]]:
-        with self.connection() as c, c.cursor(row_factory=dict_row) as cur:
+        with self.connection() as c, c.cursor(row_factory=dict_rows) as cur:
             return cur.execute(q("summary")).fetchall()
 
     def _fenced(self, query: str, attempts: Sequence[Attempt], extra: dict[str, Any]) -> set[UUID]:
@@ -361,7 +377,7 @@ class Store(Operations):
         query, args = (("insert_user", {"name": name, "is_admin": is_admin}) if user_id is None
                        else ("insert_user_with_id",
                              {"name": name, "id": user_id, "is_admin": is_admin}))
-        with self.connection() as c, c.transaction(), c.cursor(row_factory=class_row(User)) as cur:
+        with self.connection() as c, c.transaction(), c.cursor(row_factory=record_row(User)) as cur:
             try:
                 user = cur.execute(q(query), args).fetchone()
             except psycopg.errors.UniqueViolation as exc:
@@ -380,7 +396,7 @@ class Store(Operations):
     def create_token(self, name: str) -> tuple[User, str]:
         """Another API token for an existing user."""
         token = "bgj_" + secrets.token_urlsafe(32)
-        with self.connection() as c, c.transaction(), c.cursor(row_factory=class_row(User)) as cur:
+        with self.connection() as c, c.transaction(), c.cursor(row_factory=record_row(User)) as cur:
             user = cur.execute(q("get_user_by_name"), {"name": name}).fetchone()
             if user is None:
                 raise NotFound(f"no user {name!r}")
@@ -394,7 +410,7 @@ class Store(Operations):
         return row[0] if row else None
 
     def get_user(self, name: str) -> User:
-        with self.connection() as c, c.cursor(row_factory=class_row(User)) as cur:
+        with self.connection() as c, c.cursor(row_factory=record_row(User)) as cur:
             user = cur.execute(q("get_user_by_name"), {"name": name}).fetchone()
         if user is None:
             raise NotFound(f"no user {name!r}")
@@ -402,7 +418,7 @@ class Store(Operations):
 
     def find_user(self, query: str, args: dict[str, Any]) -> User | None:
         """Run one of the named user lookups (see ``server.auth.lookup``)."""
-        with self.connection() as c, c.cursor(row_factory=class_row(User)) as cur:
+        with self.connection() as c, c.cursor(row_factory=record_row(User)) as cur:
             return cur.execute(q(query), args).fetchone()
 
     def user_for_token(self, token: str) -> User | None:
@@ -439,7 +455,7 @@ class Store(Operations):
 
     def finished_recently(self, seconds: int) -> list[dict[str, Any]]:
         """Jobs that finished in the last ``seconds``, by type and status, with run times."""
-        with self.connection() as c, c.cursor(row_factory=dict_row) as cur:
+        with self.connection() as c, c.cursor(row_factory=dict_rows) as cur:
             return cur.execute(q("finished_recently"), {"seconds": seconds}).fetchall()
 
 
@@ -513,6 +529,11 @@ def translate_errors(suspect: Callable[[], None] | None = None) -> Iterator[None
         # present in table "users"."): which users table jobs belong to (docs/dba.md).
         raise InvalidInput(f"no such user: {exc.diag.message_detail or first_line(exc)}") from exc
     except psycopg.DataError as exc:
+        if exc.sqlstate is None:
+            # Raised by psycopg loading a result, not by Postgres: a stored value this process
+            # cannot represent. Not the caller's input, and nothing was refused.
+            raise UnreadableValue(f"a stored value cannot be read: {first_line(exc)} (see "
+                                  "docs/dba.md, 'Values bgjobs cannot read')") from exc
         # A value Postgres refuses to store (out of range, a NUL in JSON text): the caller's
         # input, and the statement changed nothing.
         raise InvalidInput(f"the database rejected a value: {first_line(exc)}") from exc

@@ -12,11 +12,11 @@ from typing import Any, NamedTuple
 from uuid import UUID
 
 import psycopg
-from psycopg.rows import class_row, dict_row
 
 from bgjobs.core.errors import NotFound
 from bgjobs.core.jobs import Job, User, job_row
 from bgjobs.core.queries import q
+from bgjobs.core.rows import dict_rows, job_row, record_row
 
 
 class JobTypeRow(NamedTuple):
@@ -64,7 +64,7 @@ class Operations:
         raise NotImplementedError
 
     def _dicts(self, query: str, args: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-        with self.connection() as c, c.cursor(row_factory=dict_row) as cur:
+        with self.connection() as c, c.cursor(row_factory=dict_rows) as cur:
             return cur.execute(q(query), args or {}).fetchall()
 
     # Job types and limits ------------------------------------------------------------------
@@ -101,11 +101,11 @@ class Operations:
             c.execute(q("drop_code_schedules"), {"names": sorted(undeclared)})
 
     def schedules(self) -> list[Schedule]:
-        with self.connection() as c, c.cursor(row_factory=class_row(Schedule)) as cur:
+        with self.connection() as c, c.cursor(row_factory=record_row(Schedule)) as cur:
             return cur.execute(q("list_schedules")).fetchall()
 
     def get_schedule(self, name: str) -> Schedule:
-        with self.connection() as c, c.cursor(row_factory=class_row(Schedule)) as cur:
+        with self.connection() as c, c.cursor(row_factory=record_row(Schedule)) as cur:
             found = cur.execute(q("get_schedule"), {"name": name}).fetchone()
         if found is None:
             raise NotFound(f"no schedule {name!r}")
@@ -144,7 +144,7 @@ class Operations:
     # Users ---------------------------------------------------------------------------------
 
     def set_admin(self, name: str, is_admin: bool) -> User:
-        with self.connection() as c, c.cursor(row_factory=class_row(User)) as cur:
+        with self.connection() as c, c.cursor(row_factory=record_row(User)) as cur:
             user = cur.execute(q("set_admin"), {"name": name, "is_admin": is_admin}).fetchone()
         if user is None:
             raise NotFound(f"no user {name!r}")
@@ -155,7 +155,7 @@ class Operations:
     def admin_list_jobs(self, *, user_id: int | None = None, status: str | None = None,
                         job_type: str | None = None, since: datetime | None = None,
                         until: datetime | None = None, limit: int = 50,
-                        before: tuple[datetime, UUID] | None = None) -> list[Job]:
+                        before: tuple[datetime | str, UUID] | None = None) -> list[Job]:
         """Every user's jobs, newest first; ``before`` is the previous page's last position."""
         args = {"user_id": user_id, "status": status, "job_type": job_type, "since": since,
                 "until": until, "limit": limit,

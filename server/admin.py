@@ -130,7 +130,9 @@ def _user(store: Store, raw: str | None) -> int | None:
     """A user filter by name or id; an unknown name matches no job (an empty page)."""
     if raw is None:
         return None
-    if raw.isdigit():
+    if raw.isascii() and raw.isdigit():  # str.isdigit alone takes "²" and full-width digits
+        if len(raw) > 10 or int(raw) > 2**31 - 1:
+            raise api_input.bad_query("user is a user name or id (an id is at most 2147483647)")
         return int(raw)
     if len(raw) > 64:
         raise api_input.bad_query("user is a user name or id")
@@ -148,4 +150,8 @@ def _time(args: Any, name: str) -> datetime | None:
         raise api_input.bad_query(f"{name} must be an ISO 8601 time, got {raw!r}") from None
     if value.tzinfo is None:
         raise api_input.bad_query(f"{name} needs a timezone (Z or +02:00), got {raw!r}")
-    return value
+    try:
+        return value.astimezone(UTC)  # Postgres refuses some offsets Python takes (+23:59)
+    except OverflowError:
+        raise api_input.bad_query(f"{name} is outside the times Python can hold, got {raw!r}"
+                                  ) from None

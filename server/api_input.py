@@ -1,9 +1,11 @@
 """What the API accepts: JSON bodies, job requests, list queries and cursors, checked strictly.
 
 Status codes (documented in docs/api.md): a request that cannot be read (wrong content type
-415, malformed JSON or a body that is not an object 400, bad query parameter 400) is refused
-before anything else; a readable request whose content is wrong (unknown type, bad params,
-priority, run_after, unknown field) is a 422.
+415, malformed JSON or a body that is not an object 400, a query value that cannot be read:
+empty, not ASCII digits, a cursor this API did not make, 400) is refused before anything else;
+a readable request whose content is wrong (unknown type, bad params, priority, run_after,
+unknown field) is a 422. Query values are all 400, in the API and the Flask extension alike:
+they are the request's syntax (a URL), and a GET never carries content to judge.
 """
 
 from __future__ import annotations
@@ -15,13 +17,13 @@ import math
 import re
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from flask import Request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from bgjobs.core.jobs import Job, Status
+from bgjobs.core.jobs import Job, Status, time_out_of_range
 from bgjobs.server.errors import ApiError
 from bgjobs.tasks.enqueue import IDEMPOTENCY_KEY_MAX
 
@@ -38,6 +40,14 @@ IDEMPOTENCY_KEY_PATTERN = rf"^[!-~]([ -~]{{0,{IDEMPOTENCY_KEY_MAX - 2}}}[!-~])?$
 TYPE_QUERY_PATTERN = r"^[^\x00-\x1f\x7f]{1,50}$"
 #: A cursor as encode_cursor writes it: unpadded base64url.
 CURSOR_PATTERN = r"^[A-Za-z0-9_-]+$"
+#: A limit: ASCII digits only (int() would also take " 5", "1_0" and full-width digits).
+LIMIT_PATTERN = r"^[0-9]{1,4}$"
+#: A created_at a cursor may carry as Postgres printed it, when Python could not read it (a
+#: row written before the table refused such times): year 10000 on, or a BC date (or infinity).
+RAW_TIME_PATTERN = (r"(?P<year>[0-9]{4,6})-(?P<month>[0-9]{2})-(?P<day>[0-9]{2}) "
+                    r"(?P<hour>[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,6})?"
+                    r"[+-](0[0-9]|1[0-5])(:[0-5][0-9]){0,2}(?P<bc> BC)?")
+UUID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 
 
 @dataclass(frozen=True)
@@ -173,6 +183,9 @@ def run_after(value: Any) -> datetime | None:
         raise _invalid(f"run_after is not an ISO 8601 time: {value!r}") from None
     if when.tzinfo is None:
         raise _invalid(f"run_after needs a timezone (e.g. 'Z' or '+00:00'): {value!r}")
+    problem = time_out_of_range("run_after", when)
+    if problem:
+        raise _invalid(problem)
     return when
 
 
@@ -193,7 +206,9 @@ class ListQuery:
     status: str | None
     job_type: str | None
     limit: int
-    before: tuple[datetime, uuid.UUID] | None
+    #: (created_at, id) of the previous page's last job; created_at is the text Postgres
+    #: printed when that job's could not be read (see RAW_TIME_PATTERN)
+    before: tuple[datetime | str, uuid.UUID] | None
 
 
 def list_query(args: Any) -> ListQuery:
@@ -207,10 +222,10 @@ def list_query(args: Any) -> ListQuery:
     if job_type is not None and not re.fullmatch(TYPE_QUERY_PATTERN, job_type):
         raise bad_query("type is a job type's name: 1 to 50 characters, no control characters")
     raw_limit = args.get("limit")
-    try:
-        limit = LIMIT_DEFAULT if raw_limit is None else int(raw_limit)
-    except ValueError:
-        raise bad_query(f"limit must be a whole number, got {raw_limit!r}") from None
+    if raw_limit is not None and not re.fullmatch(LIMIT_PATTERN, raw_limit):
+        raise bad_query(f"limit must be a whole number between 1 and {LIMIT_MAX} in ASCII "
+                        f"digits, got {raw_limit!r}")
+    limit = LIMIT_DEFAULT if raw_limit is None else int(raw_limit)
     if not 1 <= limit <= LIMIT_MAX:
         raise bad_query(f"limit must be between 1 and {LIMIT_MAX}, got {limit}")
     cursor = args.get("cursor")
@@ -224,30 +239,65 @@ def page_of(rows: list[Job], limit: int) -> tuple[list[Job], str | None]:
     """
     page = rows[:limit]
     last = page[-1] if page else None
-    cursor = (encode_cursor(last.created_at, last.id)
-              if len(rows) > limit and last is not None and last.created_at is not None
-              else None)
+    created: datetime | str | None = None
+    if last is not None:
+        # A created_at that could not be read still orders the list: page on from its text.
+        created = last.created_at or dict(last.unreadable).get("created_at")
+    cursor = (encode_cursor(created, last.id)
+              if len(rows) > limit and last is not None and created is not None else None)
     return page, cursor
 
 
-def encode_cursor(created_at: datetime, id_: uuid.UUID) -> str:
+def encode_cursor(created_at: datetime | str, id_: uuid.UUID) -> str:
     """An opaque cursor: the (created_at, id) of the last job of a page."""
-    raw = json.dumps([created_at.isoformat(), str(id_)]).encode()
+    shown = created_at.isoformat() if isinstance(created_at, datetime) else created_at
+    raw = json.dumps([shown, str(id_)]).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+def decode_cursor(cursor: str) -> tuple[datetime | str, uuid.UUID]:
+    """The position a cursor of encode_cursor names; anything else is a 400 (not one of ours).
+
+    Its time goes to Postgres in UTC: Python takes offsets Postgres refuses (+23:59).
+    """
+    refused = bad_query("cursor is not one this API returned (use next_cursor as is)")
     if not re.fullmatch(CURSOR_PATTERN, cursor):
-        raise bad_query("cursor is not one this API returned (use next_cursor as is)")
+        raise refused
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         created, id_ = json.loads(raw)
+        if not isinstance(id_, str) or not re.fullmatch(UUID_PATTERN, id_):
+            raise ValueError("not a UUID")
+        if isinstance(created, str) and _postgres_time(created):
+            return created, uuid.UUID(id_)
         when = datetime.fromisoformat(created)
-        if when.tzinfo is None:
+        if when.tzinfo is None or not created.isascii():
             raise ValueError("naive time")
-        return when, uuid.UUID(id_)
-    except (binascii.Error, ValueError, TypeError, UnicodeDecodeError):
-        raise bad_query("cursor is not one this API returned (use next_cursor as is)") from None
+        return when.astimezone(UTC), uuid.UUID(id_)
+    except (binascii.Error, ValueError, TypeError, UnicodeDecodeError, OverflowError):
+        raise refused from None
+
+
+def _postgres_time(text: str) -> bool:
+    """Whether ``text`` is a time as Postgres prints one Python cannot hold, and Postgres
+    reads back (a cursor's raw created_at: what it sends must not be refused there)."""
+    if text in ("infinity", "-infinity"):
+        return True
+    found = re.fullmatch(RAW_TIME_PATTERN, text)
+    if found is None:
+        return False
+    year = int(found["year"])
+    if found["bc"]:
+        if not 1 <= year <= 4713:
+            return False
+        year = 1 - year  # astronomical numbering: 1 BC is year 0, a leap year
+    elif not 10000 <= year <= 294275:
+        return False
+    try:  # the calendar repeats every 400 years: is this day in its month?
+        datetime(2000 + year % 400, int(found["month"]), int(found["day"]))
+    except ValueError:
+        return False
+    return True
 
 
 def _invalid(message: str) -> ApiError:

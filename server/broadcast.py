@@ -99,7 +99,7 @@ def parse_payload(raw: str) -> ProgressPayload | InsertedPayload | None:
                 return None
             return InsertedPayload(ids=[UUID(i) for i in data["ids"]], user_id=user_id)
         job_id = UUID(data["id"])
-    except (ValueError, TypeError, KeyError, AttributeError):
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
         return None
     if len(data) == 1:
         return ProgressPayload(id=job_id)

@@ -13,7 +13,13 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from bgjobs.core.errors import Conflict, DatabaseUnavailable, InvalidInput, NotFound
+from bgjobs.core.errors import (
+    Conflict,
+    DatabaseUnavailable,
+    InvalidInput,
+    NotFound,
+    UnreadableValue,
+)
 from bgjobs.tasks.enqueue import InvalidRequest
 from bgjobs.tasks.registry import InvalidParams, UnknownTask
 
@@ -80,6 +86,11 @@ def answer_for(exc: BaseException) -> Answer | None:
         return Answer(422, "invalid_request", str(exc))
     if isinstance(exc, InvalidInput):
         return Answer(422, "invalid_input", str(exc))
+    if isinstance(exc, UnreadableValue):
+        # A stored value, not the request: no 4xx (the client did nothing wrong), and not a
+        # "rejected value" (nothing was written). Job reads never get here (core/rows.py).
+        log.error("answering 500: %s", exc)
+        return Answer(500, "unreadable_value", str(exc))
     if isinstance(exc, DatabaseUnavailable):
         log.warning("answering 503: %s", exc)
         return Answer(503, "database_unavailable", "the database is unavailable; retry shortly",

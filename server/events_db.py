@@ -14,13 +14,13 @@ from typing import Any
 from uuid import UUID
 
 import psycopg
-from psycopg.rows import class_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from bgjobs.core import replan
 from bgjobs.core.db import CONNECT_TIMEOUT, IDLE_CHECK_SECONDS, Breaker, waits
 from bgjobs.core.jobs import Job, User, job_row
 from bgjobs.core.queries import q
+from bgjobs.core.rows import job_row, lenient, record_row
 from bgjobs.core.store import translate_errors
 from bgjobs.server import auth
 
@@ -99,6 +99,7 @@ class EventsDb:
     async def _conn(self) -> AsyncIterator[psycopg.AsyncConnection]:
         with translate_errors(self.pool.breaker.suspect):
             async with self.pool.lend() as conn:
+                lenient(conn)  # a stored value no reader can hold never fails a stream
                 yield conn
 
     async def get_job(self, job_id: UUID, user_id: int | None) -> Job | None:
@@ -140,6 +141,6 @@ class EventsDb:
         return await self._user(*found) if found else None
 
     async def _user(self, query: str, args: dict[str, object]) -> User | None:
-        async with self._conn() as conn, conn.cursor(row_factory=class_row(User)) as cur:
+        async with self._conn() as conn, conn.cursor(row_factory=record_row(User)) as cur:
             await cur.execute(q(query), args)
             return await cur.fetchone()

@@ -252,7 +252,11 @@ def _schemas() -> dict[str, Any]:
                            "description": "Jobs that must complete before this one runs"},
             "waiting_for": {"type": "integer",
                             "description": "How many of depends_on have not completed yet"},
-            "workflow_id": {"type": ["string", "null"], "format": "uuid"}}},
+            "workflow_id": {"type": ["string", "null"], "format": "uuid"},
+            "unreadable": {"type": "array", "items": {"type": "string"},
+                           "description": "Only when some are: the fields shown as null "
+                                          "because their stored value cannot be read "
+                                          "(docs/dba.md)"}}},
         "Workflow": {"type": "object", "properties": {
             "workflow_id": {"type": "string", "format": "uuid"},
             "summary": {"type": "object", "properties": {
@@ -272,7 +276,9 @@ def _schemas() -> dict[str, Any]:
                                     "maximum": PRIORITY_MAX, "default": 0,
                                     "description": "Lower runs first"},
                        "run_after": {"type": "string", "format": "date-time",
-                                     "description": "ISO 8601 with a timezone"},
+                                     "description": "ISO 8601 with a timezone, from "
+                                                    "0001-01-02T00:00:00Z to "
+                                                    "9999-12-30T23:59:59Z"},
                        "after": {"type": "array", "maxItems": 1000,
                                  "items": {"type": "string", "format": "uuid"},
                                  "description": "Your jobs that must complete first "

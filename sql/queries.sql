@@ -94,6 +94,7 @@ WITH quota AS MATERIALIZED (
     SELECT id, priority, created_at FROM background_jobs
     WHERE status = 'pending' AND waiting_for = 0
       AND run_after <= coalesce(%(now)s::timestamptz, now())
+      AND attempts < 2147483647  -- no attempt number left (a DBA's value): never claimable
       AND job_type = ANY(ARRAY(SELECT unnest(%(types)s::text[])
                                EXCEPT SELECT job_type FROM quota))
     ORDER BY priority, created_at
@@ -105,6 +106,7 @@ WITH quota AS MATERIALIZED (
         SELECT b.id, b.priority, b.created_at FROM background_jobs b
         WHERE b.status = 'pending' AND b.waiting_for = 0 AND b.job_type = quota.job_type
           AND b.run_after <= coalesce(%(now)s::timestamptz, now())
+          AND b.attempts < 2147483647
         ORDER BY b.priority, b.created_at
         LIMIT quota.quota
         FOR UPDATE SKIP LOCKED
@@ -184,7 +186,7 @@ RETURNING j.id, j.status
 -- Hand owned running attempts back to pending without spending an attempt (shutdown).
 UPDATE background_jobs j
 SET status = 'pending', run_after = now(), worker_id = NULL, heartbeat_at = NULL,
-    max_attempts = j.max_attempts + 1
+    max_attempts = least(j.max_attempts, 2147483646) + 1
 FROM unnest(%(ids)s::uuid[], %(worker_ids)s::text[], %(attempts)s::int[]) AS d(id, worker_id, attempt)
 WHERE j.id = d.id AND j.status = 'running' AND j.worker_id = d.worker_id AND j.attempts = d.attempt
 RETURNING j.id
@@ -308,7 +310,9 @@ SELECT 1
 -- name: finished_recently
 -- Jobs finished in the last `seconds`, by type and status, with their summed run time (metrics).
 SELECT job_type, status, count(*) AS jobs,
-       coalesce(sum(extract(epoch FROM finished_at - coalesce(started_at, created_at))), 0)::float8
+       coalesce(sum(extract(epoch FROM finished_at - coalesce(started_at, created_at)))
+                FILTER (WHERE isfinite(finished_at)
+                        AND isfinite(coalesce(started_at, created_at))), 0)::float8
            AS run_seconds
 FROM background_jobs
 WHERE status IN ('complete', 'error', 'cancelled')

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, NamedTuple
 from uuid import UUID
 
@@ -23,7 +23,7 @@ import psycopg
 from bgjobs.core import config as config_mod
 from bgjobs.core.db import database_url, make_pool
 from bgjobs.core.errors import Conflict, InvalidInput, NotFound
-from bgjobs.core.jobs import Job, parse_job_id, unstorable
+from bgjobs.core.jobs import Job, parse_job_id, time_out_of_range, unstorable
 from bgjobs.core.store import NewJob, Store
 from bgjobs.tasks import registry
 from bgjobs.tasks.registry import InvalidParams
@@ -91,7 +91,7 @@ def submit(
     task = registry.get(job_type)
     checked = _storable(task.validate(params))
     _check_priority(priority)
-    _check_run_after(run_after)
+    run_after = _check_run_after(run_after)
     _check_idempotency_key(idempotency_key)
     new = NewJob(task.name, checked, user_id, priority, run_after, task.max_attempts,
                  idempotency_key, task.exclusive, dependency_ids(after),
@@ -251,13 +251,19 @@ def _check_priority(priority: int) -> None:
                              f"(lower runs first), got {priority}")
 
 
-def _check_run_after(run_after: datetime | None) -> None:
+def _check_run_after(run_after: datetime | None) -> datetime | None:
+    """The time in UTC (Postgres refuses some offsets Python takes, e.g. +23:59), if every
+    reader can represent it (core.jobs.TIME_RANGE): the table would refuse it anyway."""
     if run_after is None:
-        return
+        return None
     if not isinstance(run_after, datetime):
         raise InvalidRequest(f"run_after must be a datetime, got {run_after!r}")
-    if run_after.tzinfo is None:
+    if run_after.tzinfo is None or run_after.utcoffset() is None:
         raise InvalidRequest("run_after needs a timezone (e.g. datetime.now(UTC))")
+    problem = time_out_of_range("run_after", run_after)
+    if problem:
+        raise InvalidRequest(problem)
+    return run_after.astimezone(UTC)
 
 
 def _check_idempotency_key(key: str | None) -> None:

@@ -263,7 +263,8 @@
     id.title = job.id;
     tr.append(id, el("td", "", job.type), el("td", "", job.user || (job.user_id ?? "–")),
               el("td", "status"), el("td", "progress"),
-              el("td", "", job.created_at ? new Date(job.created_at).toLocaleString() : "just now"));
+              el("td", "", job.created_at ? new Date(job.created_at).toLocaleString()
+                : job.unreadable ? `unreadable: ${job.unreadable.join(", ")}` : "just now"));
     const actions = el("td", "actions");
     actions.append(actionCell(job.id, "cancel").firstChild, actionCell(job.id, "requeue").firstChild);
     tr.append(actions);

@@ -309,7 +309,7 @@ function stageText(job, p) {
   }
   if (job.status === "pending") {
     // A job due later (run_after, or a retry's back-off) says when, not "waiting for a worker".
-    const due = new Date(job.run_after);
+    const due = job.run_after ? new Date(job.run_after) : Date.now();
     const later = due - Date.now() > 1000 ? due.toLocaleString() : "";
     if (job.attempts) return later ? `waiting to retry at ${later}` : "waiting to retry";
     return later ? `scheduled for ${later}` : "waiting for a worker";
@@ -324,8 +324,9 @@ function stageText(job, p) {
 }
 
 function when(job) {
-  const created = new Date(job.created_at);
-  let text = created.toLocaleString();
+  // A field the server could not read (a DBA's value, see docs/dba.md) is null: say so.
+  let text = job.created_at ? new Date(job.created_at).toLocaleString() : "time unknown";
+  if (job.unreadable) text += ` · unreadable: ${job.unreadable.join(", ")}`;
   if (job.attempts > 1) text += ` · attempt ${job.attempts} of ${job.max_attempts}`;
   if (!job.started_at || !job.finished_at) return text;
   const seconds = (new Date(job.finished_at) - new Date(job.started_at)) / 1000;
