@@ -17,7 +17,13 @@ import psycopg
 from psycopg.rows import class_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from bgjobs.core.db import CONNECT_TIMEOUT, IDLE_CHECK_SECONDS, Breaker, waits
+from bgjobs.core.db import (
+    CONNECT_TIMEOUT,
+    IDLE_CHECK_SECONDS,
+    Breaker,
+    aprepare_if_direct,
+    waits,
+)
 from bgjobs.core.jobs import Job, User
 from bgjobs.core.queries import q
 from bgjobs.core.store import translate_errors
@@ -55,6 +61,7 @@ def make_pool(url: str, max_size: int, timeout: float = 5.0) -> AsyncPool:
                       application_name=POOL_APPLICATION_NAME)
 
     async def configure(conn: psycopg.AsyncConnection) -> None:
+        await aprepare_if_direct(conn)  # the pool may sit behind a pooler in transaction mode
         breaker.succeeded()
         await _mark_used(conn)
 
@@ -74,7 +81,7 @@ def make_pool(url: str, max_size: int, timeout: float = 5.0) -> AsyncPool:
         # sending to a thousand streams every round trip waits for a whole round of sends.
         check=_check_if_idle,
         kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT,
-                "application_name": POOL_APPLICATION_NAME},
+                "application_name": POOL_APPLICATION_NAME, "prepare_threshold": None},
     )
 
 
