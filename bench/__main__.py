@@ -5,7 +5,8 @@ drops afterwards. Figures compare against a baseline measured in the same run, a
 because these machines are shared and noisy: pgqueuer side by side (bench/peers.py), live
 progress at scale (bench/events_load.py), many supervisors (bench/supervisors.py), progress
 traffic against pgbench (bench/progress.py), the API under CPU-bound jobs
-(bench/api_heavy.py), and the older sections: store, enqueue, workers, api. Prints a table,
+(bench/api_heavy.py), enqueue and drain through PgBouncer (bench/poolers.py), and the older
+sections: store, enqueue, workers, api. Prints a table,
 writes every figure with versions and machine facts to bench/results/ (git-ignored).
 `python -m bench --only events --quick` runs one section, smaller. See docs/benchmarks.md.
 """
@@ -85,6 +86,7 @@ SECTIONS: dict[str, str] = {
     "progress": "bench.progress",
     "api_heavy": "bench.api_heavy",
     "enqueue": "bench.enqueue",
+    "poolers": "bench.poolers",
     "workers": "bench.workers",
     "api": "bench.api",
     "seed_app": "bench.seed_app",
@@ -93,7 +95,7 @@ QUICK = {  # the older sections' sizes for --quick
     "enqueue": {"jobs": 300, "batch": 2000},
     "workers": {"jobs": 3000},
 }
-NEW_STYLE = {"peers", "events", "supervisors", "progress", "api_heavy"}
+NEW_STYLE = {"peers", "events", "supervisors", "progress", "api_heavy", "poolers"}
 
 
 def main() -> None:

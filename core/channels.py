@@ -17,7 +17,7 @@ import logging
 import secrets
 import threading
 from collections.abc import Iterable, Mapping
-from typing import Any, NotRequired, TypedDict
+from typing import Any, NamedTuple, NotRequired, TypedDict
 from uuid import UUID
 
 import psycopg
@@ -25,7 +25,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from bgjobs.core.config import DIRECT_URL_SETTING
-from bgjobs.core.db import CONNECT_TIMEOUT, connect, is_direct
+from bgjobs.core.db import CONNECT_TIMEOUT, connect
 from bgjobs.core.errors import DatabaseUnavailable, NoSession, first_line
 from bgjobs.core.jobs import Status
 
@@ -163,15 +163,23 @@ def listen_sql(channel: str) -> sql.Composed:
     return sql.SQL("LISTEN {}").format(sql.Identifier(channel))
 
 
-def listen(url: str, channels: Iterable[str], name: str) -> psycopg.Connection:
-    """An autocommit connection LISTENing on ``channels``, outside any pool.
+class Listening(NamedTuple):
+    conn: psycopg.Connection
+    #: its backend's pid as pg_stat_activity shows it (behind a pooler in session mode, not
+    #: conn.info.backend_pid, which is the pooler's own number)
+    pid: int
+
+
+def listen(url: str, channels: Iterable[str], name: str) -> Listening:
+    """An autocommit connection LISTENing on ``channels``, outside any pool (LISTEN is the
+    last statement it runs, as pg_stat_activity shows).
 
     DatabaseUnavailable if Postgres cannot be reached; NoSession if ``url`` leads to a pooler
     in transaction mode, where nothing would ever be heard.
     """
     conn = connect(url, autocommit=True, application_name=name, **KEEPALIVES)
     try:
-        check_hears(conn, url, "LISTEN")
+        pid = check_hears(conn, url, "LISTEN")
         for channel in channels:
             conn.execute(listen_sql(channel))
     except psycopg.OperationalError as exc:
@@ -180,18 +188,21 @@ def listen(url: str, channels: Iterable[str], name: str) -> psycopg.Connection:
     except BaseException:
         conn.close()
         raise
-    return conn
+    return Listening(conn, pid)
 
 
-def check_hears(conn: psycopg.Connection, url: str, what: str) -> None:
-    """Raise NoSession unless ``conn`` holds a session of its own (it hears a NOTIFY).
+def check_hears(conn: psycopg.Connection, url: str, what: str) -> int:
+    """Raise NoSession unless ``conn`` holds a session of its own (it hears a NOTIFY); returns
+    its backend's pid.
 
     Straight to Postgres it does (one round trip to tell). Behind a pooler, it LISTENs on a
     channel of its own, a second connection NOTIFYs it, and it waits HEAR_TIMEOUT: in session
     mode that arrives at once, in transaction mode never.
     """
-    if url in _heard or is_direct(conn):
-        return
+    row = conn.execute("SELECT pg_backend_pid()", prepare=False).fetchone()
+    pid = row[0] if row else 0
+    if url in _heard or pid == conn.info.backend_pid:
+        return pid
     channel = f"bgjobs_hear_{secrets.token_hex(8)}"
     conn.execute(listen_sql(channel))
     with connect(url, autocommit=True, application_name=CHECK) as other:
@@ -202,6 +213,7 @@ def check_hears(conn: psycopg.Connection, url: str, what: str) -> None:
         raise NoSession(no_session(url, what))
     with _heard_lock:
         _heard.add(url)
+    return pid
 
 
 async def alisten(url: str, channels: Iterable[str], name: str) -> psycopg.AsyncConnection:

@@ -46,7 +46,7 @@ def wait(job_id: UUID | str, timeout: float | None = None, *, user_id: int | Non
     deadline = None if timeout is None else time.monotonic() + timeout
     url = config_mod.load().direct_url or str(store.pool.conninfo)
     try:
-        with channels.listen(url, (channels.PROGRESS,), channels.WAIT) as conn:
+        with channels.listen(url, (channels.PROGRESS,), channels.WAIT).conn as conn:
             job = store.get_job(job_id, user_id)  # after LISTEN: nothing falls in between
             while job.status not in FINISHED:
                 left = None if deadline is None else deadline - time.monotonic()

@@ -35,15 +35,8 @@ class NotificationListener:
     def connect(self) -> None:
         """LISTEN anew; NoSession if the URL is a pooler in transaction mode."""
         self.close()
-        conn = channels.listen(self.url, (channels.NEW, channels.CONTROL), self.application_name)
-        try:
-            # Asked, not conn.info.backend_pid: behind a pooler in session mode that is the
-            # pooler's own number, not the backend pid peers see in pg_stat_activity.
-            row = conn.execute("SELECT pg_backend_pid()").fetchone()
-        except psycopg.OperationalError as exc:
-            conn.close()
-            raise DatabaseUnavailable(f"LISTEN failed: {exc}") from exc
-        self.conn, self.pid = conn, row[0] if row else 0
+        self.conn, self.pid = channels.listen(self.url, (channels.NEW, channels.CONTROL),
+                                              self.application_name)
 
     def fileno(self) -> int:
         assert self.conn is not None

@@ -26,11 +26,11 @@ from bgjobs.core.db import make_pool
 from bgjobs.core.errors import DatabaseError, DatabaseUnavailable, NoSession
 from bgjobs.core.store import Store
 from bgjobs.flask import BgJobs
-from tests.conftest import add_host_user, url_env
+from tests.conftest import add_host_user, doc_code, url_env
 from tests.e2e.test_api_gunicorn import Server, start_api  # noqa: F401 - a fixture
 from tests.e2e.test_events_service import Reader, auth, start_events
 from tests.integration.test_enqueue import CountingCursor
-from tests.pgbouncer import Pooler, pgbouncer
+from tests.pgbouncer import Pooler, config, pgbouncer
 from tests.procs import BGJOBS, Proc, free_port, wait_until
 
 THREADS, ROUNDS = 16, 100
@@ -60,6 +60,19 @@ def start_worker(env: dict[str, str], log: Path) -> Proc:
 def counts(db_url: str) -> dict[str, int]:
     with psycopg.connect(db_url) as conn:
         return dict(conn.execute("SELECT status, count(*) FROM background_jobs GROUP BY 1"))
+
+
+def settings(ini: str) -> dict[str, str]:
+    return {k.strip(): v.strip() for k, _, v in (line.partition("=") for line in ini.splitlines()
+                                                 if "=" in line)}
+
+
+def test_the_docs_show_the_settings_these_tests_run(tmp_path: Path) -> None:
+    shown = settings(doc_code("operations.md", "## Connection poolers", "ini"))
+    tested = settings(config("postgresql://postgres@127.0.0.1:5432/x", 6432, "transaction",
+                             Path("/etc/pgbouncer")))
+    tested.pop("user", None)  # only when the tests run as root: PgBouncer refuses root
+    assert shown == tested
 
 
 # Transaction mode: the web side ------------------------------------------------------------

@@ -1,0 +1,92 @@
+"""Through PgBouncer in transaction mode (its default settings) against straight to Postgres.
+
+- ``enqueue``: ``bgjobs.enqueue("noop")``, one job per call on one thread, jobs/s:
+  ``direct`` (prepared statements, which bgjobs keeps on direct connections),
+  ``direct_unprepared`` (the same with prepare_threshold=None: what the statement costs
+  without its saved plan), ``pgbouncer`` (unprepared, plus the pooler's hop).
+- ``drain``: ``claim_specs`` + ``complete`` of waiting noop jobs, jobs/s, in batches of 64
+  (as a busy supervisor claims) and one at a time (as an idle one wakes per job).
+
+Runs interleaved, medians; the pooler is started by tests/pgbouncer.py (Debian's package).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+
+from bgjobs.core.db import make_pool
+from bgjobs.core.jobs import Attempt, Completion
+from bgjobs.core.store import Store
+from bgjobs.tasks import enqueue as enqueue_mod
+
+PATHS = ("direct", "direct_unprepared", "pgbouncer")
+
+
+def _reset(url: str, waiting: int = 0) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("TRUNCATE background_jobs")
+        if waiting:
+            conn.execute("INSERT INTO background_jobs (job_type) "
+                         "SELECT 'noop' FROM generate_series(1, %s)", (waiting,))
+            conn.execute("ANALYZE background_jobs")
+
+
+def _enqueue_rate(url: str, store: Store, jobs: int) -> float:
+    _reset(url)
+    start = time.perf_counter()
+    for n in range(jobs):
+        enqueue_mod.enqueue("noop", {"echo": n}, store=store)
+    return jobs / (time.perf_counter() - start)
+
+
+def _drain_rate(url: str, store: Store, jobs: int, batch: int) -> float:
+    _reset(url, jobs)
+    start = time.perf_counter()
+    while claimed := store.claim_specs("bench", ["noop"], limit=batch):
+        store.complete([Completion(Attempt(job.id, "bench", job.attempt), {}, None)
+                        for job in claimed])
+    return jobs / (time.perf_counter() - start)
+
+
+def run(url: str, runs: int = 3, quick: bool = False) -> dict[str, Any]:
+    from tests.pgbouncer import pgbouncer  # starts Debian's pgbouncer (tests and bench only)
+
+    jobs, drained = (300, 2000) if quick else (2000, 10000)
+    with pgbouncer(url, "transaction") as pooler:
+        urls = {"direct": url, "direct_unprepared": url, "pgbouncer": pooler.url(url)}
+        stores = {name: Store(make_pool(
+            u, min_size=1, max_size=2, open_wait=True, name="bench",
+            **({"prepare_threshold": None} if name == "direct_unprepared" else {})))
+            for name, u in urls.items()}
+        measures: dict[str, Callable[[Store], float]] = {
+            "enqueue": lambda s: _enqueue_rate(url, s, jobs),
+            "drain_batch_64": lambda s: _drain_rate(url, s, drained, 64),
+            "drain_one_by_one": lambda s: _drain_rate(url, s, drained // 5, 1),
+        }
+        rates: dict[str, dict[str, list[float]]] = {m: {p: [] for p in PATHS} for m in measures}
+        try:
+            for store in stores.values():  # warm up: connections open, statements prepared
+                _enqueue_rate(url, store, 100)
+            for _ in range(runs):
+                for measure, once in measures.items():
+                    for name in PATHS:
+                        rates[measure][name].append(once(stores[name]))
+        finally:
+            for store in stores.values():
+                store.pool.close()
+            _reset(url)
+    out: dict[str, Any] = {"enqueue_jobs": jobs, "drain_jobs": drained,
+                           "pgbouncer": "transaction mode, default settings"}
+    for measure, by_path in rates.items():
+        medians = {name: statistics.median(values) for name, values in by_path.items()}
+        for name, value in medians.items():
+            out[f"{measure}_{name}_jobs_per_s"] = round(value)
+        out[f"{measure}_pgbouncer_vs_direct"] = round(medians["pgbouncer"] / medians["direct"], 2)
+    out["runs"] = {m: {p: [round(v) for v in vs] for p, vs in by_path.items()}
+                   for m, by_path in rates.items()}
+    return out
