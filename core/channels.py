@@ -49,6 +49,9 @@ def application_name(process: str, *, listen: bool = False, detail: str = "") ->
     return "-".join(p for p in ("bgjobs", process, "listen" if listen else "", detail) if p)
 
 
+API = application_name("api")
+FLASK = application_name("flask")
+ENQUEUE = application_name("enqueue")
 WORKER = application_name("worker")
 WORKER_LISTEN = application_name("worker", listen=True)
 #: A supervisor limited to some types (--types) is never chosen to claim for the others.

@@ -17,6 +17,7 @@ import psycopg
 from psycopg.rows import class_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from bgjobs.core import channels
 from bgjobs.core.db import (
     CONNECT_TIMEOUT,
     IDLE_CHECK_SECONDS,
@@ -29,7 +30,7 @@ from bgjobs.core.queries import q
 from bgjobs.core.store import translate_errors
 from bgjobs.server import auth
 
-POOL_APPLICATION_NAME = "bgjobs-events"
+POOL_APPLICATION_NAME = channels.EVENTS
 
 
 class AsyncPool(AsyncConnectionPool):
