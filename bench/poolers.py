@@ -80,8 +80,10 @@ def _rates(chunks: int, chunk: int, timed: Callable[[str], float]) -> dict[str, 
 
 
 def run(url: str, runs: int = 3, quick: bool = False) -> dict[str, Any]:
-    from tests.pgbouncer import pgbouncer  # starts Debian's pgbouncer (tests and bench only)
+    from tests.pgbouncer import installed, pgbouncer  # Debian's pgbouncer (tests and bench)
 
+    if not installed():
+        return {"skipped": "pgbouncer is not installed (apt-get install pgbouncer)"}
     jobs, drained = (1000, 3000) if quick else (3000, 10000)
     _sync_commit(url, "off")
     with pgbouncer(url, "transaction") as pooler:

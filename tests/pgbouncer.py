@@ -28,10 +28,15 @@ from tests.procs import Proc, free_port, wait_until
 UNPRIVILEGED_USER = "nobody"
 
 
+def installed() -> str | None:
+    """pgbouncer's path, or None."""
+    return shutil.which("pgbouncer") or next(
+        (p for p in ("/usr/sbin/pgbouncer", "/usr/bin/pgbouncer") if os.access(p, os.X_OK)), None)
+
+
 def binary() -> str:
     """pgbouncer's path; skips the test (fails it in CI) when it is not installed."""
-    found = shutil.which("pgbouncer") or next(
-        (p for p in ("/usr/sbin/pgbouncer", "/usr/bin/pgbouncer") if os.access(p, os.X_OK)), None)
+    found = installed()
     if found:
         return found
     message = "pgbouncer is not installed (apt-get install pgbouncer; .ci/run does it in CI)"
