@@ -17,17 +17,20 @@ import psycopg
 from bgjobs.core import channels
 from bgjobs.core import config as config_mod
 from bgjobs.core.errors import BgjobsError, DatabaseUnavailable, first_line
-from bgjobs.core.jobs import FINISHED, Job, parse_job_id
+from bgjobs.core.jobs import FINISHED, Job, Workflow, parse_job_id
 from bgjobs.core.store import Store
 from bgjobs.tasks.enqueue import default_store
 
 
 class WaitTimeout(BgjobsError, TimeoutError):
-    """The job had not finished when the timeout ran out; ``job`` is its state then."""
+    """The job (or workflow) had not finished when the timeout ran out; ``job`` (or
+    ``workflow``) is its state then."""
 
-    def __init__(self, message: str, job: Job) -> None:
+    def __init__(self, message: str, job: Job | None,
+                 workflow: Workflow | None = None) -> None:
         super().__init__(message)
         self.job = job
+        self.workflow = workflow
 
 
 def wait(job_id: UUID | str, timeout: float | None = None, *, user_id: int | None = None,
@@ -76,3 +79,45 @@ def _finished_news(conn: psycopg.Connection, job_id: UUID, timeout: float | None
         # A payload past Postgres' size limit carries the id alone: read the row.
         return payload.get("status") in FINISHED or "status" not in payload
     return False
+
+
+def wait_workflow(workflow_id: UUID | str, timeout: float | None = None, *,
+                  user_id: int | None = None, store: Store | None = None) -> Workflow:
+    """The workflow once none of its jobs is pending or running (see ``wait``).
+
+    Woken by the notifications of its jobs; it also re-reads once a second, for jobs added to
+    the workflow after the call began.
+    """
+    workflow_id = parse_job_id(workflow_id)
+    if timeout is not None and not timeout >= 0:
+        raise ValueError(f"timeout must be a number of seconds >= 0, got {timeout!r}")
+    store = store or default_store()
+    deadline = None if timeout is None else time.monotonic() + timeout
+    url = config_mod.load().direct_url or str(store.pool.conninfo)
+    try:
+        with channels.listen(url, (channels.PROGRESS,), channels.WAIT).conn as conn:
+            workflow = store.get_workflow(workflow_id, user_id)
+            while not workflow.finished:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise WaitTimeout(f"workflow {workflow_id} is not finished after "
+                                      f"{timeout}s", None, workflow)
+                ids = {job.id for job in workflow.jobs}
+                for note in conn.notifies(timeout=min(1.0, left if left is not None else 1.0),
+                                          stop_after=1):
+                    if _names_any(note.payload, ids):
+                        break
+                workflow = store.get_workflow(workflow_id, user_id)
+    except psycopg.OperationalError as exc:
+        raise DatabaseUnavailable(f"lost the database while waiting: {first_line(exc)}") from exc
+    return workflow
+
+
+def _names_any(raw: str, ids: set[UUID]) -> bool:
+    """Whether a progress notification is about one of ``ids`` (or too big to say)."""
+    payload = channels.parse_progress(raw)
+    if payload is None:
+        return False
+    if "ids" in payload:
+        return bool(ids.intersection(payload["ids"]))  # type: ignore[typeddict-item]
+    return payload["id"] in ids  # type: ignore[typeddict-item]
