@@ -6,7 +6,8 @@ because these machines are shared and noisy: pgqueuer side by side (bench/peers.
 progress at scale (bench/events_load.py), many supervisors (bench/supervisors.py), progress
 traffic against pgbench (bench/progress.py), the API under CPU-bound jobs
 (bench/api_heavy.py), enqueues behind a migration waiting for a lock (bench/migrate_stall.py),
-and the older sections: store, enqueue, workers, api. Prints a table,
+enqueue and drain through PgBouncer (bench/poolers.py), workflows (bench/workflows.py), and the
+older sections: store, enqueue, workers, api. Prints a table,
 writes every figure with versions and machine facts to bench/results/ (git-ignored).
 `python -m bench --only events --quick` runs one section, smaller. See docs/benchmarks.md.
 """
@@ -86,6 +87,7 @@ SECTIONS: dict[str, str] = {
     "progress": "bench.progress",
     "api_heavy": "bench.api_heavy",
     "enqueue": "bench.enqueue",
+    "poolers": "bench.poolers",
     "workers": "bench.workers",
     "api": "bench.api",
     "seed_app": "bench.seed_app",
@@ -97,7 +99,7 @@ QUICK = {  # the older sections' sizes for --quick
     "workers": {"jobs": 3000},
 }
 NEW_STYLE = {"peers", "events", "supervisors", "progress", "api_heavy", "workflows",
-             "migrate_stall"}
+             "migrate_stall", "poolers"}
 
 
 def main() -> None:

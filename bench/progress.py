@@ -45,14 +45,14 @@ def _supervisor(url: str, worker_id: str, jobs: int, seconds: float, ready: Any,
     from bgjobs.worker.outbox import Outbox, Running
     from bgjobs.worker.writer import Writer
 
-    store = Store(cast(Any, OneConnection(url, worker_id)))
+    store = Store(cast(Any, OneConnection(url)))
     claimed = []
     while len(claimed) < jobs:
         claimed += store.claim_specs(worker_id, ["bench_report"], limit=jobs - len(claimed),
                                      lease_seconds=3600)
     running = [Running(str(c.id), Attempt(c.id, worker_id, c.attempt), c.job_type,
                        c.max_attempts, c.version, cast(Any, None), 0.0) for c in claimed]
-    writer = Writer(url, worker_id)
+    writer = Writer(url)
     outbox = Outbox()
     ready.put(1)
     go.wait()

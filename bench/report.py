@@ -102,6 +102,15 @@ def rows(r: dict[str, Any]) -> list[Row]:
             out.append((f"progress checks, {what}: p50/p99 ms, errors",
                         f"{_fmt(row['p50_ms'])} / {_fmt(row['p99_ms'])}, {row['errors']}", "",
                         "", target))
+    pool = r.get("poolers") or {}
+    for measure, what in (("enqueue", "enqueue"), ("drain_batch_64", "drain, batches of 64"),
+                          ("drain_one_by_one", "drain, one by one")):
+        direct = pool.get(f"{measure}_direct_jobs_per_s")
+        if direct:
+            out.append((f"{what} jobs/s: direct / unprepared / via PgBouncer (txn)",
+                        f"{_fmt(direct)} / {_fmt(pool[f'{measure}_direct_unprepared_jobs_per_s'])}"
+                        f" / {_fmt(pool[f'{measure}_pgbouncer_jobs_per_s'])}", "", "",
+                        f"pooler {pool[f'{measure}_pgbouncer_vs_direct']}x of direct"))
     w = r.get("workflows") or {}
     if w:
         out.append((f"fan-in of {w['fan']:,}: last completion -> child start, ms",

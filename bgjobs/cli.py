@@ -21,10 +21,10 @@ from typing import Any
 import psycopg
 
 from bgjobs import proxy
+from bgjobs.core import channels, embedded, migrate
 from bgjobs.core import config as config_mod
-from bgjobs.core import embedded, migrate
 from bgjobs.core.config import Config, ConfigError
-from bgjobs.core.db import connect, database_url, make_pool
+from bgjobs.core.db import connect, database_url, direct_url, make_pool
 from bgjobs.core.errors import BgjobsError, Conflict, first_line
 from bgjobs.core.jobs import parse_job_id
 from bgjobs.core.store import Store
@@ -196,7 +196,7 @@ def cmd_proxy(ns: argparse.Namespace, cfg: Config) -> int:
 
 
 def cmd_migrate(ns: argparse.Namespace, cfg: Config) -> int:
-    url = _start_embedded(cfg) if cfg.embedded else database_url(cfg)
+    url = _start_embedded(cfg) if cfg.embedded else direct_url(cfg)
     applied, binding = _migrate(url, cfg)
     print(f"applied {', '.join(applied)}" if applied else "database is up to date")
     print(binding)
@@ -237,7 +237,9 @@ def _migrate(url: str, cfg: Config) -> tuple[list[str], str]:
 
     Returns the migrations applied and the line saying which table jobs belong to; warns on
     stderr when that is not the app's table it could be (`bgjobs migrate` and `bgjobs run`).
+    ``url`` must give a session (BGJOBS_DIRECT_URL): migrations hold a session-level lock.
     """
+    channels.require_session(url, "bgjobs migrate (its lock)")
     with connect(url) as conn:
         applied = migrate.apply(conn, users_table=cfg.users_table,
                                 users_table_set=cfg.users_table_set,
@@ -462,7 +464,7 @@ def cmd_run(ns: argparse.Namespace, cfg: Config) -> int:
     cluster = embedded.Cluster(cfg.data_dir, cfg.pg_bin, cfg.pg_durable) if cfg.embedded else None
     started = cluster.ensure_running() if cluster else False
     url = database_url(cfg, start=False)
-    _migrate(url, cfg)
+    _migrate(cfg.direct_url or url, cfg)
     token = _demo_token(cfg, url)
     env = {**os.environ, "DATABASE_URL": url, "BGJOBS_DATA_DIR": str(cfg.data_dir)}
     if cfg.proxy_bind:

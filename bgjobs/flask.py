@@ -34,6 +34,7 @@ from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import Forbidden, HTTPException, Unauthorized
 from werkzeug.routing import RoutingException
 
+from bgjobs.core import channels
 from bgjobs.core import config as config_mod
 from bgjobs.core.db import database_url, make_pool
 from bgjobs.core.jobs import parse_job_id
@@ -245,7 +246,7 @@ class _AppState:
             if current is None or current[0] != os.getpid():
                 # A pool inherited across fork shares its parent's sockets: make our own.
                 pool = make_pool(database_url(self.config), min_size=1,
-                                 max_size=self.config.pool_max, name="bgjobs-flask")
+                                 max_size=self.config.pool_max, name=channels.FLASK)
                 current = self._store = (os.getpid(), Store(pool))
             return current[1]
 

@@ -18,6 +18,8 @@ import psycopg
 LOG_FORMAT = "%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 _PASSWORD = re.compile(r"(://[^:/@]*:)[^@]*@")
+#: The setting that names a session-capable URL (see Config.direct_url); messages name it.
+DIRECT_URL_SETTING = "BGJOBS_DIRECT_URL"
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)?$")
 
 
@@ -28,6 +30,10 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class Config:
     database_url: str | None = None
+    #: A URL to the same database that gives a session of its own (straight to Postgres, or a
+    #: pooler in session mode), for every LISTEN and migrate's lock (BGJOBS_DIRECT_URL); None:
+    #: DATABASE_URL. Needed when DATABASE_URL is a pooler in transaction mode.
+    direct_url: str | None = None
     #: Embedded cluster, development secret key and demo token (BGJOBS_DATA_DIR).
     data_dir: Path = Path(".bgjobs").resolve()
     api_bind: str = "127.0.0.1:8000"
@@ -213,8 +219,10 @@ def load() -> Config:
         raise ConfigError(f"BGJOBS_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {level!r}")
     pg_bin = os.environ.get("BGJOBS_PG_BIN")
     url = os.environ.get("DATABASE_URL") or None
+    direct = os.environ.get(DIRECT_URL_SETTING) or None
     return Config(
         database_url=url and check_database_url("DATABASE_URL", url),
+        direct_url=direct and check_database_url(DIRECT_URL_SETTING, direct),
         data_dir=Path(_text("BGJOBS_DATA_DIR", ".bgjobs")).resolve(),
         api_bind=_text("BGJOBS_API_BIND", "127.0.0.1:8000"),
         events_bind=_text("BGJOBS_EVENTS_BIND", "127.0.0.1:8001"),

@@ -29,6 +29,68 @@ PROBE_INTERVAL = 0.5
 LEND_SLICE = 0.2
 
 
+#: psycopg's default: a statement run this many times on a connection is prepared server-side.
+PREPARE_THRESHOLD = 5
+#: SQLSTATEs that mean the database (or the way to it) is gone, not that it refused a statement:
+#: connection exceptions but 08P01 (a protocol violation, which Postgres also sends to a client
+#: that binds a prepared statement of another session through a pooler), a shutdown, a server
+#: that is starting or full.
+_OUTAGE_STATES = frozenset({"57P01", "57P02", "57P03", "53300"})
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Whether ``exc`` says Postgres cannot be reached (503), rather than that it answered no.
+
+    An error with no SQLSTATE is the client's own (the socket broke); FATAL and PANIC end the
+    session, from Postgres or from a pooler (PgBouncer sends 08P01 FATAL when it cannot reach
+    the server), while the same 08P01 as an ERROR leaves a working session behind.
+    """
+    if isinstance(exc, PoolTimeout):
+        return True
+    if not isinstance(exc, psycopg.Error):
+        return False
+    state = exc.sqlstate
+    if state is None:
+        return isinstance(exc, psycopg.OperationalError)
+    if exc.diag.severity_nonlocalized in ("FATAL", "PANIC"):
+        return True
+    return (state.startswith("08") and state != "08P01") or state in _OUTAGE_STATES
+
+
+def is_direct(conn: psycopg.Connection) -> bool:
+    """Whether ``conn`` talks to Postgres itself, with no pooler between (one round trip).
+
+    A pooler hands its clients a backend key of its own making, so the pid the connection was
+    given at start is not the pid of the backend that answers.
+    """
+    row = conn.execute("SELECT pg_backend_pid()", prepare=False).fetchone()
+    return row is not None and row[0] == conn.info.backend_pid
+
+
+def prepare_if_direct(conn: psycopg.Connection) -> None:
+    """Prepared statements on ``conn`` only if it reaches Postgres directly.
+
+    A pooler in transaction mode runs each transaction on whichever server connection is free,
+    where a statement prepared on another does not exist, or is another statement of the same
+    name. Connections are made with prepare_threshold=None; this turns it back on when safe.
+    """
+    conn.prepare_threshold = PREPARE_THRESHOLD if is_direct(conn) else None
+
+
+async def aprepare_if_direct(conn: psycopg.AsyncConnection) -> None:
+    """``prepare_if_direct`` for an async connection (the events service's pool)."""
+    cur = await conn.execute("SELECT pg_backend_pid()", prepare=False)
+    row = await cur.fetchone()
+    direct = row is not None and row[0] == conn.info.backend_pid
+    conn.prepare_threshold = PREPARE_THRESHOLD if direct else None
+
+
+def direct_url(config: Config, start: bool = False) -> str:
+    """Where bgjobs takes a session of its own (every LISTEN, migrate's lock):
+    BGJOBS_DIRECT_URL, else the database URL (see docs/operations.md, connection poolers)."""
+    return config.direct_url or database_url(config, start)
+
+
 def database_url(config: Config, start: bool = False) -> str:
     """DATABASE_URL, or the embedded cluster's URL (started first when ``start``)."""
     if config.database_url:
@@ -45,10 +107,15 @@ def database_url(config: Config, start: bool = False) -> str:
 
 
 def connect(url: str, **kwargs) -> psycopg.Connection:
-    """One connection, with driver errors on connect turned into DatabaseUnavailable."""
+    """One connection, with driver errors on connect turned into DatabaseUnavailable.
+
+    Without prepared statements unless asked (``prepare_if_direct``): it may go through a
+    pooler.
+    """
     try:
         return psycopg.connect(url, connect_timeout=CONNECT_TIMEOUT,
-                               **{"cursor_factory": replan.Cursor, **kwargs})
+                               **{"cursor_factory": replan.Cursor, "prepare_threshold": None,
+                                  **kwargs})
     except psycopg.OperationalError as exc:
         raise DatabaseUnavailable(f"cannot connect to Postgres: {first_line(exc)}") from exc
 
@@ -116,7 +183,10 @@ class Breaker:
         threading.Thread(target=self._probe, name=f"{self.name}-probe", daemon=True).start()
 
     def _connect(self) -> None:
-        psycopg.connect(self.url, connect_timeout=CONNECT_TIMEOUT, **self.connect_kwargs).close()
+        # A query, not only a connection: a pooler accepts clients while Postgres is down.
+        with psycopg.connect(self.url, connect_timeout=CONNECT_TIMEOUT,
+                             **self.connect_kwargs) as conn:
+            conn.execute("SELECT 1", prepare=False)
 
     def _probe(self) -> None:
         try:
@@ -179,13 +249,18 @@ def make_pool(url: str, *, min_size: int = 1, max_size: int = 8, name: str = "bg
     """An autocommit pool that opens lazily and survives Postgres restarts.
 
     Lending a connection costs no round trip unless it sat idle (see IDLE_CHECK_SECONDS).
-    ``connect_kwargs`` go to every ``psycopg.connect``.
+    ``connect_kwargs`` go to every ``psycopg.connect``. Each new connection keeps prepared
+    statements only if it reaches Postgres directly (``prepare_if_direct``), so the pool works
+    through a pooler in transaction mode too.
     """
     kwargs = {"autocommit": True, "connect_timeout": CONNECT_TIMEOUT, "application_name": name,
-              "cursor_factory": replan.Cursor, **connect_kwargs}
+              "cursor_factory": replan.Cursor, "prepare_threshold": None, **connect_kwargs}
     breaker = Breaker(url, name, **{k: v for k, v in kwargs.items() if k != "connect_timeout"})
+    fixed_threshold = "prepare_threshold" in connect_kwargs
 
     def configure(conn: psycopg.Connection) -> None:
+        if not fixed_threshold:
+            prepare_if_direct(conn)
         mark_used(conn)
         breaker.succeeded()
 

@@ -16,6 +16,17 @@ class DatabaseUnavailable(BgjobsError):
     """Postgres cannot be reached (down, refused, restarting, pool exhausted)."""
 
 
+class DatabaseError(BgjobsError):
+    """Postgres (or a pooler in front of it) refused a statement for a reason that is neither
+    an outage nor the caller's input: a protocol error, a cancelled query, a bug. Never
+    reported as unavailable, so a 503 always means the database is down."""
+
+
+class NoSession(BgjobsError):
+    """A connection that needs a session of its own (a LISTEN, migrate's lock) reached a pooler
+    in transaction mode; the message names the setting that fixes it (BGJOBS_DIRECT_URL)."""
+
+
 class NotMigrated(DatabaseUnavailable):
     """The database answers but lacks bgjobs's tables or functions: `bgjobs migrate` was not run
     on it (or not since an upgrade). Served as unavailable, as an outage is."""

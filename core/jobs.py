@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import enum
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 from uuid import UUID
-
-from psycopg.cursor import BaseCursor
-from psycopg.rows import RowMaker
 
 from bgjobs.core.errors import NotFound
 
@@ -103,19 +99,6 @@ class Job:
 
 #: The columns of background_jobs a Job holds (``unreadable`` is not one).
 JOB_COLUMNS = tuple(f.name for f in fields(Job) if f.name != "unreadable")
-
-
-def job_row(cursor: BaseCursor[Any, Any]) -> RowMaker[Job]:
-    """Row factory: a Job from a row of background_jobs, leaving out columns this version of
-    bgjobs does not know: a migration adding one runs before the code that reads it is
-    deployed, and the code still running must read on (docs/operations.md)."""
-    names = [c.name for c in cursor.description or ()]
-    keep = [(i, name) for i, name in enumerate(names) if name in JOB_COLUMNS]
-
-    def make(values: Sequence[Any]) -> Job:
-        return Job(**{name: values[i] for i, name in keep})
-
-    return make
 
 
 @dataclass(frozen=True)

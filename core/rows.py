@@ -26,7 +26,7 @@ from psycopg.pq import Format
 from psycopg.rows import BaseRowFactory, RowMaker
 from psycopg.types.json import set_json_loads
 
-from bgjobs.core.jobs import TIME_RANGE, Job
+from bgjobs.core.jobs import JOB_COLUMNS, TIME_RANGE, Job
 
 log = logging.getLogger(__name__)
 
@@ -103,10 +103,19 @@ def _warn(what: str, bad: dict[str, str]) -> None:
 
 
 def job_row(cursor: BaseCursor[Any, Any]) -> RowMaker[Job]:
-    """Like ``class_row(Job)``: unreadable values are None, named in ``Job.unreadable``."""
+    """Like ``class_row(Job)``: unreadable values are None, named in ``Job.unreadable``; columns
+    this version of bgjobs does not know are left out (a migration adding one runs before the
+    code that reads it is deployed, and the code still running must read on)."""
     names = [c.name for c in cursor.description or ()]
+    keep = [i for i, name in enumerate(names) if name in JOB_COLUMNS]
+    if len(keep) < len(names):
+        names = [names[i] for i in keep]
+    else:
+        keep = []
 
     def make(values: Sequence[Any]) -> Job:
+        if keep:
+            values = [values[i] for i in keep]
         row, bad = _split(names, values)
         if bad:
             _warn(f"job {row.get('id')}", bad)

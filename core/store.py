@@ -22,9 +22,10 @@ import psycopg
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from bgjobs.core.db import Pool, mark_used
+from bgjobs.core.db import Pool, is_direct, is_outage, mark_used
 from bgjobs.core.errors import (
     Conflict,
+    DatabaseError,
     DatabaseUnavailable,
     InvalidInput,
     NotFound,
@@ -42,7 +43,6 @@ from bgjobs.core.jobs import (
     ProgressUpdate,
     User,
     Workflow,
-    job_row,
 )
 from bgjobs.core.queries import q
 from bgjobs.core.rows import Unreadable, dict_rows, job_row, lenient, readable, record_row
@@ -100,6 +100,9 @@ class Store(Operations):
         """
         if conn is not None:
             with translate_errors():
+                if conn.prepare_threshold is not None and not hasattr(conn, "_bgjobs_pooled"):
+                    # Checked once per connection: see _prepare.
+                    conn._bgjobs_pooled = not is_direct(conn)  # type: ignore[attr-defined]
                 yield conn
             return
         if isinstance(self.pool, Pool):  # fails at once while Postgres is known to be down
@@ -136,12 +139,13 @@ class Store(Operations):
             # A clashing row committed after a statement began is invisible to it, so after
             # an empty answer from both, one more try (a new snapshot) sees it.
             for _ in range(2):
-                row = c.execute(q("insert_job"), args).fetchone()
+                row = c.execute(q("insert_job"), args, prepare=_prepare(c)).fetchone()
                 if row is not None:
                     return Inserted(_pending_job(new, *row), True)
                 with c.cursor(row_factory=dict_rows) as cur:
                     lenient(cur)
-                    clash = cur.execute(q("find_clashing_job"), args).fetchone()
+                    clash = cur.execute(q("find_clashing_job"), args,
+                                        prepare=_prepare(c)).fetchone()
                 if clash is not None:
                     break
             else:
@@ -168,7 +172,7 @@ class Store(Operations):
                 "depends_on": list(depends_on) if depends_on else None,
                 "run_if_dependency_fails": run_if_dependency_fails, "workflow_id": workflow_id}
         with self.connection(conn) as c:
-            row = c.execute(q("insert_jobs"), args).fetchone()
+            row = c.execute(q("insert_jobs"), args, prepare=_prepare(c)).fetchone()
         assert row is not None
         new = NewJob(job_type, {}, user_id, max_attempts=max_attempts, depends_on=depends_on,
                      run_if_dependency_fails=run_if_dependency_fails)
@@ -459,6 +463,12 @@ class Store(Operations):
             return cur.execute(q("finished_recently"), {"seconds": seconds}).fetchall()
 
 
+def _prepare(conn: psycopg.Connection) -> bool | None:
+    """False on a caller's connection that goes through a pooler (its prepared statements
+    would outlive the transaction's server connection), else None: the connection decides."""
+    return False if getattr(conn, "_bgjobs_pooled", False) else None
+
+
 def _pending_job(new: NewJob, job_id: UUID, created_at: datetime, status: str = "pending",
                  waiting_for: int = 0, workflow_id: UUID | None = None,
                  result: Any = None) -> Job:
@@ -515,9 +525,15 @@ def translate_errors(suspect: Callable[[], None] | None = None) -> Iterator[None
             suspect()
         raise DatabaseUnavailable("no database connection available (is Postgres up?)") from exc
     except psycopg.OperationalError as exc:
+        if not is_outage(exc):  # Postgres answered: it is up (a protocol error, a timeout)
+            raise DatabaseError(f"the database refused the statement: {first_line(exc)}") from exc
         if suspect:
             suspect()
         raise DatabaseUnavailable(f"database unavailable: {first_line(exc)}") from exc
+    except (psycopg.errors.InvalidSqlStatementName,
+            psycopg.errors.DuplicatePreparedStatement) as exc:
+        raise DatabaseError(f"{first_line(exc)}: prepared statements through a pooler in "
+                            "transaction mode? (docs/operations.md, connection poolers)") from exc
     except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedFunction,
             psycopg.errors.UndefinedColumn) as exc:
         raise NotMigrated(f"{first_line(exc)}: this database is not (fully) migrated for this "

@@ -14,7 +14,7 @@ from uuid import UUID
 import psycopg
 
 from bgjobs.core.errors import NotFound
-from bgjobs.core.jobs import Job, User, job_row
+from bgjobs.core.jobs import Job, User
 from bgjobs.core.queries import q
 from bgjobs.core.rows import dict_rows, job_row, record_row
 

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 from flask import Flask, Response, g, jsonify, request
 
+from bgjobs.core import channels
 from bgjobs.core import config as config_mod
 from bgjobs.core.db import database_url, make_pool
 from bgjobs.core.jobs import User, parse_job_id
@@ -40,7 +41,7 @@ def create_app(store: Store | None = None, config: config_mod.Config | None = No
     owns_pool = store is None
     if store is None:
         url = database_url(config)
-        store = Store(make_pool(url, min_size=1, max_size=config.pool_max, name="bgjobs-api",
+        store = Store(make_pool(url, min_size=1, max_size=config.pool_max, name=channels.API,
                                 timeout=config.pool_timeout))
     # Import failures in host task modules show at start, not per request.
     registry.load_tasks(config.task_modules)

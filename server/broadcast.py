@@ -17,35 +17,34 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import logging
 import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, NotRequired, TypedDict, cast
+from typing import Any, cast
 from uuid import UUID
 
 import psycopg
-from psycopg import sql
 
-from bgjobs.core.errors import DatabaseUnavailable, first_line
-from bgjobs.core.jobs import FINISHED, Job, Status
+from bgjobs.core import channels
+from bgjobs.core.channels import InsertedPayload, ProgressPayload
+from bgjobs.core.errors import DatabaseUnavailable, NoSession, first_line
+from bgjobs.core.jobs import FINISHED, Job
 from bgjobs.core.queries import q
 from bgjobs.server.events_db import EventsDb
 
 log = logging.getLogger(__name__)
 
-CHANNEL = "background_jobs_progress"
+CHANNEL = channels.PROGRESS
 #: Revoked tokens and ended sessions (008_sessions_and_job_types.sql): {"user_id": N}.
-AUTH_CHANNEL = "bgjobs_auth"
-APPLICATION_NAME = "bgjobs-events-listen"
+AUTH_CHANNEL = channels.AUTH
+APPLICATION_NAME = channels.EVENTS_LISTEN
 # With no notification for this long, the listener asks Postgres the time: it proves the
 # connection alive (a half-open socket would otherwise wait for ever) and dates the resync.
 PROBE_SECONDS = 20.0
 # Margin for notifications still in flight when a probe succeeded and the connection then broke.
 RESYNC_MARGIN = timedelta(seconds=PROBE_SECONDS * 2)
 BACKOFF_MIN, BACKOFF_MAX = 0.2, 5.0
-_STATUSES = frozenset(s.value for s in Status)
 #: Most job states an all-jobs (admin) stream holds for a slow client; past it, news is dropped.
 FIREHOSE_MAX_WAITING = 5000
 
@@ -68,48 +67,6 @@ class Change:
 
 
 State = Job | Change
-
-
-class ProgressPayload(TypedDict):
-    """A ``background_jobs_progress`` payload; all but ``id`` are absent when it was too big."""
-
-    id: UUID
-    user_id: NotRequired[int | None]
-    job_type: NotRequired[str]
-    status: NotRequired[str]
-    version: NotRequired[int]
-    progress: NotRequired[dict[str, Any] | None]
-
-
-class InsertedPayload(TypedDict):
-    """Up to 100 jobs of one user that one statement inserted or changed the status of
-    (010_cheaper_notify.sql): read their rows."""
-
-    ids: list[UUID]
-    user_id: int | None
-
-
-def parse_payload(raw: str) -> ProgressPayload | InsertedPayload | None:
-    """The payload as a ProgressPayload or InsertedPayload, or None if it is neither."""
-    try:
-        data = json.loads(raw)
-        if "ids" in data:
-            user_id = data.get("user_id")
-            if not (user_id is None or type(user_id) is int):
-                return None
-            return InsertedPayload(ids=[UUID(i) for i in data["ids"]], user_id=user_id)
-        job_id = UUID(data["id"])
-    except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
-        return None
-    if len(data) == 1:
-        return ProgressPayload(id=job_id)
-    user_id, status, version = data.get("user_id"), data.get("status"), data.get("version")
-    progress = data.get("progress")
-    if (not (user_id is None or type(user_id) is int) or status not in _STATUSES
-            or type(version) is not int or not (progress is None or isinstance(progress, dict))):
-        return None
-    return ProgressPayload(id=job_id, user_id=user_id, status=status, version=version,
-                           progress=progress, job_type=str(data.get("job_type", "")))
 
 
 @dataclass(frozen=True)
@@ -350,6 +307,10 @@ class Broadcaster:
         while True:
             try:
                 await self._listen()
+            except NoSession as exc:
+                # Retrying cannot help: the URL must change (and /events/healthz says 503).
+                log.error("%s; live updates are off until restart", exc)
+                return
             except (psycopg.Error, DatabaseUnavailable, OSError) as exc:
                 log.warning("LISTEN connection lost or refused (%s); reconnecting in %.1fs",
                             first_line(exc), delay)
@@ -363,12 +324,8 @@ class Broadcaster:
             self.reconnects += 1
 
     async def _listen(self) -> None:
-        conn = await psycopg.AsyncConnection.connect(
-            self.url, autocommit=True, application_name=APPLICATION_NAME, connect_timeout=5,
-            keepalives=1, keepalives_idle=10, keepalives_interval=5, keepalives_count=3)
+        conn = await channels.alisten(self.url, (CHANNEL, AUTH_CHANNEL), APPLICATION_NAME)
         async with conn:
-            for channel in (CHANNEL, AUTH_CHANNEL):
-                await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
             since, self._alive_at = self._alive_at, await _db_now(conn)
             await self._resync(since)
             await self._recheck(list(self._subs))  # credentials that ended meanwhile
@@ -386,7 +343,7 @@ class Broadcaster:
                     if note.channel == AUTH_CHANNEL:
                         await self._on_auth(note.payload)
                         continue
-                    payload = parse_payload(note.payload)
+                    payload = channels.parse_progress(note.payload)
                     if payload is None:
                         log.warning("dropped an unparsable %s payload: %.200r", CHANNEL,
                                     note.payload)
@@ -420,12 +377,11 @@ class Broadcaster:
 
     async def _on_auth(self, raw: str) -> None:
         """A token or session of this user ended: end the streams it opened."""
-        try:
-            user_id = json.loads(raw)["user_id"]
-        except (ValueError, TypeError, KeyError):
+        payload = channels.parse_auth(raw)
+        if payload is None:
             log.warning("dropped an unparsable %s payload: %.200r", AUTH_CHANNEL, raw)
             return
-        await self._recheck(list(self._by_owner.get(user_id, ())))
+        await self._recheck(list(self._by_owner.get(payload["user_id"], ())))
 
     async def _recheck(self, subs: list[Subscription]) -> None:
         """Revoke the subscriptions whose credential no longer lets their user in."""

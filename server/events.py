@@ -28,7 +28,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from bgjobs.core import config as config_mod
-from bgjobs.core.db import database_url
+from bgjobs.core.db import database_url, direct_url
 from bgjobs.core.errors import BgjobsError
 from bgjobs.core.jobs import FINISHED, Job, User, parse_job_id
 from bgjobs.server import auth, errors, stream_tokens
@@ -268,8 +268,9 @@ def default_origins(cfg: config_mod.Config) -> list[str]:
     return list(dict.fromkeys(origins))
 
 
-def create_app(url: str | None = None) -> Starlette:
-    """The events app; ``url`` defaults to DATABASE_URL (or the running embedded cluster)."""
+def create_app(url: str | None = None, listen_url: str | None = None) -> Starlette:
+    """The events app; ``url`` defaults to DATABASE_URL (or the running embedded cluster), and
+    its LISTEN connection's ``listen_url`` to BGJOBS_DIRECT_URL (else that same database)."""
     cfg = config_mod.load()
 
     @asynccontextmanager
@@ -277,7 +278,7 @@ def create_app(url: str | None = None) -> Starlette:
         db_url = url or database_url(cfg)
         pool = make_pool(db_url, max_size=cfg.pool_max, timeout=cfg.pool_timeout)
         await pool.open(wait=False)
-        broadcaster = Broadcaster(db_url, EventsDb(pool))
+        broadcaster = Broadcaster(listen_url or (url or direct_url(cfg)), EventsDb(pool))
         app.state.db, app.state.broadcaster = broadcaster.db, broadcaster
         task = asyncio.create_task(broadcaster.run(), name="bgjobs-events-broadcaster")
         task.add_done_callback(_broadcaster_exited)

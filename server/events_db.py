@@ -16,15 +16,21 @@ from uuid import UUID
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from bgjobs.core import replan
-from bgjobs.core.db import CONNECT_TIMEOUT, IDLE_CHECK_SECONDS, Breaker, waits
-from bgjobs.core.jobs import Job, User, job_row
+from bgjobs.core import channels, replan
+from bgjobs.core.db import (
+    CONNECT_TIMEOUT,
+    IDLE_CHECK_SECONDS,
+    Breaker,
+    aprepare_if_direct,
+    waits,
+)
+from bgjobs.core.jobs import Job, User
 from bgjobs.core.queries import q
 from bgjobs.core.rows import job_row, lenient, record_row
 from bgjobs.core.store import translate_errors
 from bgjobs.server import auth
 
-POOL_APPLICATION_NAME = "bgjobs-events"
+POOL_APPLICATION_NAME = channels.EVENTS
 
 
 class AsyncPool(AsyncConnectionPool):
@@ -56,6 +62,7 @@ def make_pool(url: str, max_size: int, timeout: float = 5.0) -> AsyncPool:
                       application_name=POOL_APPLICATION_NAME)
 
     async def configure(conn: psycopg.AsyncConnection) -> None:
+        await aprepare_if_direct(conn)  # the pool may sit behind a pooler in transaction mode
         breaker.succeeded()
         await _mark_used(conn)
 
@@ -75,7 +82,8 @@ def make_pool(url: str, max_size: int, timeout: float = 5.0) -> AsyncPool:
         # sending to a thousand streams every round trip waits for a whole round of sends.
         check=_check_if_idle,
         kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT,
-                "application_name": POOL_APPLICATION_NAME, "cursor_factory": replan.AsyncCursor},
+                "application_name": POOL_APPLICATION_NAME, "cursor_factory": replan.AsyncCursor,
+                "prepare_threshold": None},
     )
 
 

@@ -159,18 +159,28 @@ RETURNING j.id
 
 -- name: complete_jobs
 -- Finish owned running attempts as complete (fenced); returns the ids still owned.
+WITH owner AS MATERIALIZED (
+    -- The owner's own write is no news on background_jobs_control (the trigger reads this).
+    -- Per statement, not per connection: the connection may be a pooler's (transaction mode).
+    SELECT set_config('bgjobs.worker_id', (%(worker_ids)s::text[])[1], true)
+)
 UPDATE background_jobs j
 SET status = 'complete', result = d.result, heartbeat_at = NULL,
     progress = coalesce(d.progress, j.progress)
 FROM unnest(%(ids)s::uuid[], %(worker_ids)s::text[], %(attempts)s::int[], %(results)s::jsonb[],
             %(progress)s::jsonb[])
-    AS d(id, worker_id, attempt, result, progress)
+    AS d(id, worker_id, attempt, result, progress), owner
 WHERE j.id = d.id AND j.status = 'running' AND j.worker_id = d.worker_id AND j.attempts = d.attempt
 RETURNING j.id
 
 -- name: fail_jobs
 -- End failed attempts (fenced): back to pending after `delay` while retryable and attempts
 -- remain, else error with the given result. Returns the ids still owned and their new status.
+WITH owner AS MATERIALIZED (
+    -- The owner's own write is no news on background_jobs_control (the trigger reads this).
+    -- Per statement, not per connection: the connection may be a pooler's (transaction mode).
+    SELECT set_config('bgjobs.worker_id', (%(worker_ids)s::text[])[1], true)
+)
 UPDATE background_jobs j
 SET status = CASE WHEN d.retryable AND j.attempts < j.max_attempts THEN 'pending' ELSE 'error' END,
     run_after = CASE WHEN d.retryable AND j.attempts < j.max_attempts
@@ -178,16 +188,22 @@ SET status = CASE WHEN d.retryable AND j.attempts < j.max_attempts THEN 'pending
     result = d.error, worker_id = NULL, heartbeat_at = NULL
 FROM unnest(%(ids)s::uuid[], %(worker_ids)s::text[], %(attempts)s::int[], %(errors)s::jsonb[],
             %(retryable)s::bool[], %(delays)s::float8[])
-    AS d(id, worker_id, attempt, error, retryable, delay)
+    AS d(id, worker_id, attempt, error, retryable, delay), owner
 WHERE j.id = d.id AND j.status = 'running' AND j.worker_id = d.worker_id AND j.attempts = d.attempt
 RETURNING j.id, j.status
 
 -- name: release_jobs
 -- Hand owned running attempts back to pending without spending an attempt (shutdown).
+WITH owner AS MATERIALIZED (
+    -- The owner's own write is no news on background_jobs_control (the trigger reads this).
+    -- Per statement, not per connection: the connection may be a pooler's (transaction mode).
+    SELECT set_config('bgjobs.worker_id', (%(worker_ids)s::text[])[1], true)
+)
 UPDATE background_jobs j
 SET status = 'pending', run_after = now(), worker_id = NULL, heartbeat_at = NULL,
     max_attempts = least(j.max_attempts, 2147483646) + 1
-FROM unnest(%(ids)s::uuid[], %(worker_ids)s::text[], %(attempts)s::int[]) AS d(id, worker_id, attempt)
+FROM unnest(%(ids)s::uuid[], %(worker_ids)s::text[], %(attempts)s::int[]) AS d(id, worker_id, attempt),
+     owner
 WHERE j.id = d.id AND j.status = 'running' AND j.worker_id = d.worker_id AND j.attempts = d.attempt
 RETURNING j.id
 

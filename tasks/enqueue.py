@@ -20,6 +20,7 @@ from uuid import UUID
 
 import psycopg
 
+from bgjobs.core import channels
 from bgjobs.core import config as config_mod
 from bgjobs.core.db import database_url, make_pool
 from bgjobs.core.errors import Conflict, InvalidInput, NotFound
@@ -203,7 +204,7 @@ def _install(url: str | None, pool_max: int | None) -> Store:
     global _default
     cfg = config_mod.load()
     store = Store(make_pool(url or database_url(cfg), min_size=1,
-                            max_size=pool_max or cfg.pool_max, name="bgjobs-enqueue"))
+                            max_size=pool_max or cfg.pool_max, name=channels.ENQUEUE))
     _default = (os.getpid(), store)
     return store
 

@@ -9,21 +9,17 @@ No polling: the connection sleeps in the kernel until Postgres sends something.
 
 from __future__ import annotations
 
-import json
 import time
 from uuid import UUID
 
 import psycopg
-from psycopg import sql
 
-from bgjobs.core.db import connect
+from bgjobs.core import channels
+from bgjobs.core import config as config_mod
 from bgjobs.core.errors import BgjobsError, DatabaseUnavailable, first_line
 from bgjobs.core.jobs import FINISHED, Job, Workflow, parse_job_id
 from bgjobs.core.store import Store
 from bgjobs.tasks.enqueue import default_store
-
-CHANNEL = "background_jobs_progress"
-APPLICATION_NAME = "bgjobs-wait"
 
 
 class WaitTimeout(BgjobsError, TimeoutError):
@@ -43,17 +39,17 @@ def wait(job_id: UUID | str, timeout: float | None = None, *, user_id: int | Non
 
     Raises WaitTimeout after ``timeout`` seconds (None: wait for ever), NotFound if there is no
     such job (or, with ``user_id``, it is not that user's), DatabaseUnavailable if Postgres
-    cannot be reached.
+    cannot be reached, NoSession if the URL it LISTENs on is a pooler in transaction mode (it
+    LISTENs on BGJOBS_DIRECT_URL when that is set, else on the store's database).
     """
     job_id = parse_job_id(job_id)
     if timeout is not None and not timeout >= 0:
         raise ValueError(f"timeout must be a number of seconds >= 0, got {timeout!r}")
     store = store or default_store()
     deadline = None if timeout is None else time.monotonic() + timeout
-    url = str(store.pool.conninfo)
+    url = config_mod.load().direct_url or str(store.pool.conninfo)
     try:
-        with connect(url, autocommit=True, application_name=APPLICATION_NAME) as conn:
-            conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
+        with channels.listen(url, (channels.PROGRESS,), channels.WAIT).conn as conn:
             job = store.get_job(job_id, user_id)  # after LISTEN: nothing falls in between
             while job.status not in FINISHED:
                 left = None if deadline is None else deadline - time.monotonic()
@@ -69,22 +65,20 @@ def wait(job_id: UUID | str, timeout: float | None = None, *, user_id: int | Non
 
 def _finished_news(conn: psycopg.Connection, job_id: UUID, timeout: float | None) -> bool:
     """Sleep until notifications arrive (or ``timeout``); True if one may mean it finished."""
-    wanted = str(job_id)
     for note in conn.notifies(timeout=timeout, stop_after=1):
-        try:
-            payload = json.loads(note.payload)
-        except ValueError:
+        payload = channels.parse_progress(note.payload)
+        if payload is None:
             continue
-        if not isinstance(payload, dict):
+        if "ids" in payload:
+            # One of many jobs whose status a statement changed (010): read it.
+            if job_id in payload["ids"]:  # type: ignore[typeddict-item]
+                return True
             continue
-        if wanted in (payload.get("ids") or ()):
-            return True  # one of many jobs whose status a statement changed (010): read it
-        if payload.get("id") != wanted:
+        if payload["id"] != job_id:  # type: ignore[typeddict-item]
             continue
         # A payload past Postgres' size limit carries the id alone: read the row.
         return payload.get("status") in FINISHED or "status" not in payload
     return False
-
 
 
 def wait_workflow(workflow_id: UUID | str, timeout: float | None = None, *,
@@ -99,17 +93,16 @@ def wait_workflow(workflow_id: UUID | str, timeout: float | None = None, *,
         raise ValueError(f"timeout must be a number of seconds >= 0, got {timeout!r}")
     store = store or default_store()
     deadline = None if timeout is None else time.monotonic() + timeout
+    url = config_mod.load().direct_url or str(store.pool.conninfo)
     try:
-        with connect(str(store.pool.conninfo), autocommit=True,
-                     application_name=APPLICATION_NAME) as conn:
-            conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
+        with channels.listen(url, (channels.PROGRESS,), channels.WAIT).conn as conn:
             workflow = store.get_workflow(workflow_id, user_id)
             while not workflow.finished:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     raise WaitTimeout(f"workflow {workflow_id} is not finished after "
                                       f"{timeout}s", None, workflow)
-                ids = {str(job.id) for job in workflow.jobs}
+                ids = {job.id for job in workflow.jobs}
                 for note in conn.notifies(timeout=min(1.0, left if left is not None else 1.0),
                                           stop_after=1):
                     if _names_any(note.payload, ids):
@@ -120,12 +113,11 @@ def wait_workflow(workflow_id: UUID | str, timeout: float | None = None, *,
     return workflow
 
 
-def _names_any(payload: str, ids: set[str]) -> bool:
+def _names_any(raw: str, ids: set[UUID]) -> bool:
     """Whether a progress notification is about one of ``ids`` (or too big to say)."""
-    try:
-        data = json.loads(payload)
-    except ValueError:
+    payload = channels.parse_progress(raw)
+    if payload is None:
         return False
-    if not isinstance(data, dict):
-        return False
-    return data.get("id") in ids or bool(ids.intersection(data.get("ids") or ()))
+    if "ids" in payload:
+        return bool(ids.intersection(payload["ids"]))  # type: ignore[typeddict-item]
+    return payload["id"] in ids  # type: ignore[typeddict-item]

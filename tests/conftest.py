@@ -32,6 +32,7 @@ from bgjobs.core import config, embedded, migrate
 from bgjobs.core.db import make_pool
 from bgjobs.core.jobs import Job
 from bgjobs.core.store import NewJob, Store
+from tests.pgbouncer import Pooler, pgbouncer
 
 os.environ.setdefault("BGJOBS_PG_DURABLE", "0")  # see the docstring
 _started_cluster: embedded.Cluster | None = None
@@ -252,3 +253,17 @@ def add_host_user(url: str, email: str) -> int:
     with psycopg.connect(url, autocommit=True) as conn:
         return conn.execute("INSERT INTO users (email) VALUES (%s) RETURNING id",
                             (email,)).fetchone()[0]
+
+
+@pytest.fixture(scope="session")
+def transaction_pooler(server_url: str) -> Iterator[Pooler]:
+    """A real PgBouncer in transaction mode, default settings, in front of the server."""
+    with pgbouncer(server_url, "transaction") as pooler:
+        yield pooler
+
+
+@pytest.fixture(scope="session")
+def session_pooler(server_url: str) -> Iterator[Pooler]:
+    """A real PgBouncer in session mode, default settings, in front of the server."""
+    with pgbouncer(server_url, "session") as pooler:
+        yield pooler

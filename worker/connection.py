@@ -3,9 +3,10 @@ the Store uses.
 
 The supervisor loop is single-threaded, so one connection is all it needs; owning it (instead of
 a pool with background threads) keeps reconnects explicit: a broken connection is dropped and
-the next store call opens a new one, or raises DatabaseUnavailable. Each connection carries the
-worker's id as ``bgjobs.worker_id``, so the database can tell the owner's own writes from
-someone else's (see 006_control_channel.sql).
+the next store call opens a new one, or raises DatabaseUnavailable. It carries no session
+state (the worker's own writes say whose they are per statement, see complete_jobs in
+sql/queries.sql), so it may go through a pooler in transaction mode; it keeps prepared
+statements only when it reaches Postgres directly.
 """
 
 from __future__ import annotations
@@ -15,24 +16,25 @@ from contextlib import contextmanager
 
 import psycopg
 
-from bgjobs.core.db import connect
-from bgjobs.worker.notifications import KEEPALIVES
-
-APPLICATION_NAME = "bgjobs-worker"
+from bgjobs.core.channels import KEEPALIVES, WORKER
+from bgjobs.core.db import connect, prepare_if_direct
 
 
 class OneConnection:
-    def __init__(self, url: str, worker_id: str) -> None:
+    def __init__(self, url: str) -> None:
         self.url = url
-        self.options = f"-c bgjobs.worker_id={_option_value(worker_id)}"
         self.conn: psycopg.Connection | None = None
 
     @contextmanager
     def connection(self) -> Iterator[psycopg.Connection]:
         if self.conn is None or self.conn.closed or self.conn.broken:
             self.close()
-            self.conn = connect(self.url, autocommit=True, application_name=APPLICATION_NAME,
-                                options=self.options, **KEEPALIVES)
+            self.conn = connect(self.url, autocommit=True, application_name=WORKER, **KEEPALIVES)
+            try:
+                prepare_if_direct(self.conn)
+            except psycopg.OperationalError:
+                self.close()
+                raise
         conn = self.conn
         try:
             yield conn
@@ -44,8 +46,3 @@ class OneConnection:
         if self.conn is not None:
             self.conn.close()
             self.conn = None
-
-
-def _option_value(value: str) -> str:
-    """Escape a value for libpq's ``options`` (backslash-escaped spaces and backslashes)."""
-    return value.replace("\\", "\\\\").replace(" ", "\\ ")

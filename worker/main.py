@@ -11,9 +11,10 @@ import signal
 import sys
 from collections.abc import Sequence
 
+from bgjobs.core import channels
 from bgjobs.core import config as config_mod
-from bgjobs.core.db import database_url
-from bgjobs.core.errors import DatabaseUnavailable
+from bgjobs.core.db import database_url, direct_url
+from bgjobs.core.errors import DatabaseUnavailable, NoSession
 from bgjobs.tasks import registry
 from bgjobs.worker.retention import retention
 from bgjobs.worker.supervisor import Settings, Supervisor
@@ -100,14 +101,24 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"{', '.join(sorted(known))}", file=sys.stderr)
         return 2
     try:
-        url = database_url(cfg)
+        url, listen_url = database_url(cfg), direct_url(cfg)
     except DatabaseUnavailable as exc:
         print(f"bgjobs worker: {exc}", file=sys.stderr)
         return 1
+    try:
+        # A LISTEN that would never be heard stops the worker here, in one line: polling
+        # alone would run jobs seconds late and hide the mistake. Postgres down is no
+        # mistake: the supervisor waits for it (and checks again when it LISTENs).
+        channels.require_session(listen_url, "the worker's LISTEN")
+    except NoSession as exc:
+        print(f"bgjobs worker: {exc}", file=sys.stderr)
+        return 1
+    except DatabaseUnavailable:
+        pass
     settings = Settings(
         concurrency=args.concurrency, types=types or None, lease=max(1, round(args.lease)),
         poll_interval=args.poll_interval, cancel_grace=args.cancel_grace,
         shutdown_grace=args.shutdown_grace, max_batch=args.max_batch,
         log_level=args.log_level, timezone=cfg.timezone, keep=retention(cfg),
     )
-    return Supervisor(url, settings).run()
+    return Supervisor(url, settings, listen_url).run()

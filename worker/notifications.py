@@ -1,37 +1,21 @@
 """The supervisor's one LISTEN connection: autocommit, outside any pool, read without blocking.
 
 It listens on ``background_jobs_new`` (a job became claimable: the payload is its type) and
-``background_jobs_control`` (a running job was taken from its worker). Its socket goes into the
-supervisor's selector; when it is readable, ``drain`` returns the notifications that arrived. A
-failure raises DatabaseUnavailable and the supervisor reconnects with backoff (and re-reads the
-table, since notifications sent meanwhile are lost).
+``background_jobs_control`` (a running job was taken from its worker); names, payloads and the
+connection itself come from bgjobs.core.channels. Its socket goes into the supervisor's
+selector; when it is readable, ``drain`` returns the notifications that arrived. A failure
+raises DatabaseUnavailable and the supervisor reconnects with backoff (and re-reads the table,
+since notifications sent meanwhile are lost).
 """
 
 from __future__ import annotations
 
-import json
-import logging
-from typing import NamedTuple, TypedDict
-from uuid import UUID
+from typing import NamedTuple
 
 import psycopg
-from psycopg import sql
 
-from bgjobs.core.db import connect
+from bgjobs.core import channels
 from bgjobs.core.errors import DatabaseUnavailable
-
-log = logging.getLogger(__name__)
-
-NEW = "background_jobs_new"
-CONTROL = "background_jobs_control"
-APPLICATION_NAME = "bgjobs-worker-listen"
-#: A supervisor limited to some types (--types) is never chosen to claim for the others.
-TYPED_APPLICATION_NAME = "bgjobs-worker-listen-typed"
-#: A background_jobs_new payload with this prefix asks every idle worker of the type to claim.
-EVERYONE = "*"
-#: Notice a silently dead peer (no RST, e.g. a network partition) within about a minute.
-KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10,
-              "keepalives_count": 3}
 
 
 class Note(NamedTuple):
@@ -42,22 +26,17 @@ class Note(NamedTuple):
 
 
 class NotificationListener:
-    def __init__(self, url: str, application_name: str = APPLICATION_NAME) -> None:
+    def __init__(self, url: str, application_name: str = channels.WORKER_LISTEN) -> None:
         self.url = url
         self.application_name = application_name
         self.conn: psycopg.Connection | None = None
+        self.pid = 0
 
     def connect(self) -> None:
+        """LISTEN anew; NoSession if the URL is a pooler in transaction mode."""
         self.close()
-        conn = connect(self.url, autocommit=True, application_name=self.application_name,
-                       **KEEPALIVES)
-        try:
-            for channel in (NEW, CONTROL):
-                conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
-        except psycopg.OperationalError as exc:
-            conn.close()
-            raise DatabaseUnavailable(f"LISTEN failed: {exc}") from exc
-        self.conn = conn
+        self.conn, self.pid = channels.listen(self.url, (channels.NEW, channels.CONTROL),
+                                              self.application_name)
 
     def fileno(self) -> int:
         assert self.conn is not None
@@ -65,7 +44,7 @@ class NotificationListener:
 
     def backend_pid(self) -> int:
         """The pid of this connection's backend (how peers see this supervisor)."""
-        return self.conn.info.backend_pid if self.conn is not None else 0
+        return self.pid if self.conn is not None else 0
 
     def drain(self) -> list[Note]:
         """The notifications that arrived; call when the socket is readable."""
@@ -84,23 +63,3 @@ class NotificationListener:
         if self.conn is not None:
             self.conn.close()
             self.conn = None
-
-
-class TakenBack(TypedDict):
-    """A ``background_jobs_control`` payload: this attempt of the job is no longer its worker's."""
-
-    id: str
-    attempt: int
-
-
-def parse_taken_back(payload: str) -> TakenBack | None:
-    """The payload as a TakenBack, or None (logged) if it is not one."""
-    try:
-        data = json.loads(payload)
-        job_id, attempt = str(UUID(data["id"])), data["attempt"]
-    except (ValueError, TypeError, KeyError):
-        job_id, attempt = "", None
-    if type(attempt) is not int:
-        log.warning("dropped an unreadable %s payload: %.200s", CONTROL, payload)
-        return None
-    return TakenBack(id=job_id, attempt=attempt)

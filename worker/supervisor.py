@@ -20,7 +20,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from bgjobs.core.errors import DatabaseUnavailable
+from bgjobs.core.channels import (
+    NEW,
+    WORKER_LISTEN,
+    WORKER_LISTEN_TYPED,
+    parse_taken_back,
+)
+from bgjobs.core.errors import DatabaseUnavailable, NoSession
 from bgjobs.core.store import Store
 from bgjobs.core.store_ops import Retention
 from bgjobs.tasks import registry
@@ -28,14 +34,7 @@ from bgjobs.tasks.sync import sync_registry
 from bgjobs.worker.backoff import Backoff
 from bgjobs.worker.connection import OneConnection
 from bgjobs.worker.fleet import Fleet
-from bgjobs.worker.notifications import (
-    APPLICATION_NAME,
-    NEW,
-    TYPED_APPLICATION_NAME,
-    Note,
-    NotificationListener,
-    parse_taken_back,
-)
+from bgjobs.worker.notifications import Note, NotificationListener
 from bgjobs.worker.outbox import Outbox
 from bgjobs.worker.retention import Purger
 from bgjobs.worker.scheduler import Scheduler
@@ -72,17 +71,19 @@ class Settings:
 
 
 class Supervisor:
-    def __init__(self, url: str, settings: Settings) -> None:
+    def __init__(self, url: str, settings: Settings, listen_url: str | None = None) -> None:
+        """``url`` for claims and writes (a pooler in transaction mode will do), ``listen_url``
+        for the LISTEN connection, which needs a session (default: ``url``)."""
         self.settings = settings
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
-        self.db = OneConnection(url, self.worker_id)
+        self.db = OneConnection(url)
         self.store = Store(cast(Any, self.db))  # OneConnection has the pool API the store uses
         # A supervisor limited to some types is never chosen to claim for the others.
-        self.listen_name = TYPED_APPLICATION_NAME if settings.types else APPLICATION_NAME
-        self.listener = NotificationListener(url, self.listen_name)
+        self.listen_name = WORKER_LISTEN_TYPED if settings.types else WORKER_LISTEN
+        self.listener = NotificationListener(listen_url or url, self.listen_name)
         self.wakeups = Wakeups(claims_for_all=not settings.types)
         self.outbox = Outbox()
-        self.writer = Writer(url, self.worker_id)
+        self.writer = Writer(url)
         self.selector = selectors.DefaultSelector()
         self.fleet = Fleet(self.selector, self.outbox, settings.concurrency,
                            settings.cancel_grace, settings.max_batch, settings.log_level)
@@ -342,7 +343,7 @@ class Supervisor:
     def _listen(self, now: float) -> None:
         try:
             self.listener.connect()
-        except DatabaseUnavailable as exc:
+        except (DatabaseUnavailable, NoSession) as exc:  # NoSession at start: worker/main.py
             self.listen_state.failed(exc, now)
             return
         self.listen_fd = self.listener.fileno()  # psycopg cannot tell it once the link is lost

@@ -17,7 +17,7 @@ then fall to no one until the fallback poll, seconds later, never for ever.
 
 from __future__ import annotations
 
-from bgjobs.worker.notifications import EVERYONE
+from bgjobs.core.channels import EVERYONE
 
 #: At most one wake-up of every idle supervisor per this many seconds, from anyone.
 RELAY_INTERVAL = 0.1

@@ -26,8 +26,8 @@ Result = tuple[Outbox, set[str], BaseException | None]
 
 
 class Writer:
-    def __init__(self, url: str, worker_id: str) -> None:
-        self.db = OneConnection(url, worker_id)
+    def __init__(self, url: str) -> None:
+        self.db = OneConnection(url)
         self.store = Store(cast(Any, self.db))
         self.in_flight: Outbox | None = None
         self._inbox: queue.SimpleQueue[Outbox | None] = queue.SimpleQueue()

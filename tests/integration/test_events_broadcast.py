@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -17,7 +16,7 @@ import pytest
 
 from bgjobs.core.jobs import Attempt, Job
 from bgjobs.core.store import Store
-from bgjobs.server.broadcast import APPLICATION_NAME, Broadcaster, Subscription, parse_payload
+from bgjobs.server.broadcast import APPLICATION_NAME, Broadcaster, Subscription
 from bgjobs.server.events_db import EventsDb, make_pool
 from tests.conftest import add_job
 
@@ -30,18 +29,6 @@ def _job(version: int, **changes: Any) -> Job:
                heartbeat_at=now, started_at=now, finished_at=None, version=version,
                idempotency_key=None, exclusive_key=None)
     return dataclasses.replace(base, **changes)
-
-
-def test_parse_payload_accepts_both_shapes_and_rejects_the_rest() -> None:
-    job_id = uuid.uuid4()
-    full = {"id": str(job_id), "user_id": 7, "job_type": "noop", "status": "running",
-            "version": 3, "progress": {"current": 1}}
-    assert parse_payload(json.dumps(full)) == {**full, "id": job_id}
-    assert parse_payload(json.dumps({"id": str(job_id)})) == {"id": job_id}
-    for bad in ["", "not json", "[]", "{}", '{"id": "nope"}', json.dumps({**full, "version": "3"}),
-                json.dumps({**full, "status": "exploded"}), json.dumps({**full, "user_id": "7"}),
-                json.dumps({**full, "progress": [1]})]:
-        assert parse_payload(bad) is None, bad
 
 
 def test_a_subscription_keeps_only_the_latest_state_per_job() -> None:

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
+from bgjobs.core.channels import CONTROL, NEW
 from bgjobs.core.jobs import Attempt
 from bgjobs.worker import protocol
-from bgjobs.worker.notifications import CONTROL, NEW
 from bgjobs.worker.outbox import Running
 from bgjobs.worker.supervisor import Settings, Supervisor
 
