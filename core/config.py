@@ -76,6 +76,8 @@ class Config:
     keep_complete_days: float = 7.0
     keep_error_days: float = 30.0
     keep_cancelled_days: float = 7.0
+    #: Seconds between a worker's looks for finished jobs past their age (BGJOBS_PURGE_INTERVAL).
+    purge_interval: float = 60.0
     #: Bearer token for /metrics and /events/stats (BGJOBS_METRICS_TOKEN); None: both are off.
     metrics_token: str | None = None
     #: The embedded cluster syncs every commit to disk; BGJOBS_PG_DURABLE=0 starts it without
@@ -239,6 +241,7 @@ def load() -> Config:
         keep_complete_days=_days("BGJOBS_KEEP_COMPLETE_DAYS", 7.0),
         keep_error_days=_days("BGJOBS_KEEP_ERROR_DAYS", 30.0),
         keep_cancelled_days=_days("BGJOBS_KEEP_CANCELLED_DAYS", 7.0),
+        purge_interval=_float("BGJOBS_PURGE_INTERVAL", 60.0, minimum=0.1),
         metrics_token=os.environ.get("BGJOBS_METRICS_TOKEN") or None,
         pg_durable=_flag("BGJOBS_PG_DURABLE", default=True),
         proxy_bind=os.environ.get("BGJOBS_PROXY_BIND") or None,
