@@ -15,14 +15,12 @@ from pathlib import Path
 
 import psycopg
 
+from bgjobs.core.errors import ConfigError as ConfigError
+
 LOG_FORMAT = "%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 _PASSWORD = re.compile(r"(://[^:/@]*:)[^@]*@")
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)?$")
-
-
-class ConfigError(ValueError):
-    """An environment variable holds a value bgjobs cannot use; the message names it."""
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from importlib.resources.abc import Traversable
 
 import psycopg
 
-from bgjobs.core.errors import first_line
+from bgjobs.core.errors import BgjobsError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ _LOCK_KEY = 0x6267_6A6F  # "bgjo": one advisory lock for all migrators
 _INTEGER_IDS = ("integer", "smallint", "bigint")  # what background_jobs.user_id can reference
 
 
-class MigrationError(RuntimeError):
+class MigrationError(BgjobsError, RuntimeError):
     """A migration cannot be applied safely."""
 
 

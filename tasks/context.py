@@ -6,15 +6,13 @@ import time
 from collections.abc import Callable, Container
 from typing import Any
 
+from bgjobs.core.errors import JobCancelled as JobCancelled
+
 #: A progress write is due at least this long after the previous one...
 MIN_INTERVAL = 1.0
 #: ...or sooner when progress moved by this share of ``total``, but never more often than:
 MIN_STEP_INTERVAL = 0.1
 STEP = 0.01
-
-
-class JobCancelled(Exception):  # noqa: N818 - reads better at the raise site
-    """Raised inside a handler whose job was cancelled or taken back; the worker stops it."""
 
 
 class ProgressThrottle:

@@ -22,6 +22,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from bgjobs.core import config as config_mod
+from bgjobs.core.errors import BgjobsError
 from bgjobs.core.jobs import unstorable
 from bgjobs.tasks.context import JobCancelled, JobContext, ProgressThrottle
 from bgjobs.tasks.registry import InvalidParams, NonRetryable, Task, load_tasks
@@ -141,7 +142,7 @@ class Child:
             self.cancelled.discard(job_id)
 
 
-class BadOutput(TypeError):
+class BadOutput(BgjobsError, TypeError):
     """A handler returned or reported something Postgres cannot store as JSON."""
 
 
