@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Container
 from typing import Any
+from uuid import UUID
 
 from bgjobs.core.errors import JobCancelled as JobCancelled
 
@@ -61,8 +62,8 @@ class ProgressThrottle:
 class JobContext:
     """The handler's view of its job (``ctx`` in ``def handler(ctx)``)."""
 
-    def __init__(self, job_id: str, job_type: str, params: dict[str, Any], attempt: int,
-                 throttle: ProgressThrottle, cancelled_ids: Container[str]) -> None:
+    def __init__(self, job_id: UUID, job_type: str, params: dict[str, Any], attempt: int,
+                 throttle: ProgressThrottle, cancelled_ids: Container[UUID]) -> None:
         self.job_id = job_id
         self.job_type = job_type
         self.params = params

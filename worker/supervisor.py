@@ -18,6 +18,7 @@ import socket
 import time
 from dataclasses import dataclass
 from typing import Any, cast
+from uuid import UUID
 
 from bgjobs.core.errors import DatabaseUnavailable
 from bgjobs.core.store import Store
@@ -233,7 +234,7 @@ class Supervisor:
                 self.write_state.ok(now)
                 # A finished job of a limited type frees a slot that no notification announces.
                 if self.claimer.limited:
-                    finished = [o.running for o in batch.done] + [o.running for o in batch.failed]
+                    finished = [r for r, _ in batch.done] + [r for r, _ in batch.failed]
                     self.wake |= any(r.job_type in self.claimer.limited for r in finished)
                 continue
             self.outbox.put_back(batch)
@@ -256,7 +257,7 @@ class Supervisor:
                     self.wake = True
                 continue
             taken = parse_taken_back(payload)
-            r = self.fleet.running.get(taken["id"]) if taken else None
+            r = self.fleet.running.get(UUID(taken["id"])) if taken else None
             # News of an older attempt (reaped from us, then claimed by us again) is not news.
             if r is not None and taken is not None and taken["attempt"] == r.attempt.attempt:
                 self.fleet.lost({r.id}, "notification")
