@@ -110,3 +110,11 @@ def unexpected_tracebacks(log: str) -> list[str]:
         elif line.startswith("Traceback (most recent call last):") and head is not None:
             found.append("\n".join([head, *lines[i:i + 40]]))
     return found
+
+
+def assert_no_tracebacks(*procs: Proc) -> None:
+    """Fail on a traceback in a stopped worker's log but a failed job's (see above): a duty's
+    or the loop's bug is logged and survived by design, so only its log shows it."""
+    bugs = [f"{proc.log_path.name}:\n{trace}" for proc in procs
+            for trace in unexpected_tracebacks(proc.log_path.read_text())]
+    assert not bugs, "traceback in a worker's log:\n" + "\n\n".join(bugs)

@@ -17,7 +17,7 @@ import pytest
 from bgjobs.core.jobs import Attempt, Job
 from bgjobs.core.store import Store
 from tests.conftest import add_job, dbname, url_env
-from tests.procs import BGJOBS, Proc, unexpected_tracebacks, wait_until
+from tests.procs import BGJOBS, Proc, assert_no_tracebacks, wait_until
 
 StartWorker = Callable[..., Proc]
 
@@ -42,10 +42,7 @@ def start_worker(tmp_path: Path) -> Iterator[StartWorker]:
     yield start
     for proc in procs:
         proc.stop()
-    bugs = [f"{proc.log_path.name}:\n{trace}" for proc in procs
-            for trace in unexpected_tracebacks(proc.log_path.read_text())]
-    if bugs:
-        pytest.fail("traceback in a worker's log:\n" + "\n\n".join(bugs), pytrace=False)
+    assert_no_tracebacks(*procs)
 
 
 def enqueue(store: Store, job_type: str, params: dict | None = None, **kw) -> UUID:

@@ -75,3 +75,62 @@ def test_a_failed_jobs_traceback_is_expected_any_other_is_not():
     found = unexpected_tracebacks("\n".join([failed_job, TRACE, duty_bug, TRACE, fine]))
     assert len(found) == 1 and found[0].startswith(duty_bug)
     assert len(unexpected_tracebacks(TRACE)) == 1  # outside any record: uncaught
+
+
+class BrokenStore:
+    """A store whose claim and sync raise (a bug, not an outage)."""
+
+    def limited_types(self) -> dict[str, float | None]:
+        return {}
+
+    def claim_specs(self, *args: object, **kw: object) -> list[object]:
+        raise RuntimeError("claim bug")
+
+    def sync_job_types(self, types: object) -> None:
+        raise RuntimeError("sync bug")
+
+
+class OneSlot:
+    running: dict[object, object] = {}
+
+    def capacity(self) -> dict[str, int]:
+        return {"child": 1}
+
+
+def test_a_failing_claim_waits_its_interval_though_woken(caplog):
+    from bgjobs.worker.duties.claiming import Claimer
+    from bgjobs.worker.wakeups import Wakeups
+
+    claimer = Claimer(BrokenStore(), OneSlot(), Wakeups(True), "w",  # type: ignore[arg-type]
+                      lambda: ("noop",), lambda: 0, poll_interval=5.0, lease=30,
+                      backlog_limit=100)
+    with caplog.at_level(logging.ERROR):
+        run_due([claimer], 100.0)
+    assert "claiming failed; retrying later (in 5.0s)" in caplog.text
+    claimer.wake = True  # a notification: still no claim before the retry is due
+    assert not claimer.due(101.0) and claimer.wake_at(101.0) == 105.0
+    assert claimer.due(105.0)
+
+
+def test_a_failing_registry_sync_is_retried_and_nothing_counts_it_done(caplog):
+    from bgjobs.worker.duties.registry_sync import RegistrySync
+
+    sync = RegistrySync(BrokenStore(), "UTC", retry_interval=5.0)  # type: ignore[arg-type]
+    with caplog.at_level(logging.ERROR):
+        run_due([sync], 100.0)
+    assert "registry sync failed" in caplog.text and "sync bug" in caplog.text
+    assert not sync.done and not sync.due(104.0) and sync.due(105.0)
+
+
+def test_job_heartbeats_start_one_interval_after_the_machine_gets_busy():
+    from bgjobs.worker.duties.lease import LeaseHeartbeats
+    from bgjobs.worker.outbox import Outbox
+
+    fleet, outbox = OneSlot(), Outbox()
+    fleet.running = {}
+    lease = LeaseHeartbeats(fleet, outbox, 10.0)  # type: ignore[arg-type]
+    assert not lease.due(100.0) and lease.wake_at(100.0) is None
+    fleet.running = {"job": "r"}  # a claim: the claim itself set the jobs' heartbeat
+    assert lease.wake_at(100.0) == 110.0 and not lease.due(100.0)
+    run_due([lease], 110.0)
+    assert outbox.heartbeat == ["r"] and lease.next_at == 120.0

@@ -51,19 +51,21 @@ class Claimer(Duty):
             and bool(self.fleet.capacity())
 
     def due(self, now: float) -> bool:
+        if now < self.retry_at:  # the last run failed
+            return False
         if now >= self.next_at or not self.limits_read:
             return True
         if self.next_due is not None and now >= self.next_due:
             return True
-        return not self.halted and (self.wake or self.more) and now >= self.retry_at
+        return not self.halted and (self.wake or self.more)
 
     def wake_at(self, now: float) -> float | None:
         times = [self.next_at]
         if self.next_due is not None:
             times.append(self.next_due)
         if not self.halted and (self.wake or self.more) and self.room():
-            times.append(self.retry_at)
-        return min(times)
+            times.append(now)
+        return max(min(times), self.retry_at)
 
     def run(self, now: float) -> None:
         if now >= self.next_at or not self.limits_read:
@@ -74,7 +76,7 @@ class Claimer(Duty):
         if self.next_due is not None and now >= self.next_due:
             self.next_due, self.wake = None, True
             self.wakeups.sweep = True
-        if not self.halted and (self.wake or self.more) and now >= self.retry_at:
+        if not self.halted and (self.wake or self.more):
             self.run_once(now)
 
     def run_once(self, now: float) -> None:

@@ -34,7 +34,9 @@ class LeaseHeartbeats(Duty):
         return now >= self.next_at
 
     def wake_at(self, now: float) -> float | None:
-        return self.next_at if self.fleet.running else None
+        if not self.fleet.running:
+            return None
+        return now + self.interval if self.idle else self.next_at
 
     def run_once(self, now: float) -> None:
         self.outbox.heartbeat = list(self.fleet.running.values())
