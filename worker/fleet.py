@@ -69,7 +69,7 @@ class Fleet:
             self.running[job.id] = r
             child.jobs[job.id] = None
             specs[child].append(protocol.JobSpec(job.id, job.job_type, job.params, job.attempt,
-                                                 worker_id))
+                                                 job.dependencies, worker_id))
             log.info("claimed %s for process %s", r.describe(), child.pid)
         for child, batch in specs.items():
             if batch:

@@ -23,6 +23,8 @@ class JobSpec(NamedTuple):
     job_type: str
     params: dict[str, Any]
     attempt: int
+    #: results of the jobs it waited for, by id (workflows)
+    dependencies: dict[str, Any] | None = None
     #: the supervisor that claimed it: with the id and the attempt, what fences its outcome
     worker_id: str = ""
 

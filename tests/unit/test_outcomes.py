@@ -41,8 +41,8 @@ def fail(ctx: Any) -> Any:
 def test_the_child_makes_the_outcomes_the_store_writes():
     child = Child(FakeConn(), {"ok": Task("ok", job_id), "no": Task("no", fail)})
     ok, no = uuid.uuid4(), uuid.uuid4()
-    child.run_one(protocol.JobSpec(ok, "ok", {}, 2, "host:7"))
-    child.run_one(protocol.JobSpec(no, "no", {}, 1, "host:7"))
+    child.run_one(protocol.JobSpec(ok, "ok", {}, 2, worker_id="host:7"))
+    child.run_one(protocol.JobSpec(no, "no", {}, 1, worker_id="host:7"))
     child.flush()
     done, failed = child.conn.sent  # earlier completions are flushed before a failure
     assert type(failed) is Failure and failed.attempt == Attempt(no, "host:7", 1)
