@@ -50,7 +50,7 @@ def _supervisor(url: str, worker_id: str, jobs: int, seconds: float, ready: Any,
     while len(claimed) < jobs:
         claimed += store.claim_specs(worker_id, ["bench_report"], limit=jobs - len(claimed),
                                      lease_seconds=3600)
-    running = [Running(str(c.id), Attempt(c.id, worker_id, c.attempt), c.job_type,
+    running = [Running(Attempt(c.id, worker_id, c.attempt), c.job_type,
                        c.max_attempts, c.version, cast(Any, None), 0.0) for c in claimed]
     writer = Writer(url)
     outbox = Outbox()
@@ -60,8 +60,7 @@ def _supervisor(url: str, worker_id: str, jobs: int, seconds: float, ready: Any,
     start = time.monotonic()
     for tick in range(1, int(seconds) + 1):
         for r in running:
-            outbox.progress[r.id] = (r, {"current": tick, "total": int(seconds),
-                                         "stage": "working"})
+            outbox.report(r, {"current": tick, "total": int(seconds), "stage": "working"})
         began = time.perf_counter()
         writer.submit(outbox.take())
         select.select([writer.wake_r], [], [], 120)

@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 _PR_SET_PDEATHSIG = 1
 
 
-class CliError(Exception):
+class CliError(BgjobsError):
     """A one-line message for the user; the command exits non-zero."""
 
 
@@ -54,9 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = config_mod.load()
         config_mod.setup_logging(cfg.log_level)
         return ns.func(ns, cfg) or 0
-    except (CliError, BgjobsError, ConfigError, registry.UnknownTask, registry.InvalidParams,
-            migrate.MigrationError, embedded.EmbeddedError, schedules.InvalidSchedule,
-            proxy.ProxyError) as exc:
+    except BgjobsError as exc:  # every error bgjobs raises on purpose: one line, no traceback
         print(f"bgjobs: {first_line(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

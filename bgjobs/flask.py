@@ -37,6 +37,7 @@ from werkzeug.routing import RoutingException
 from bgjobs.core import channels
 from bgjobs.core import config as config_mod
 from bgjobs.core.db import database_url, make_pool
+from bgjobs.core.errors import BgjobsError
 from bgjobs.core.jobs import parse_job_id
 from bgjobs.core.store import Store
 from bgjobs.server import csrf, dashboard, errors, stream_tokens
@@ -57,14 +58,14 @@ APP_CONFIG = {
 _METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 
 
-class NotSignedIn(Unauthorized):
+class NotSignedIn(Unauthorized, BgjobsError):
     """Nobody is signed in: the extension's routes answer a JSON 401; the app's views, the app's
-    own 401."""
+    own 401 (werkzeug's base first: Flask finds the app's HTTP error handlers for it)."""
 
     description = "sign in first"
 
 
-class CrossSite(Forbidden):
+class CrossSite(Forbidden, BgjobsError):
     """A change request with the app's cookie came from another origin's page: the extension's
     routes answer a JSON 403; the app's views (``BgJobs.same_origin``), the app's own 403."""
 

@@ -16,11 +16,12 @@ from importlib.resources import files
 
 from bgjobs.core.config import Config
 from bgjobs.core.embedded import allow_traverse
+from bgjobs.core.errors import BgjobsError
 
 DEFAULT_BIND = "127.0.0.1:8080"
 
 
-class ProxyError(RuntimeError):
+class ProxyError(BgjobsError, RuntimeError):
     """nginx is missing or cannot be set up; the message says what to do."""
 
 

@@ -15,16 +15,14 @@ from pathlib import Path
 
 import psycopg
 
+from bgjobs.core.errors import ConfigError as ConfigError
+
 LOG_FORMAT = "%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 _PASSWORD = re.compile(r"(://[^:/@]*:)[^@]*@")
 #: The setting that names a session-capable URL (see Config.direct_url); messages name it.
 DIRECT_URL_SETTING = "BGJOBS_DIRECT_URL"
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)?$")
-
-
-class ConfigError(ValueError):
-    """An environment variable holds a value bgjobs cannot use; the message names it."""
 
 
 @dataclass(frozen=True)
@@ -82,6 +80,8 @@ class Config:
     keep_complete_days: float = 7.0
     keep_error_days: float = 30.0
     keep_cancelled_days: float = 7.0
+    #: Seconds between a worker's looks for finished jobs past their age (BGJOBS_PURGE_INTERVAL).
+    purge_interval: float = 60.0
     #: Bearer token for /metrics and /events/stats (BGJOBS_METRICS_TOKEN); None: both are off.
     metrics_token: str | None = None
     #: The embedded cluster syncs every commit to disk; BGJOBS_PG_DURABLE=0 starts it without
@@ -251,6 +251,7 @@ def load() -> Config:
         keep_complete_days=_days("BGJOBS_KEEP_COMPLETE_DAYS", 7.0),
         keep_error_days=_days("BGJOBS_KEEP_ERROR_DAYS", 30.0),
         keep_cancelled_days=_days("BGJOBS_KEEP_CANCELLED_DAYS", 7.0),
+        purge_interval=_float("BGJOBS_PURGE_INTERVAL", 60.0, minimum=0.1),
         metrics_token=os.environ.get("BGJOBS_METRICS_TOKEN") or None,
         pg_durable=_flag("BGJOBS_PG_DURABLE", default=True),
         proxy_bind=os.environ.get("BGJOBS_PROXY_BIND") or None,

@@ -26,6 +26,8 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+from bgjobs.core.errors import BgjobsError
+
 log = logging.getLogger(__name__)
 
 SYSTEM_USER = "bgjobs"
@@ -35,7 +37,7 @@ _OLD_FAST_SETTINGS = "fsync = off\nsynchronous_commit = off\nfull_page_writes = 
 _FAST_OPTIONS = "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
 
 
-class EmbeddedError(RuntimeError):
+class EmbeddedError(BgjobsError, RuntimeError):
     """The embedded cluster could not be created or started."""
 
 

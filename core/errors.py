@@ -1,8 +1,12 @@
-"""bgjobs's few exceptions: what the store, the enqueue path and the services raise.
+"""bgjobs's exceptions, under one root: ``bgjobs.BgjobsError``, so callers catch one thing.
 
 Driver errors never leave the core layer as they are: they become one of these, with a message
 a user can act on. The API and the events service map them to HTTP answers in one place
-(bgjobs.server.errors), the CLI prints their message on one line.
+(bgjobs.server.errors); the CLI prints any of them as one line in one place (bgjobs.cli.main).
+The errors of the task layer live here too, so that mapping needs no import of that layer; they
+keep the built-in bases callers rely on (``except ValueError`` still catches InvalidParams).
+A few module-private errors derive from the root where they are raised (MigrationError,
+EmbeddedError, ProxyError, WaitTimeout, the CLI's and the API's own).
 """
 
 from __future__ import annotations
@@ -55,6 +59,42 @@ class UnreadableValue(StoreError):
 
 class InvalidInput(StoreError):
     """The database rejected a value (bad name, out-of-range number, ...)."""
+
+
+class InvalidRequest(InvalidInput):
+    """A job's priority, run_after or idempotency key is out of bounds; the message says how."""
+
+
+class ConfigError(BgjobsError, ValueError):
+    """An environment variable holds a value bgjobs cannot use; the message names it."""
+
+
+# Tasks ---------------------------------------------------------------------------------------
+
+
+class InvalidParams(BgjobsError, ValueError):
+    """Params a task does not accept; the message says which and why."""
+
+
+class BadDeclaration(BgjobsError, ValueError):
+    """A ``@task(...)`` bgjobs cannot use (raised as its module is imported); the message says
+    which and why. A module in BGJOBS_TASK_MODULES that raises it stops a command in one line."""
+
+
+class UnknownTask(BgjobsError, LookupError):
+    """No task is registered under that name."""
+
+
+class NonRetryable(BgjobsError):
+    """Raise (or subclass) in a handler to end the job in error at once, without retries."""
+
+
+class JobCancelled(BgjobsError):  # noqa: N818 - reads better at the raise site
+    """Raised inside a handler whose job was cancelled or taken back; the worker stops it."""
+
+
+class InvalidSchedule(BgjobsError, ValueError):
+    """A cron expression or time zone bgjobs cannot use; the message says which and why."""
 
 
 def first_line(exc: BaseException) -> str:

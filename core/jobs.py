@@ -164,24 +164,58 @@ class Claimed(NamedTuple):
     dependencies: dict[str, Any] | None = None
 
 
+# The outcomes of an attempt: one type per state change, made where it happens (the worker
+# child for a completion or a failure, the supervisor for a release) and written as it is by
+# the store, fenced on the attempt (zero rows: someone else decided first). Tuples of the
+# leading fields serve too.
+
+
 class ProgressUpdate(NamedTuple):
+    """A running attempt's latest progress."""
+
     attempt: Attempt
     progress: dict[str, Any]
 
 
 class Completion(NamedTuple):
+    """An attempt whose handler returned: complete, with its result."""
+
     attempt: Attempt
     result: Any
     #: the handler's last progress if it was never written, else None
     progress: dict[str, Any] | None
+    #: seconds the handler ran (for the log)
+    duration: float = 0.0
+
+    @property
+    def job_id(self) -> UUID:
+        return self.attempt.job_id
 
 
 class Failure(NamedTuple):
+    """An attempt whose handler raised (or whose process died): retried while allowed."""
+
     attempt: Attempt
     error: dict[str, Any]
     retryable: bool
     #: seconds before the retry, when retryable and attempts remain
     delay: float
+    traceback: str = ""
+    #: seconds the handler ran (for the log)
+    duration: float = 0.0
+    #: the handler's last progress if it was never written, else None (written first)
+    progress: dict[str, Any] | None = None
+
+    @property
+    def job_id(self) -> UUID:
+        return self.attempt.job_id
+
+
+class Release(NamedTuple):
+    """An attempt handed back to pending without spending it (shutdown, a killed process)."""
+
+    attempt: Attempt
+    why: str
 
 
 def parse_job_id(raw: UUID | str) -> UUID:

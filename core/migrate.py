@@ -39,7 +39,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from bgjobs.core.errors import first_line
+from bgjobs.core.errors import BgjobsError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ _UNPINNED = ("bgjobs_touch", "bgjobs_notify_inserted", "bgjobs_notify_updated",
              "bgjobs_notify_auth", "bgjobs_progress_payload", "bgjobs_schedules_check")
 
 
-class MigrationError(RuntimeError):
+class MigrationError(BgjobsError, RuntimeError):
     """A migration cannot be applied safely."""
 
 

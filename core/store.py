@@ -297,29 +297,29 @@ class Store(Operations):
         """Refresh heartbeats; returns the job ids still owned (the rest were lost)."""
         return self._fenced("heartbeat_jobs", attempts, {})
 
+    # The outcome writes read their items by position (core/jobs.py's outcome types, or tuples
+    # of their leading fields), as the worker made them: nothing is rebuilt on the way.
+
     def report_progress(self, updates: Sequence[ProgressUpdate]) -> set[UUID]:
         """Write progress for many attempts at once; returns the job ids still owned."""
-        updates = [ProgressUpdate(*u) for u in updates]
-        return self._fenced("progress_jobs", [u.attempt for u in updates],
-                            {"progress": [Jsonb(u.progress) for u in updates]})
+        return self._fenced("progress_jobs", [u[0] for u in updates],
+                            {"progress": [Jsonb(u[1]) for u in updates]})
 
     def complete(self, done: Sequence[Completion]) -> set[UUID]:
         """Finish attempts as complete, with their results; returns the job ids still owned."""
-        done = [Completion(*d) for d in done]
-        return self._fenced("complete_jobs", [d.attempt for d in done], {
-            "results": [Jsonb(d.result) for d in done],
-            "progress": [Jsonb(d.progress) if d.progress is not None else None for d in done],
+        return self._fenced("complete_jobs", [d[0] for d in done], {
+            "results": [Jsonb(d[1]) for d in done],
+            "progress": [Jsonb(d[2]) if d[2] is not None else None for d in done],
         })
 
     def fail(self, failed: Sequence[Failure]) -> dict[UUID, str]:
         """End failed attempts (retried after their delay while allowed); {id: new status}."""
-        failed = [Failure(*f) for f in failed]
-        attempts = [f.attempt for f in failed]
+        attempts = [f[0] for f in failed]
         args = {
             **_attempt_arrays(attempts),
-            "errors": [Jsonb(f.error) for f in failed],
-            "retryable": [f.retryable for f in failed],
-            "delays": [float(f.delay) for f in failed],
+            "errors": [Jsonb(f[1]) for f in failed],
+            "retryable": [f[2] for f in failed],
+            "delays": [float(f[3]) for f in failed],
         }
         if not attempts:
             return {}

@@ -14,14 +14,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bgjobs.core.errors import (
+    BgjobsError,
     Conflict,
     DatabaseUnavailable,
     InvalidInput,
+    InvalidParams,
+    InvalidRequest,
     NotFound,
+    UnknownTask,
     UnreadableValue,
 )
-from bgjobs.tasks.enqueue import InvalidRequest
-from bgjobs.tasks.registry import InvalidParams, UnknownTask
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +45,7 @@ HTTP_CODES = {
 RETRY_AFTER_SECONDS = 5
 
 
-class ApiError(Exception):
+class ApiError(BgjobsError):
     """An error a view raises on purpose: status, machine-readable code, human message."""
 
     def __init__(self, status: int, code: str, message: str, *,

@@ -5,16 +5,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Container
 from typing import Any
+from uuid import UUID
+
+from bgjobs.core.errors import JobCancelled as JobCancelled
 
 #: A progress write is due at least this long after the previous one...
 MIN_INTERVAL = 1.0
 #: ...or sooner when progress moved by this share of ``total``, but never more often than:
 MIN_STEP_INTERVAL = 0.1
 STEP = 0.01
-
-
-class JobCancelled(Exception):  # noqa: N818 - reads better at the raise site
-    """Raised inside a handler whose job was cancelled or taken back; the worker stops it."""
 
 
 class ProgressThrottle:
@@ -63,8 +62,8 @@ class ProgressThrottle:
 class JobContext:
     """The handler's view of its job (``ctx`` in ``def handler(ctx)``)."""
 
-    def __init__(self, job_id: str, job_type: str, params: dict[str, Any], attempt: int,
-                 throttle: ProgressThrottle, cancelled_ids: Container[str],
+    def __init__(self, job_id: UUID, job_type: str, params: dict[str, Any], attempt: int,
+                 throttle: ProgressThrottle, cancelled_ids: Container[UUID],
                  dependencies: dict[str, Any] | None = None) -> None:
         self.job_id = job_id
         self.job_type = job_type

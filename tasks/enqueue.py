@@ -23,18 +23,14 @@ import psycopg
 from bgjobs.core import channels
 from bgjobs.core import config as config_mod
 from bgjobs.core.db import database_url, make_pool
-from bgjobs.core.errors import Conflict, InvalidInput, NotFound
+from bgjobs.core.errors import Conflict, InvalidParams, NotFound
+from bgjobs.core.errors import InvalidRequest as InvalidRequest
 from bgjobs.core.jobs import Job, parse_job_id, time_out_of_range, unstorable
 from bgjobs.core.store import NewJob, Store
 from bgjobs.tasks import registry
-from bgjobs.tasks.registry import InvalidParams
 
 PRIORITY_MIN, PRIORITY_MAX = -1000, 1000
 IDEMPOTENCY_KEY_MAX = 255
-
-
-class InvalidRequest(InvalidInput):
-    """A job's priority, run_after or idempotency key is out of bounds; the message says how."""
 
 
 class Enqueued(NamedTuple):

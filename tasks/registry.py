@@ -17,8 +17,11 @@ from typing import TYPE_CHECKING, Any, cast
 
 import psycopg
 
-from bgjobs.core.config import ConfigError
-from bgjobs.core.errors import DatabaseUnavailable, first_line
+from bgjobs.core.errors import BadDeclaration as BadDeclaration
+from bgjobs.core.errors import ConfigError, DatabaseUnavailable, InvalidSchedule, first_line
+from bgjobs.core.errors import InvalidParams as InvalidParams
+from bgjobs.core.errors import NonRetryable as NonRetryable
+from bgjobs.core.errors import UnknownTask as UnknownTask
 from bgjobs.core.store_ops import JobTypeRow
 
 if TYPE_CHECKING:
@@ -28,23 +31,6 @@ log = logging.getLogger(__name__)
 
 #: Seconds before a job's first retry, unless its task says otherwise.
 DEFAULT_RETRY_DELAY = 2.0
-
-
-class InvalidParams(ValueError):
-    """Params a task does not accept; the message says which and why."""
-
-
-class BadDeclaration(ValueError):
-    """A ``@task(...)`` bgjobs cannot use (raised as its module is imported); the message says
-    which and why. A module in BGJOBS_TASK_MODULES that raises it stops a command in one line."""
-
-
-class UnknownTask(LookupError):
-    """No task is registered under that name."""
-
-
-class NonRetryable(Exception):
-    """Raise (or subclass) in a handler to end the job in error at once, without retries."""
 
 
 @dataclass(frozen=True)
@@ -185,7 +171,7 @@ def task(
         raise BadDeclaration(f"starts_per_second must be a number above 0, "
                              f"got {starts_per_second!r}")
     if cron is not None:
-        from bgjobs.tasks.schedules import InvalidSchedule, check_cron  # only when used
+        from bgjobs.tasks.schedules import check_cron  # only when used
 
         try:
             check_cron(cron, timezone or "UTC")

@@ -13,14 +13,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cronsim import CronSim, CronSimError
 
+from bgjobs.core.errors import InvalidSchedule as InvalidSchedule
 from bgjobs.core.jobs import Job
 from bgjobs.core.store import Store
 from bgjobs.core.store_ops import Schedule
 from bgjobs.tasks.enqueue import enqueue
-
-
-class InvalidSchedule(ValueError):
-    """A cron expression or time zone bgjobs cannot use; the message says which and why."""
 
 
 def zone(name: str) -> ZoneInfo:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -87,3 +88,33 @@ def wait_until(predicate: Callable[[], object], timeout: float, what: str,
 def wait_http(url: str, proc: Proc | None = None, timeout: float = 30.0) -> None:
     """Wait until ``url`` answers at all (any status)."""
     wait_until(lambda: httpx.get(url, timeout=2) is not None, timeout, f"GET {url}", proc)
+
+
+#: The head line of a log record (core/config.py's LOG_FORMAT): logger name, message.
+_RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ \[\d+\] [A-Z]+ (\S+): (.*)$")
+#: The one record a traceback belongs in: a job's handler raised, and its attempt failed.
+_JOB_FAILED = re.compile(r"^job \S+ \(.*\) failed after ")
+
+
+def unexpected_tracebacks(log: str) -> list[str]:
+    """Each traceback in a bgjobs process's log that is not a failed job's own (a bug: in a
+    duty, a write, the loop, or uncaught), with the line of the record it belongs to."""
+    found: list[str] = []
+    head: str | None = "(before any log record)"  # None: in a failed job's record
+    lines = log.splitlines()
+    for i, line in enumerate(lines):
+        record = _RECORD.match(line)
+        if record:
+            job_failed = record[1] == "bgjobs.worker.outbox" and _JOB_FAILED.match(record[2])
+            head = None if job_failed else line
+        elif line.startswith("Traceback (most recent call last):") and head is not None:
+            found.append("\n".join([head, *lines[i:i + 40]]))
+    return found
+
+
+def assert_no_tracebacks(*procs: Proc) -> None:
+    """Fail on a traceback in a stopped worker's log but a failed job's (see above): a duty's
+    or the loop's bug is logged and survived by design, so only its log shows it."""
+    bugs = [f"{proc.log_path.name}:\n{trace}" for proc in procs
+            for trace in unexpected_tracebacks(proc.log_path.read_text())]
+    assert not bugs, "traceback in a worker's log:\n" + "\n\n".join(bugs)

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 from multiprocessing.connection import Connection
+from uuid import UUID
 
 from bgjobs.worker import protocol
 
@@ -34,7 +35,7 @@ class ChildProcess:
         self.conn = Connection(ours.detach())
         self.pid = self.popen.pid
         #: job ids handed over and not yet reported back, oldest (the running one) first
-        self.jobs: dict[str, None] = {}
+        self.jobs: dict[UUID, None] = {}
         self.ready = False
 
     def fileno(self) -> int:

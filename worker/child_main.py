@@ -20,9 +20,11 @@ import time
 import traceback
 from multiprocessing.connection import Connection
 from typing import Any
+from uuid import UUID
 
 from bgjobs.core import config as config_mod
-from bgjobs.core.jobs import unstorable
+from bgjobs.core.errors import BgjobsError
+from bgjobs.core.jobs import Completion, Failure, unstorable
 from bgjobs.tasks.context import JobCancelled, JobContext, ProgressThrottle
 from bgjobs.tasks.registry import InvalidParams, NonRetryable, Task, load_tasks
 from bgjobs.worker import protocol
@@ -40,9 +42,9 @@ class Child:
         self.tasks = tasks
         self.queue: collections.deque[protocol.JobSpec] = collections.deque()
         self.cond = threading.Condition()
-        self.cancelled: set[str] = set()
+        self.cancelled: set[UUID] = set()
         self.send_lock = threading.Lock()
-        self.outbox: list[protocol.Finished] = []
+        self.outbox: list[Completion] = []
         self.last_flush = time.monotonic()
 
     def send(self, msg: protocol.FromChild) -> None:
@@ -132,16 +134,16 @@ class Child:
             delay = task.delay_before_retry(job.attempt) if task else 0.0
             error = {"error": type(exc).__name__, "message": _clean(str(exc))}
             self.flush()  # earlier jobs' results first, so the log reads in order
-            self.send(protocol.Failed(job_id, error, retryable, delay, traceback.format_exc(),
-                                      time.perf_counter() - start, throttle.unsent()))
+            self.send(Failure(job.fence(), error, retryable, delay, traceback.format_exc(),
+                              time.perf_counter() - start, throttle.unsent()))
         else:
-            self.outbox.append(protocol.Finished(job_id, result, throttle.unsent(),
-                                                 time.perf_counter() - start))
+            self.outbox.append(Completion(job.fence(), result, throttle.unsent(),
+                                          time.perf_counter() - start))
         finally:
             self.cancelled.discard(job_id)
 
 
-class BadOutput(TypeError):
+class BadOutput(BgjobsError, TypeError):
     """A handler returned or reported something Postgres cannot store as JSON."""
 
 

@@ -12,12 +12,13 @@ import logging
 import selectors
 import time
 from typing import Any
+from uuid import UUID
 
-from bgjobs.core.jobs import Attempt, Claimed
+from bgjobs.core.jobs import Attempt, Claimed, Failure, Release
 from bgjobs.tasks import registry
 from bgjobs.worker import protocol
 from bgjobs.worker.child_handle import ChildProcess
-from bgjobs.worker.outbox import Completed, FailedAttempt, Outbox, Released, Running, elapsed
+from bgjobs.worker.outbox import Outbox, Running, elapsed
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ class Fleet:
         self.cancel_grace = cancel_grace
         self.max_batch = max_batch
         self.children: dict[int, ChildProcess] = {}
-        self.running: dict[str, Running] = {}
+        self.running: dict[UUID, Running] = {}
         self.respawn_at: dict[int, float] = {}
         self.task_names: tuple[str, ...] = ()
         self.avg_duration = 1.0  # seconds per job, recent average; sizes the hand-outs
@@ -63,13 +64,12 @@ class Fleet:
             child = order[i % len(order)]
             left[child] -= 1
             i += 1
-            job_id = str(job.id)
-            r = Running(job_id, Attempt(job.id, worker_id, job.attempt), job.job_type,
+            r = Running(Attempt(job.id, worker_id, job.attempt), job.job_type,
                         job.max_attempts, job.version, child, now)
-            self.running[job_id] = r
-            child.jobs[job_id] = None
-            specs[child].append(protocol.JobSpec(job_id, job.job_type, job.params,
-                                                 job.attempt, job.dependencies))
+            self.running[job.id] = r
+            child.jobs[job.id] = None
+            specs[child].append(protocol.JobSpec(job.id, job.job_type, job.params, job.attempt,
+                                                 job.dependencies, worker_id))
             log.info("claimed %s for process %s", r.describe(), child.pid)
         for child, batch in specs.items():
             if batch:
@@ -108,22 +108,20 @@ class Fleet:
         if isinstance(msg, protocol.Progress):
             r = self.running.get(msg.job_id)
             if r is not None:
-                self.outbox.progress[r.id] = (r, msg.state)
+                self.outbox.report(r, msg.state)
         elif isinstance(msg, protocol.Done):
-            for f in msg.finished:
-                r = self._finish(child, f.job_id, f.duration)
+            for done in msg.finished:
+                r = self._finish(child, done.job_id, done.duration)
                 if r is not None:
-                    self.outbox.done.append(Completed(r, f.result,
-                                                      f.progress or self._last_progress(r),
-                                                      f.duration))
-        elif isinstance(msg, protocol.Failed):
+                    if done.progress is None and (last := self._last_progress(r)) is not None:
+                        done = done._replace(progress=last)
+                    self.outbox.done.append((r, done))
+        elif isinstance(msg, Failure):
             r = self._finish(child, msg.job_id, msg.duration)
             if r is not None:
-                progress = msg.progress or self._last_progress(r)
-                if progress is not None:  # written just before the failure, same tick
-                    self.outbox.progress[r.id] = (r, progress)
-                self.outbox.failed.append(FailedAttempt(r, msg.error, msg.retryable, msg.delay,
-                                                        msg.traceback, msg.duration))
+                if msg.progress is not None:  # written just before the failure, same tick
+                    self.outbox.report(r, msg.progress)
+                self.outbox.failed.append((r, msg))
         elif isinstance(msg, protocol.Cancelled):
             r = self._finish(child, msg.job_id, msg.duration)
             if r is not None:
@@ -135,7 +133,8 @@ class Fleet:
             for job_id in msg.job_ids:
                 r = self._finish(child, job_id, None)
                 if r is not None:
-                    self.outbox.released.append(Released(r, "shutting down; it had not started"))
+                    self.outbox.released.append(
+                        (r, Release(r.attempt, "shutting down; it had not started")))
         elif isinstance(msg, protocol.Hello):
             child.ready = True
             self.task_names = tuple(msg.task_names)
@@ -145,7 +144,8 @@ class Fleet:
         else:
             log.error("unknown message from process %s: %r", child.pid, msg)
 
-    def _finish(self, child: ChildProcess, job_id: str, duration: float | None) -> Running | None:
+    def _finish(self, child: ChildProcess, job_id: UUID,
+                duration: float | None) -> Running | None:
         child.jobs.pop(job_id, None)
         r = self.running.pop(job_id, None)
         if r is not None and duration is not None:
@@ -154,7 +154,7 @@ class Fleet:
 
     def _last_progress(self, r: Running) -> dict[str, Any] | None:
         entry = self.outbox.progress.pop(r.id, None)
-        return entry[1] if entry else None
+        return entry[1].progress if entry else None
 
     def _died(self, child: ChildProcess) -> None:
         self._drop(child)
@@ -167,11 +167,11 @@ class Fleet:
             if n == 0:  # the one it was running
                 error = {"error": "WorkerCrashed",
                          "message": f"the worker process running it exited with code {code}"}
-                self.outbox.failed.append(FailedAttempt(r, error, True, _retry_delay(r), "",
-                                                        elapsed(r)))
+                self.outbox.failed.append(
+                    (r, Failure(r.attempt, error, True, _retry_delay(r), "", elapsed(r))))
             else:
                 self.outbox.released.append(
-                    Released(r, "its worker process crashed before it started"))
+                    (r, Release(r.attempt, "its worker process crashed before it started")))
         if not self.stopping:
             # A child that dies before it is even ready would die again at once: slow down.
             self.respawn_at[child.slot] = time.monotonic() + (0.1 if child.ready else 2.0)
@@ -188,13 +188,13 @@ class Fleet:
         for job_id in list(child.jobs):
             r = self._finish(child, job_id, None)
             if r is not None and r.cancel_deadline is None:
-                self.outbox.released.append(Released(r, why))
+                self.outbox.released.append((r, Release(r.attempt, why)))
         if not self.stopping:
             self.spawn(child.slot)
 
     # Cancellation and shutdown ------------------------------------------------------------------
 
-    def lost(self, ids: set[str], how: str) -> None:
+    def lost(self, ids: set[UUID], how: str) -> None:
         """Jobs no longer ours (cancelled, reaped, requeued): ask their handlers to stop."""
         now = time.monotonic()
         for job_id in ids:

@@ -16,7 +16,7 @@ from bgjobs.core import config as config_mod
 from bgjobs.core.db import database_url, direct_url
 from bgjobs.core.errors import DatabaseUnavailable, NoSession
 from bgjobs.tasks import registry
-from bgjobs.worker.retention import retention
+from bgjobs.worker.duties.retention import retention
 from bgjobs.worker.supervisor import Settings, Supervisor
 
 log = logging.getLogger(__name__)
@@ -120,5 +120,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         poll_interval=args.poll_interval, cancel_grace=args.cancel_grace,
         shutdown_grace=args.shutdown_grace, max_batch=args.max_batch,
         log_level=args.log_level, timezone=cfg.timezone, keep=retention(cfg),
+        purge_interval=cfg.purge_interval,
     )
     return Supervisor(url, settings, listen_url).run()

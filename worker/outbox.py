@@ -11,10 +11,11 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
+from uuid import UUID
 
 from bgjobs.core.errors import InvalidInput
-from bgjobs.core.jobs import Attempt, Completion, Failure, ProgressUpdate
+from bgjobs.core.jobs import Attempt, Completion, Failure, ProgressUpdate, Release
 from bgjobs.core.store import Store
 from bgjobs.worker.child_handle import ChildProcess
 
@@ -25,7 +26,6 @@ log = logging.getLogger(__name__)
 class Running:
     """A job this machine claimed, from the claim until its outcome is known."""
 
-    id: str
     attempt: Attempt
     job_type: str
     max_attempts: int
@@ -35,41 +35,23 @@ class Running:
     #: set once the handler was asked to stop; past it the child process is killed
     cancel_deadline: float | None = None
 
+    @property
+    def id(self) -> UUID:
+        return self.attempt.job_id
+
     def describe(self) -> str:
         attempt = f"attempt {self.attempt.attempt}/{self.max_attempts}"
         return f"job {self.id} ({self.job_type}, {attempt})"
 
 
-class Completed(NamedTuple):
-    running: Running
-    result: Any
-    #: the handler's last progress if it was never written, else None
-    progress: dict[str, Any] | None
-    duration: float
-
-
-class FailedAttempt(NamedTuple):
-    running: Running
-    error: dict[str, Any]
-    retryable: bool
-    delay: float
-    traceback: str
-    duration: float
-
-
-class Released(NamedTuple):
-    """A job handed back to pending without spending an attempt, and why."""
-
-    running: Running
-    why: str
-
-
 class Outbox:
+    """Outcomes (core/jobs.py's types, as made) with the Running job each is about (for logs)."""
+
     def __init__(self) -> None:
-        self.progress: dict[str, tuple[Running, dict[str, Any]]] = {}
-        self.done: list[Completed] = []
-        self.failed: list[FailedAttempt] = []
-        self.released: list[Released] = []
+        self.progress: dict[UUID, tuple[Running, ProgressUpdate]] = {}
+        self.done: list[tuple[Running, Completion]] = []
+        self.failed: list[tuple[Running, Failure]] = []
+        self.released: list[tuple[Running, Release]] = []
         #: jobs to heartbeat; on the same connection as progress writes, so that two of our
         #: statements never lock the same running rows in different orders (a deadlock)
         self.heartbeat: list[Running] = []
@@ -81,6 +63,10 @@ class Outbox:
     def __len__(self) -> int:
         """Jobs with an outcome waiting to be written."""
         return len(self.done) + len(self.failed) + len(self.released)
+
+    def report(self, r: Running, state: dict[str, Any]) -> None:
+        """The latest progress of a running job (replaces any not yet written)."""
+        self.progress[r.id] = (r, ProgressUpdate(r.attempt, state))
 
     def take(self) -> Outbox:
         """Everything buffered so far, as a batch to flush; this outbox starts empty."""
@@ -100,47 +86,46 @@ class Outbox:
         self.released = batch.released + self.released
         self.heartbeat = self.heartbeat or batch.heartbeat
 
-    def flush(self, store: Store) -> set[str]:
+    def flush(self, store: Store) -> set[UUID]:
         """Write everything buffered; returns ids of running jobs found lost (stop them).
 
         Each part is cleared once written, so after an exception the rest can be retried.
         """
-        lost: set[str] = set()
+        lost: set[UUID] = set()
         if self.heartbeat:
             beats = self.heartbeat
             owned = store.heartbeat([r.attempt for r in beats])
             self.heartbeat = []
-            lost |= {r.id for r in beats if r.attempt.job_id not in owned}
+            lost |= {r.id for r in beats if r.id not in owned}
         if self.progress:
             items = list(self.progress.values())
-            owned = store.report_progress([ProgressUpdate(r.attempt, p) for r, p in items])
+            owned = store.report_progress([u for _, u in items])
             self.progress.clear()
-            lost |= {r.id for r, _ in items if r.attempt.job_id not in owned}
+            lost |= {r.id for r, _ in items if r.id not in owned}
         if self.done:
             self._complete(store)
         if self.failed:
             self._fail(store)
         if self.released:
             released = self.released
-            owned = store.release([r.running.attempt for r in released])
+            owned = store.release([rel.attempt for _, rel in released])
             self.released = []
-            for r in released:
-                if r.running.attempt.job_id in owned:
-                    log.info("handed %s back to pending (%s)", r.running.describe(), r.why)
+            for r, rel in released:
+                if r.id in owned:
+                    log.info("handed %s back to pending (%s)", r.describe(), rel.why)
         return lost
 
     def _complete(self, store: Store) -> None:
         batch = self.done
         try:
-            owned = store.complete([Completion(d.running.attempt, d.result, d.progress)
-                                    for d in batch])
+            owned = store.complete([c for _, c in batch])
         except InvalidInput as exc:
             # One bad result must not block the others: write them one at a time.
             if len(batch) == 1:
                 self.done = []
+                r, c = batch[0]
                 error = {"error": "ResultNotStorable", "message": str(exc)[:500]}
-                self.failed.append(FailedAttempt(batch[0].running, error, False, 0.0, "",
-                                                 batch[0].duration))
+                self.failed.append((r, Failure(r.attempt, error, False, 0.0, "", c.duration)))
                 return
             for i, item in enumerate(batch):
                 self.done = [item]
@@ -151,21 +136,19 @@ class Outbox:
                     raise
             return
         self.done = []
-        for d in batch:
-            if d.running.attempt.job_id in owned:
-                log.info("finished %s in %.3fs", d.running.describe(), d.duration)
+        for r, c in batch:
+            if r.id in owned:
+                log.info("finished %s in %.3fs", r.describe(), c.duration)
             else:
                 log.info("%s finished in %.3fs but was no longer ours (cancelled or taken "
-                         "back): result dropped", d.running.describe(), d.duration)
+                         "back): result dropped", r.describe(), c.duration)
 
     def _fail(self, store: Store) -> None:
         batch = self.failed
-        statuses = store.fail([Failure(f.running.attempt, f.error, f.retryable, f.delay)
-                               for f in batch])
+        statuses = store.fail([f for _, f in batch])
         self.failed = []
-        for f in batch:
-            r = f.running
-            status = statuses.get(r.attempt.job_id)
+        for r, f in batch:
+            status = statuses.get(r.id)
             what = f"{f.error.get('error')}: {f.error.get('message')}"
             trace = f"\n{f.traceback.rstrip()}" if f.traceback else ""
             if status is None:

@@ -2,23 +2,34 @@
 
 Supervisor -> child: Jobs, Cancel, Drop.
 Child -> supervisor: Hello, Progress, Done, Failed, Cancelled, Dropped.
+A completion and a failure travel as the outcome types the store writes (core/jobs.py):
+the child makes them once, fenced on the attempt its JobSpec names. Progress travels as the
+handler's report; the supervisor keeps the latest per job and writes that. Job ids are UUIDs.
 Both sides run the same installed bgjobs, so a message is its class and its fields.
 """
 
 from __future__ import annotations
 
 from typing import Any, NamedTuple
+from uuid import UUID
+
+from bgjobs.core.jobs import Attempt, Completion, Failure
 
 
 class JobSpec(NamedTuple):
     """One job handed to a child."""
 
-    job_id: str
+    job_id: UUID
     job_type: str
     params: dict[str, Any]
     attempt: int
     #: results of the jobs it waited for, by id (workflows)
     dependencies: dict[str, Any] | None = None
+    #: the supervisor that claimed it: with the id and the attempt, what fences its outcome
+    worker_id: str = ""
+
+    def fence(self) -> Attempt:
+        return Attempt(self.job_id, self.worker_id, self.attempt)
 
 
 # Supervisor -> child ---------------------------------------------------------------------
@@ -33,7 +44,7 @@ class Jobs(NamedTuple):
 class Cancel(NamedTuple):
     """Stop this job's handler (or drop it if it has not started)."""
 
-    job_id: str
+    job_id: UUID
 
 
 class Drop(NamedTuple):
@@ -51,51 +62,32 @@ class Hello(NamedTuple):
 
 
 class Progress(NamedTuple):
-    job_id: str
+    job_id: UUID
     state: dict[str, Any]
-
-
-class Finished(NamedTuple):
-    """One job that completed."""
-
-    job_id: str
-    result: Any
-    #: the handler's last progress if it was never sent, else None
-    progress: dict[str, Any] | None
-    duration: float
 
 
 class Done(NamedTuple):
     """Jobs that completed since the last report (sent in batches)."""
 
-    finished: list[Finished]
+    finished: list[Completion]
 
 
-class Failed(NamedTuple):
-    """A job whose handler raised."""
-
-    job_id: str
-    error: dict[str, Any]
-    retryable: bool
-    #: seconds before the retry (the task's backoff rule)
-    delay: float
-    traceback: str
-    duration: float
-    progress: dict[str, Any] | None
+#: A job whose handler raised.
+Failed = Failure
 
 
 class Cancelled(NamedTuple):
     """A cancelled job stopped: after ``duration`` seconds, or None if it never started."""
 
-    job_id: str
+    job_id: UUID
     duration: float | None
 
 
 class Dropped(NamedTuple):
     """Jobs given back unstarted (answer to Drop)."""
 
-    job_ids: list[str]
+    job_ids: list[UUID]
 
 
 ToChild = Jobs | Cancel | Drop
-FromChild = Hello | Progress | Done | Failed | Cancelled | Dropped
+FromChild = Hello | Progress | Done | Failure | Cancelled | Dropped

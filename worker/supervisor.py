@@ -1,9 +1,11 @@
 """The supervisor: one per machine. It listens, claims, hands jobs to its children, writes.
 
 One thread, one loop: wait (selector over the LISTEN socket, the children's sockets and a
-signal pipe, with a timeout to the next timer), then act: flush buffered writes in batches,
-heartbeat, reap, enforce cancellation and shutdown deadlines, claim for idle children. Only
-the supervisor talks to Postgres: one LISTEN connection and one write connection per machine.
+signal pipe, with a timeout to the soonest due duty or deadline), then act: enforce
+cancellation and shutdown deadlines, flush buffered writes in batches, and run each duty that
+is due (worker/duties/: registry sync, job heartbeats, the worker's own row, schedules,
+retention, reaping, claiming). Only the supervisor talks to Postgres: one LISTEN connection
+and one write connection per machine.
 """
 
 from __future__ import annotations
@@ -14,11 +16,9 @@ import selectors
 import signal
 import socket
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, cast
+from uuid import UUID
 
 from bgjobs.core.channels import (
     NEW,
@@ -30,14 +30,20 @@ from bgjobs.core.errors import DatabaseUnavailable, NoSession
 from bgjobs.core.store import Store
 from bgjobs.core.store_ops import Retention
 from bgjobs.tasks import registry
-from bgjobs.tasks.sync import sync_registry
 from bgjobs.worker.backoff import Backoff
 from bgjobs.worker.connection import OneConnection
+from bgjobs.worker.duties import Duty, run_due
+from bgjobs.worker.duties.claiming import Claimer
+from bgjobs.worker.duties.lease import LeaseHeartbeats
+from bgjobs.worker.duties.reaping import Reaper
+from bgjobs.worker.duties.registry_sync import RegistrySync
+from bgjobs.worker.duties.retention import INTERVAL as PURGE_INTERVAL
+from bgjobs.worker.duties.retention import Purger
+from bgjobs.worker.duties.schedules import Schedules
+from bgjobs.worker.duties.worker_beat import WorkerBeat
 from bgjobs.worker.fleet import Fleet
 from bgjobs.worker.notifications import Note, NotificationListener
 from bgjobs.worker.outbox import Outbox
-from bgjobs.worker.retention import Purger
-from bgjobs.worker.scheduler import Scheduler
 from bgjobs.worker.wakeups import Wakeups
 from bgjobs.worker.writer import Writer
 
@@ -60,6 +66,8 @@ class Settings:
     #: Time zone of schedules declared in code without one (BGJOBS_TIMEZONE).
     timezone: str = "UTC"
     keep: Retention = Retention()
+    #: Seconds between looks for finished jobs past their retention (BGJOBS_PURGE_INTERVAL).
+    purge_interval: float = PURGE_INTERVAL
 
     @property
     def heartbeat_interval(self) -> float:
@@ -92,29 +100,44 @@ class Supervisor:
         self.listen_state = Backoff("LISTEN connection")
         self.listening = False
         self.listen_fd = -1
-        now = time.monotonic()
-        self.wake = True  # claim at start: jobs may be waiting
-        self.more = False  # the last claim was full: claim again as soon as there is room
-        self.next_poll = now + settings.poll_interval
-        self.next_heartbeat = now + settings.heartbeat_interval
-        self.next_reap = now
-        self.next_due: float | None = None
         self.stopping = False
         self.force = False
         self.stop_deadline = 0.0
         self.signals = 0
         self.first_signal = 0.0
-        # Operations: declared limits and schedules, periodic jobs, retention, our heartbeat.
-        self.synced = False
-        self.limited: dict[str, float | None] = {}  # limited types -> starts per second
-        self.scheduler = Scheduler(self.store)
-        self.next_schedule = now
-        self.purger = Purger(self.store, settings.keep)
-        self.next_beat = now
+        # The duties, each in worker/duties/: the loop asks each one when it is due.
+        self.lease = LeaseHeartbeats(self.fleet, self.outbox, settings.heartbeat_interval)
+        self.registry_sync = RegistrySync(self.store, settings.timezone, settings.poll_interval)
+        self.worker_beat = WorkerBeat(self.store, self.worker_id, self.fleet,
+                                      settings.concurrency, lambda: self.types, settings.lease,
+                                      settings.heartbeat_interval)
+        self.schedules = Schedules(
+            self.store, lambda: self.settings.types or tuple(registry.load_tasks()),
+            settings.poll_interval)
+        self.purger = Purger(self.store, settings.keep, settings.purge_interval)
+        self.reaper = Reaper(self.store, self.worker_id, self.listen_name, self.wakeups,
+                             settings.reap_interval)
+        self.claimer = Claimer(
+            self.store, self.fleet, self.wakeups, self.worker_id, lambda: self.types,
+            lambda: len(self.outbox) + self.writer.backlog(),
+            poll_interval=settings.poll_interval, lease=settings.lease,
+            backlog_limit=2 * settings.concurrency * settings.max_batch)
+        #: after the registry sync, in this order (the claim last: it sees the reaped jobs)
+        self.database_duties: list[Duty] = [self.worker_beat, self.schedules, self.purger,
+                                            self.reaper, self.claimer]
 
     @property
     def types(self) -> tuple[str, ...]:
         return self.settings.types or self.fleet.task_names
+
+    @property
+    def wake(self) -> bool:
+        """A claim is wanted at the next chance (a notification, a freed slot, a reconnect)."""
+        return self.claimer.wake
+
+    @wake.setter
+    def wake(self, value: bool) -> None:
+        self.claimer.wake = value
 
     # The loop ----------------------------------------------------------------------------------
 
@@ -134,7 +157,7 @@ class Supervisor:
             while not self._finished():
                 self._tick()
         finally:
-            self._forget_worker()
+            self.worker_beat.forget()
             self.fleet.close()
             self.writer.close()
             self.listener.close()
@@ -162,40 +185,38 @@ class Supervisor:
         self.fleet.enforce_cancel_grace(now)
         if self.stopping and (self.force or now >= self.stop_deadline):
             self.fleet.kill_busy()
-        if self.fleet.running and now >= self.next_heartbeat:
-            self.next_heartbeat = now + self.settings.heartbeat_interval
-            # Written by the writer, after any progress already queued (see Outbox.heartbeat).
-            self.outbox.heartbeat = list(self.fleet.running.values())
+        run_due([self.lease], now)
         if self.outbox and self.writer.in_flight is None and self.write_state.ready(now):
             self.writer.submit(self.outbox.take())
         if self.db_state.ready(now):
             try:
-                self._database_work(now)
+                run_due([self.registry_sync], now)
+                # Nothing runs before the declared types, limits and schedules are in Postgres.
+                if self.registry_sync.done:
+                    run_due(self.database_duties, now)
                 self.db_state.ok(now)
             except DatabaseUnavailable as exc:
                 self.db_state.failed(exc, now)
-            except Exception as exc:
-                # Not an outage (a query error, a bug): say so loudly, keep the machine's
-                # running jobs alive, and try again after the backoff rather than dying.
-                log.exception("claiming or reaping failed")
-                self.db_state.failed(exc, now)
 
     def _next_wakeup(self, now: float) -> float:
-        times = [self.next_poll, self.next_reap, now + self.settings.poll_interval,
-                 self.next_schedule, self.next_beat, self.purger.next_at]
-        if self.fleet.running:
-            times.append(self.next_heartbeat)
-        for t in (self.next_due, self.fleet.next_deadline()):
+        times = [now + self.settings.poll_interval]
+        duties = [self.lease, self.registry_sync]
+        if self.registry_sync.done:
+            duties += self.database_duties
+        for duty in duties:
+            t = duty.wake_at(now)
             if t is not None:
-                times.append(t)
+                # A database duty waits for the connection's backoff too.
+                times.append(max(t, self.db_state.retry_at) if duty.uses_database else t)
+        deadline = self.fleet.next_deadline()
+        if deadline is not None:
+            times.append(deadline)
         if self.stopping:
             times.append(self.stop_deadline)
         if not self.listening:
             times.append(self.listen_state.retry_at)
         if self.outbox and self.writer.in_flight is None:
             times.append(self.write_state.retry_at)
-        if (self.wake or self.more) and self._room():
-            times.append(self.db_state.retry_at)
         return max(now, min(times))
 
     def _finished(self) -> bool:
@@ -213,110 +234,14 @@ class Supervisor:
             if error is None:
                 self.write_state.ok(now)
                 # A finished job of a limited type frees a slot that no notification announces.
-                if self.limited:
-                    finished = [o.running for o in batch.done] + [o.running for o in batch.failed]
-                    self.wake |= any(r.job_type in self.limited for r in finished)
+                if self.claimer.limited:
+                    finished = [r for r, _ in batch.done] + [r for r, _ in batch.failed]
+                    self.wake |= any(r.job_type in self.claimer.limited for r in finished)
                 continue
             self.outbox.put_back(batch)
             if not isinstance(error, DatabaseUnavailable):
                 log.error("writing results failed; will retry", exc_info=error)
             self.write_state.failed(error, now)
-
-    def _database_work(self, now: float) -> None:
-        if not self.synced:
-            sync_registry(self.store, registry.load_tasks(), self.settings.timezone)
-            self.limited = self.store.limited_types()
-            self.synced = True
-        if now >= self.next_beat:
-            self.next_beat = now + self.settings.heartbeat_interval
-            self.store.worker_heartbeat(
-                self.worker_id, socket.gethostname(), os.getpid(), self.settings.concurrency,
-                len(self.fleet.running), self.types, self.settings.lease)
-        if now >= self.next_schedule and not self.stopping:
-            self.next_schedule = now + self.settings.poll_interval
-            with _side_loop("periodic jobs"):
-                soonest = self.scheduler.run(self.settings.types or tuple(registry.load_tasks()))
-                if soonest is not None:
-                    wait = (soonest - datetime.now(UTC)).total_seconds()
-                    self.next_schedule = now + max(0.0, min(self.settings.poll_interval, wait))
-        with _side_loop("retention"):
-            self.purger.run(now)
-        if now >= self.next_reap:
-            self.next_reap = now + self.settings.reap_interval
-            reaped, self.wakeups.peers = self.store.reap_and_list_listeners(
-                self.listen_name, reaper=self.worker_id)
-            for row in reaped:
-                log.warning("reaped job %s (%s) of a lost worker: now %s after %s attempt(s)",
-                            row["id"], row["job_type"], row["status"], row["attempts"])
-        if now >= self.next_poll:
-            self.next_poll = now + self.settings.poll_interval
-            self.wake = self.wakeups.sweep = True
-            self.limited = self.store.limited_types()  # a DBA may have changed them
-        if self.next_due is not None and now >= self.next_due:
-            self.next_due, self.wake = None, True
-            self.wakeups.sweep = True
-        if not self.stopping and (self.wake or self.more):
-            self._claim(now)
-
-    def _room(self) -> bool:
-        """Whether a claim could take jobs now (free children, results not piling up)."""
-        # Unwritten results are held back jobs: past a few batches' worth, let the writer catch
-        # up first. That also keeps every statement (and the set of running jobs) small.
-        backlog = len(self.outbox) + self.writer.backlog()
-        limit = 2 * self.settings.concurrency * self.settings.max_batch
-        return bool(self.types) and backlog < limit and bool(self.fleet.capacity())
-
-    def _claim(self, now: float) -> None:
-        if not self._room():
-            # `wake` stays set: claim once there is room; meanwhile idle peers may take them.
-            self._relay(self.wakeups.unclaimed, now)
-            return
-        capacity = self.fleet.capacity()
-        limit = sum(capacity.values())
-        jobs = self.store.claim_specs(self.worker_id, self.types, limit=limit,
-                                      lease_seconds=self.settings.lease)
-        self.wake = False
-        full = len(jobs) == limit
-        # Claim again at once only when many may be waiting (a bulk insert, a poll): a full
-        # claim of the one job that fell to a one-process supervisor says nothing of others,
-        # and the claim after it would be empty.
-        self.more = full and self.wakeups.sweep
-        self.wakeups.claimed(full)
-        if not self.more:
-            self._schedule_next_due()
-            self._schedule_rate_refill(now)
-        if jobs and not self.fleet.running:
-            self.next_heartbeat = now + self.settings.heartbeat_interval
-        if jobs:
-            self.fleet.hand_out(jobs, capacity, self.worker_id)
-
-    def _schedule_next_due(self) -> None:
-        """Wake when the soonest not-yet-due job (a retry's backoff, a scheduled job) is due."""
-        due = self.store.next_run_after(self.types)
-        self.next_due = None
-        if due is not None:
-            wait = (due - datetime.now(UTC)).total_seconds()
-            if wait > 0:  # past-due rows are being claimed by someone else right now
-                self.next_due = time.monotonic() + min(wait, self.settings.poll_interval)
-
-    def _schedule_rate_refill(self, now: float) -> None:
-        """Rate-limited types earn a start every 1/rate s, unannounced: claim again by then."""
-        rates = [r for t, r in self.limited.items() if r and t in self.types]
-        if rates:
-            at = now + min(self.settings.poll_interval, max(0.25, 1 / max(rates)))
-            self.next_due = at if self.next_due is None else min(self.next_due, at)
-
-    def _forget_worker(self) -> None:
-        try:
-            self.store.worker_stopped(self.worker_id)
-        except Exception as exc:  # noqa: BLE001 - the row goes stale and the purger drops it
-            log.warning("could not remove this worker from bgjobs_workers: %s", exc)
-
-    def _relay(self, types: set[str], now: float) -> None:
-        """Wake every idle supervisor for ``types`` (see worker/wakeups.py)."""
-        relay = self.wakeups.relay(types, now)
-        if relay:
-            self.store.wake_workers(relay)
 
     # Notifications ------------------------------------------------------------------------
 
@@ -333,11 +258,11 @@ class Supervisor:
                     self.wake = True
                 continue
             taken = parse_taken_back(payload)
-            r = self.fleet.running.get(taken["id"]) if taken else None
+            r = self.fleet.running.get(UUID(taken["id"])) if taken else None
             # News of an older attempt (reaped from us, then claimed by us again) is not news.
             if r is not None and taken is not None and taken["attempt"] == r.attempt.attempt:
                 self.fleet.lost({r.id}, "notification")
-                if r.job_type in self.limited:
+                if r.job_type in self.claimer.limited:
                     self.wake = True  # its slot is free now
 
     def _listen(self, now: float) -> None:
@@ -348,13 +273,13 @@ class Supervisor:
             return
         self.listen_fd = self.listener.fileno()  # psycopg cannot tell it once the link is lost
         self.wakeups.listen_pid = self.listener.backend_pid()
-        self.next_reap = now  # learn the peers again, with our new backend among them
+        self.reaper.soon()  # learn the peers again, with our new backend among them
         self.selector.register(self.listen_fd, selectors.EVENT_READ, self._on_notify)
         self.listening = True
         self.listen_state.ok(now)
         # Notifications sent while we were not listening are lost: re-read the table.
         self.wake = self.wakeups.sweep = True
-        self.next_heartbeat = now
+        self.lease.soon()
         log.info("listening for jobs (%s)", ", ".join(self.settings.types or ("all types",)))
 
     def _listener_lost(self, exc: BaseException) -> None:
@@ -377,6 +302,8 @@ class Supervisor:
     def _handle_signals(self, now: float) -> None:
         if self.signals and not self.stopping:
             self.stopping = True
+            self.schedules.halt()
+            self.claimer.halt()
             self.stop_deadline = now + self.settings.shutdown_grace
             log.info("stopping: claiming no more jobs; waiting up to %ss for %d running job(s)",
                      self.settings.shutdown_grace, len(self.fleet.running))
@@ -384,17 +311,6 @@ class Supervisor:
         if self.signals > 1 and not self.force:
             self.force = True
             log.info("second signal: stopping now, handing running jobs back")
-
-
-@contextmanager
-def _side_loop(name: str) -> Iterator[None]:
-    """A side job's bug is logged and retried later; it must not stop the claims."""
-    try:
-        yield
-    except DatabaseUnavailable:
-        raise
-    except Exception:
-        log.exception("%s failed; retrying later", name)
 
 
 def _drain_socket(sock: socket.socket) -> None:

@@ -14,6 +14,7 @@ import queue
 import socket
 import threading
 from typing import Any, cast
+from uuid import UUID
 
 from bgjobs.core.store import Store
 from bgjobs.worker.connection import OneConnection
@@ -22,7 +23,7 @@ from bgjobs.worker.outbox import Outbox
 log = logging.getLogger(__name__)
 
 #: (the batch, ids of running jobs found lost, the error that stopped the flush or None)
-Result = tuple[Outbox, set[str], BaseException | None]
+Result = tuple[Outbox, set[UUID], BaseException | None]
 
 
 class Writer:
@@ -73,7 +74,7 @@ class Writer:
     def _run(self) -> None:
         while (batch := self._inbox.get()) is not None:
             error: BaseException | None = None
-            lost: set[str] = set()
+            lost: set[UUID] = set()
             try:
                 lost = batch.flush(self.store)
             except Exception as exc:  # noqa: BLE001 - handed to the loop, which retries

@@ -17,7 +17,7 @@ import pytest
 
 from bgjobs.core.store import Store
 from tests.conftest import add_job, url_env
-from tests.procs import BGJOBS, ROOT, Proc, free_port, wait_until
+from tests.procs import BGJOBS, ROOT, Proc, assert_no_tracebacks, free_port, wait_until
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser
@@ -100,6 +100,7 @@ def stack(db_url: str, tmp_path: Path) -> Iterator[Stack]:
         for name, proc in procs.items():
             if name != "events":  # the same process as its numbered entry
                 proc.stop()
+        assert_no_tracebacks(procs["worker"])
 
 
 def test_dashboard_shows_live_progress_cancels_and_never_polls(stack: Stack,

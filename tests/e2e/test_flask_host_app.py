@@ -25,7 +25,7 @@ from bgjobs.flask import BgJobs
 from bgjobs.server import stream_tokens
 from tests.conftest import add_host_user, doc_code, url_env, wait_for
 from tests.e2e.test_browser import chromium, headless_chromium
-from tests.procs import BGJOBS, Proc, free_port, wait_until
+from tests.procs import BGJOBS, Proc, assert_no_tracebacks, free_port, wait_until
 
 pytestmark = pytest.mark.browser
 
@@ -161,6 +161,7 @@ def served(host_db_url: str, tmp_path: Path,
         server.shutdown()
         BgJobs.close(app)
         worker.stop()
+        assert_no_tracebacks(worker)
         assert events.proc is not None
         events.proc.stop()
 

@@ -8,7 +8,7 @@ import psycopg
 
 from bgjobs.core.store import Store
 from bgjobs.core.store_ops import Retention
-from bgjobs.worker.retention import Purger
+from bgjobs.worker.duties.retention import Purger
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 
@@ -62,7 +62,7 @@ def test_batches_and_one_purger_at_a_time(store: Store, conn, db_url):
 
 
 def test_the_purger_works_through_a_backlog_in_batches(store: Store, conn, monkeypatch):
-    from bgjobs.worker import retention
+    from bgjobs.worker.duties import retention
 
     monkeypatch.setattr(retention, "BATCH", 4)
     finished(conn, "noop", "complete", 10, count=9)

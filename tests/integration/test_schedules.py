@@ -12,7 +12,7 @@ from bgjobs.core.store import Store
 from bgjobs.tasks import registry
 from bgjobs.tasks.schedules import InvalidSchedule, check_cron, last_tick, next_tick
 from bgjobs.tasks.sync import sync_registry
-from bgjobs.worker.scheduler import Scheduler
+from bgjobs.worker.duties.schedules import Scheduler
 
 T0 = datetime(2026, 11, 30, 10, 0, tzinfo=UTC)
 

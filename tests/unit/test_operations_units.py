@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 import uuid
 
 import pytest
 
 from bgjobs.core import config
-from bgjobs.core.errors import DatabaseUnavailable
 from bgjobs.tasks import registry
-from bgjobs.worker.retention import retention
-from bgjobs.worker.supervisor import _side_loop
+from bgjobs.worker.duties.retention import retention
 
 
 @pytest.mark.parametrize(("name", "value", "message"), [
@@ -53,14 +50,6 @@ def test_bad_task_declarations_fail_at_import(kwargs, message):
     with pytest.raises(ValueError, match=message):
         registry.task("declared_badly", **kwargs)
     assert "declared_badly" not in registry._TASKS
-
-
-def test_a_side_loop_logs_its_bug_and_lets_outages_through(caplog):
-    with caplog.at_level(logging.ERROR), _side_loop("periodic jobs"):
-        raise KeyError("a bug")
-    assert "periodic jobs failed; retrying later" in caplog.text
-    with pytest.raises(DatabaseUnavailable), _side_loop("retention"):
-        raise DatabaseUnavailable("down")
 
 
 def test_task_modules_resolve_from_the_working_directory(monkeypatch, tmp_path):
@@ -105,3 +94,13 @@ def test_a_host_task_replaces_the_built_in_of_its_name_whichever_is_imported_fir
     finally:
         registry._TASKS["rescoring"] = builtin
 
+
+
+def test_the_purge_interval_is_a_setting(monkeypatch):
+    monkeypatch.delenv("BGJOBS_PURGE_INTERVAL", raising=False)
+    assert config.load().purge_interval == 60.0
+    monkeypatch.setenv("BGJOBS_PURGE_INTERVAL", "0.5")
+    assert config.load().purge_interval == 0.5
+    monkeypatch.setenv("BGJOBS_PURGE_INTERVAL", "0")
+    with pytest.raises(config.ConfigError, match="BGJOBS_PURGE_INTERVAL must be at least 0.1"):
+        config.load()

@@ -54,7 +54,7 @@ def supervisor() -> Iterator[Supervisor]:
 def running(sup: Supervisor, attempt: int) -> tuple[Running, FakeChild]:
     job_id = uuid.uuid4()
     child = FakeChild()
-    r = Running(str(job_id), Attempt(job_id, sup.worker_id, attempt), "noop", 3, 2,
+    r = Running(Attempt(job_id, sup.worker_id, attempt), "noop", 3, 2,
                 child, 0.0)  # type: ignore[arg-type]
     sup.fleet.running[r.id] = r
     return r, child
@@ -67,13 +67,13 @@ def notify(sup: Supervisor, *items: tuple[str, str]) -> None:
 
 def test_news_of_our_attempt_stops_its_handler(supervisor):
     r, child = running(supervisor, attempt=2)
-    notify(supervisor, (CONTROL, json.dumps({"id": r.id, "attempt": 2})))
+    notify(supervisor, (CONTROL, json.dumps({"id": str(r.id), "attempt": 2})))
     assert child.sent == [protocol.Cancel(r.id)] and r.cancel_deadline is not None
 
 
 def test_news_of_an_older_attempt_or_another_job_changes_nothing(supervisor):
     r, child = running(supervisor, attempt=2)
-    notify(supervisor, (CONTROL, json.dumps({"id": r.id, "attempt": 1})),
+    notify(supervisor, (CONTROL, json.dumps({"id": str(r.id), "attempt": 1})),
            (CONTROL, json.dumps({"id": str(uuid.uuid4()), "attempt": 2})),
            (CONTROL, "not json"))
     assert child.sent == [] and r.cancel_deadline is None

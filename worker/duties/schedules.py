@@ -1,16 +1,17 @@
-"""Periodic jobs: every supervisor looks at bgjobs_schedules; Postgres decides who enqueues.
+"""Schedules: every supervisor looks at bgjobs_schedules; Postgres decides who enqueues.
 
 Each tick of a schedule is claimed with a compare-and-set on its row (``last_tick < tick``),
 and the job is enqueued in the same transaction, so however many supervisors see the tick at
 once, exactly one of them enqueues it, and a crash between the two leaves neither. There is no
 leader to elect or lose. A tick found more than MISFIRE_GRACE late (no worker was running) is
 skipped, unless the schedule says ``catch_up``: then one job stands for every missed tick.
+The duty looks every poll interval, or at the soonest next tick if that comes first.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from datetime import UTC, datetime, timedelta
 
 from bgjobs.core.errors import Conflict
@@ -19,6 +20,7 @@ from bgjobs.core.store_ops import Schedule
 from bgjobs.tasks import enqueue
 from bgjobs.tasks.registry import InvalidParams, UnknownTask
 from bgjobs.tasks.schedules import InvalidSchedule, last_tick, next_tick
+from bgjobs.worker.duties import Duty
 
 log = logging.getLogger(__name__)
 
@@ -87,3 +89,19 @@ class Scheduler:
         if key not in self._reported:
             self._reported.add(key)
             log.error("schedule %s is ignored: %s", schedule.name, problem)
+
+
+class Schedules(Duty):
+    name = "periodic jobs"
+
+    def __init__(self, store: Store, types: Callable[[], Collection[str]],
+                 interval: float) -> None:
+        super().__init__(interval)
+        self.scheduler = Scheduler(store)
+        self.types = types
+
+    def run_once(self, now: float) -> None:
+        soonest = self.scheduler.run(self.types())
+        if soonest is not None:
+            wait = (soonest - datetime.now(UTC)).total_seconds()
+            self.next_at = now + max(0.0, min(self.interval, wait))
