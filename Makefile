@@ -14,10 +14,10 @@ $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "make: no python3.11 or python3 on PATH (set PYTHON=...)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,embedded]'
 	touch $(STAMP)
 
-install: $(STAMP) ## Create the venv and install bgjobs with its dev tools
+install: $(STAMP) ## Create the venv and install bgjobs with its dev tools and embedded Postgres
 
 run: $(STAMP) ## Run the whole stack: database, migrations, API, events, workers (Ctrl-C stops all)
 	$(BIN)/bgjobs run
@@ -29,7 +29,7 @@ seed-app: $(STAMP) ## Run examples/seed_app: the seed's Flask app on bgjobs (Ctr
 	cd examples/seed_app && $(CURDIR)/$(BIN)/python run.py
 
 bench: $(STAMP) ## Run the benchmarks against pgqueuer (~30 min; BENCH_ARGS="--only events --quick")
-	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	$(BIN)/pip install --quiet -e '.[dev,embedded,bench]'
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 # mypy reads packages from folders named as they import; the checkout maps bgjobs.core to
