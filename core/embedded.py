@@ -71,7 +71,7 @@ def major(bin_path: Path) -> int:
     done = subprocess.run([str(bin_path / "pg_ctl"), "--version"], capture_output=True,
                           text=True, check=False)
     try:
-        return int(done.stdout.split()[-1].split(".")[0])
+        return int(done.stdout.split()[2].split(".")[0])  # "pg_ctl (PostgreSQL) 15.20 (Debian ...)"
     except (IndexError, ValueError):
         raise EmbeddedError(f"{bin_path / 'pg_ctl'} --version said {done.stdout.strip()!r} "
                             f"{done.stderr.strip()!r}: not a Postgres bin folder") from None
