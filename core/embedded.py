@@ -88,6 +88,9 @@ def data_major(pgdata: Path) -> int | None:
 def bin_dir(override: Path | None = None, pgdata: Path | None = None) -> Path:
     """Where pg_ctl and friends live: ``override`` (BGJOBS_PG_BIN), else the first of
     ``candidates()``; for an existing cluster in ``pgdata``, one of its major version."""
+    if override is not None and not (override / "pg_ctl").exists():
+        raise EmbeddedError(f"BGJOBS_PG_BIN is {override}, which has no pg_ctl: set it to a "
+                            "Postgres bin folder, or unset it for bgjobs[embedded]'s")
     found = [override] if override is not None else candidates()
     if not found:
         raise EmbeddedError(NO_BINARIES)

@@ -149,3 +149,16 @@ def test_a_cluster_made_by_another_major_keeps_its_binaries_or_gets_one_line(
         if embedded.Cluster(data, DEBIAN_15).is_running():
             embedded.Cluster(data, DEBIAN_15).stop("immediate")
         shutil.rmtree(data, ignore_errors=True)
+
+
+def test_a_bin_folder_without_postgres_gets_one_line(tmp_path: Path) -> None:
+    env = {**os.environ, "BGJOBS_DATA_DIR": str(tmp_path / "data"),
+           "BGJOBS_PG_BIN": str(tmp_path)}
+    env.pop("DATABASE_URL", None)
+    done = subprocess.run([BGJOBS, "db", "start"], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        f"bgjobs: BGJOBS_PG_BIN is {tmp_path}, which has no pg_ctl: set it to a Postgres bin "
+        "folder, or unset it for bgjobs[embedded]'s"]
+    assert not (tmp_path / "data").exists()
