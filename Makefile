@@ -8,16 +8,16 @@ STAMP := $(VENV)/.installed
 .DEFAULT_GOAL := help
 
 help: ## List the targets
-	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-13s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "make: no python3.11 or python3 on PATH (set PYTHON=...)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,embedded]'
 	touch $(STAMP)
 
-install: $(STAMP) ## Create the venv and install bgjobs with its dev tools
+install: $(STAMP) ## Create the venv and install bgjobs with its dev tools and embedded Postgres
 
 run: $(STAMP) ## Run the whole stack: database, migrations, API, events, workers (Ctrl-C stops all)
 	$(BIN)/bgjobs run
@@ -25,11 +25,14 @@ run: $(STAMP) ## Run the whole stack: database, migrations, API, events, workers
 test: $(STAMP) ## Run the whole test suite against a real Postgres
 	$(BIN)/pytest $(PYTEST_ARGS)
 
+test-postgres: $(STAMP) ## The integration and fault tests on the other Postgres majors (MAJORS=15,16)
+	$(BIN)/python -m tests.matrix $(if $(MAJORS),--majors $(MAJORS)) $(PYTEST_ARGS)
+
 seed-app: $(STAMP) ## Run examples/seed_app: the seed's Flask app on bgjobs (Ctrl-C stops)
 	cd examples/seed_app && $(CURDIR)/$(BIN)/python run.py
 
 bench: $(STAMP) ## Run the benchmarks against pgqueuer (~30 min; BENCH_ARGS="--only events --quick")
-	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	$(BIN)/pip install --quiet -e '.[dev,embedded,bench]'
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 # mypy reads packages from folders named as they import; the checkout maps bgjobs.core to
@@ -54,4 +57,4 @@ db-reset: $(STAMP) ## Delete the embedded cluster (all its data) and start afres
 clean: ## Remove the venv and caches (keeps the embedded database)
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache *.egg-info build
 
-.PHONY: help install run test bench lint migrate psql db-reset clean seed-app
+.PHONY: help install run test test-postgres bench lint migrate psql db-reset clean seed-app

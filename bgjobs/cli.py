@@ -437,7 +437,13 @@ def cmd_db_url(ns: argparse.Namespace, cfg: Config) -> int:
 
 def cmd_db_reset(ns: argparse.Namespace, cfg: Config) -> int:
     cluster = _cluster(cfg)
-    cluster.stop()
+    try:
+        cluster.stop()
+    except embedded.EmbeddedError:
+        # Made by another major whose binaries are gone: none of ours can be running it.
+        if (cluster.pgdata / "postmaster.pid").exists():
+            raise CliError(f"{cluster.pgdata} has a postmaster.pid: stop that Postgres first, "
+                           "with its own pg_ctl") from None
     shutil.rmtree(cluster.pgdata, ignore_errors=True)
     (cluster.data_dir / "pg.port").unlink(missing_ok=True)
     print(f"deleted the embedded cluster in {cluster.pgdata}")

@@ -58,7 +58,8 @@ class Config:
     log_level: str = "INFO"
     #: Host modules that register job types, imported by every process (BGJOBS_TASK_MODULES).
     task_modules: tuple[str, ...] = ()
-    #: Postgres bin/ folder for the embedded cluster; None: the pgserver wheel's.
+    #: Postgres bin/ folder for the embedded cluster (BGJOBS_PG_BIN); None: bgjobs[embedded]'s
+    #: wheel, else PATH's pg_ctl (core/embedded.py).
     pg_bin: Path | None = None
     graceful_timeout: int = 10
     access_log: str = "-"

