@@ -33,6 +33,7 @@ from typing import Any
 import httpx
 import psycopg
 
+from bench import floor
 from bench.common import percentile
 from bgjobs.core.db import make_pool
 from bgjobs.core.jobs import Attempt
@@ -227,13 +228,26 @@ def _rss_mb(pid: int) -> float:
 
 
 def run(url: str, runs: int = 3, quick: bool = False) -> dict[str, Any]:
+    """Each size: ``runs`` runs of the load, each right after a measure of the floor
+    (bench/floor.py) with as many sockets, so that a noisy moment hits both; medians."""
     sizes = (200,) if quick else (1000, 5000)
     out: dict[str, Any] = {}
     for clients in sizes:
-        rows = [run_once(url, clients) for _ in range(runs)]
-        out[f"c{clients}"] = {**{k: (round(_median([r[k] for r in rows]), 1)
+        rows = []
+        for _ in range(runs):
+            base = floor.measure(clients)
+            row = run_once(url, clients)
+            row["floor_cpu_us_per_socket"] = base["cpu_us_per_socket"]
+            row["floor_us_per_socket"] = base["us_per_socket"]
+            # The events process's CPU per stream-event against the bare send's: 1.0 would
+            # be a fan-out that costs nothing but the kernel's send.
+            row["ratio_to_floor"] = round(row["cpu_us_per_stream_event"]
+                                          / max(0.01, base["cpu_us_per_socket"]), 2)
+            row["floor"] = base
+            rows.append(row)
+        out[f"c{clients}"] = {**{k: (round(_median([r[k] for r in rows]), 2)
                                      if isinstance(rows[0][k], float) else rows[0][k])
-                                 for k in rows[0]},
+                                 for k in rows[0] if k != "floor"},
                               "runs": rows}
     return out
 
