@@ -160,6 +160,7 @@ def run_once(url: str, clients: int, samples: int = 50, updates: int = 100,
                 profiler.wait(60)
             results = [out.get(timeout=180) for _ in workers]
             cpu = _cpu_seconds(pid) - cpu_before
+            after = httpx.get(f"{base}/events/stats", headers=metrics, timeout=10).json()
             for w in workers:
                 w.join(30)
         finally:
@@ -184,6 +185,12 @@ def run_once(url: str, clients: int, samples: int = 50, updates: int = 100,
         "cpu_us_per_stream_event": round(cpu * 1e6 / max(1, clients * len(delays)
                                                          / max(1, samples)), 1),
         "listen_connections": listens,
+        # Stream writes past ASGI `send` (server/fanout.py), and streams handed back to their
+        # task because their socket was backed up.
+        "fanout_writes": after.get("fanout_writes", 0),
+        "fanout_handed_back": after.get("fanout_handed_back", 0),
+        "fanout_cpu_us_per_write": round(after.get("fanout_cpu_s", 0) * 1e6
+                                         / max(1, after.get("fanout_writes", 0)), 1),
     }
 
 
