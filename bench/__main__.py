@@ -88,12 +88,13 @@ SECTIONS: dict[str, str] = {
     "workers": "bench.workers",
     "api": "bench.api",
     "seed_app": "bench.seed_app",
+    "workflows": "bench.workflows",
 }
 QUICK = {  # the older sections' sizes for --quick
     "enqueue": {"jobs": 300, "batch": 2000},
     "workers": {"jobs": 3000},
 }
-NEW_STYLE = {"peers", "events", "supervisors", "progress", "api_heavy"}
+NEW_STYLE = {"peers", "events", "supervisors", "progress", "api_heavy", "workflows"}
 
 
 def main() -> None:

@@ -107,6 +107,19 @@ def rows(r: dict[str, Any]) -> list[Row]:
             out.append((f"progress checks, {what}: p50/p99 ms, errors",
                         f"{_fmt(row['p50_ms'])} / {_fmt(row['p99_ms'])}, {row['errors']}", "",
                         "", target))
+    w = r.get("workflows") or {}
+    if w:
+        out.append((f"fan-in of {w['fan']:,}: last completion -> child start, ms",
+                    _fmt(w["fan_in_release_to_start_ms"]["median"]),
+                    f"{_fmt(w['independent_wakeup_ms']['median'])} (own idle wake-up)", "",
+                    "<= 10"))
+        out.append((f"fan-out of {w['fan']:,}: insert; completing the parent (no children), ms",
+                    f"{_fmt(w['fan_out_insert_ms']['median'])}; "
+                    f"{_fmt(w['fan_out_parent_completion_ms']['median'])} "
+                    f"({_fmt(w['no_children_completion_ms']['median'])})", "", "", ""))
+        out.append(("drain, pairs (one dependency each) vs independent, jobs/s",
+                    f"{_fmt(w['paired_jobs_per_s'])} vs {_fmt(w['independent_jobs_per_s'])}",
+                    "", f"{w['paired_over_independent']:.2f}x", ">= 0.8x"))
     return out
 
 

@@ -35,6 +35,10 @@ _EXPORTS = {
     "cancel": "bgjobs.tasks.enqueue",
     "configure": "bgjobs.tasks.enqueue",
     "wait": "bgjobs.tasks.wait",
+    "wait_workflow": "bgjobs.tasks.wait",
+    "workflow": "bgjobs.tasks.workflow",
+    "get_workflow": "bgjobs.tasks.workflow",
+    "Workflow": "bgjobs.core.jobs",
     "WaitTimeout": "bgjobs.tasks.wait",
     "InvalidRequest": "bgjobs.tasks.enqueue",
     "Job": "bgjobs.core.jobs",
@@ -49,8 +53,8 @@ _EXPORTS = {
 __all__ = [
     "BgjobsError", "Conflict", "DatabaseUnavailable", "InvalidInput", "InvalidParams",
     "InvalidRequest", "Job", "JobCancelled", "JobContext", "NonRetryable", "NotFound", "Param",
-    "Status", "UnknownTask", "WaitTimeout", "cancel", "configure", "enqueue", "enqueue_many",
-    "get_job", "task", "wait",
+    "Status", "UnknownTask", "WaitTimeout", "Workflow", "cancel", "configure", "enqueue",
+    "enqueue_many", "get_job", "get_workflow", "task", "wait", "wait_workflow", "workflow",
 ]
 
 if TYPE_CHECKING:
@@ -61,7 +65,7 @@ if TYPE_CHECKING:
         InvalidInput,
         NotFound,
     )
-    from bgjobs.core.jobs import Job, Status
+    from bgjobs.core.jobs import Job, Status, Workflow
     from bgjobs.tasks.context import JobCancelled, JobContext
     from bgjobs.tasks.enqueue import (
         InvalidRequest,
@@ -72,7 +76,8 @@ if TYPE_CHECKING:
         get_job,
     )
     from bgjobs.tasks.registry import InvalidParams, NonRetryable, Param, UnknownTask, task
-    from bgjobs.tasks.wait import WaitTimeout, wait
+    from bgjobs.tasks.wait import WaitTimeout, wait, wait_workflow
+    from bgjobs.tasks.workflow import get_workflow, workflow
 
 
 def __getattr__(name: str) -> Any:

@@ -54,6 +54,12 @@ class Job:
     version: int
     idempotency_key: str | None
     exclusive_key: str | None
+    #: Workflows (docs/workflows.md): the jobs this one runs after, how many of them have not
+    #: completed yet, whether it runs even if one fails, and the workflow it belongs to.
+    depends_on: list[UUID] | None = None
+    waiting_for: int = 0
+    run_if_dependency_fails: bool = False
+    workflow_id: UUID | None = None
 
     @property
     def finished(self) -> bool:
@@ -78,10 +84,40 @@ class Job:
             "run_after": _iso(self.run_after),
             "started_at": _iso(self.started_at),
             "finished_at": _iso(self.finished_at),
+            "depends_on": [str(d) for d in self.depends_on] if self.depends_on else [],
+            "waiting_for": self.waiting_for,
+            "workflow_id": str(self.workflow_id) if self.workflow_id else None,
         }
 
 
 JOB_COLUMNS = tuple(f.name for f in fields(Job))
+
+
+@dataclass(frozen=True)
+class Workflow:
+    """A workflow: its jobs counted by state, the first that failed, and its jobs."""
+
+    id: UUID
+    counts: dict[str, int]
+    failed: UUID | None
+    jobs: list[Job]
+    #: more jobs than ``jobs`` holds (the counts cover them all)
+    truncated: bool = False
+
+    @property
+    def finished(self) -> bool:
+        return self.counts["waiting"] + self.counts["pending"] + self.counts["running"] == 0
+
+    def to_json(self) -> dict[str, Any]:
+        by_status = {k: v for k, v in self.counts.items() if k not in ("total", "done")}
+        return {
+            "workflow_id": str(self.id),
+            "summary": {"total": self.counts["total"], "done": self.counts["done"],
+                        "finished": self.finished, "by_status": by_status,
+                        "failed": str(self.failed) if self.failed else None},
+            "jobs": [j.to_json() for j in self.jobs],
+            "jobs_truncated": self.truncated,
+        }
 
 
 @dataclass(frozen=True)
@@ -116,6 +152,8 @@ class Claimed(NamedTuple):
     attempt: int
     max_attempts: int
     version: int
+    #: results of the jobs it waited for, by id (None when it waited for none)
+    dependencies: dict[str, Any] | None = None
 
 
 class ProgressUpdate(NamedTuple):

@@ -40,9 +40,13 @@ from bgjobs.core.jobs import (
     Job,
     ProgressUpdate,
     User,
+    Workflow,
 )
 from bgjobs.core.queries import q
 from bgjobs.core.store_ops import Operations
+
+#: A workflow's jobs listed at most (its counts cover them all).
+WORKFLOW_JOBS_MAX = 1000
 
 
 class NewJob(NamedTuple):
@@ -56,6 +60,10 @@ class NewJob(NamedTuple):
     max_attempts: int = 3
     idempotency_key: str | None = None
     exclusive: bool = False
+    #: Workflows: run after these jobs (docs/workflows.md).
+    depends_on: Sequence[UUID] | None = None
+    run_if_dependency_fails: bool = False
+    workflow_id: UUID | None = None
 
 
 class Inserted(NamedTuple):
@@ -109,6 +117,9 @@ class Store(Operations):
             "priority": new.priority, "run_after": new.run_after,
             "max_attempts": new.max_attempts, "idempotency_key": new.idempotency_key,
             "exclusive_key": new.job_type if new.exclusive else None,
+            "depends_on": list(new.depends_on) if new.depends_on else None,
+            "run_if_dependency_fails": new.run_if_dependency_fails,
+            "workflow_id": new.workflow_id,
         }
         with self.connection(conn) as c:
             # A clashing row committed after a statement began is invisible to it, so after
@@ -131,6 +142,8 @@ class Store(Operations):
 
     def insert_jobs(self, job_type: str, params_list: Sequence[dict[str, Any]], *,
                     user_id: int | None = None, max_attempts: int = 3,
+                    depends_on: Sequence[UUID] | None = None,
+                    run_if_dependency_fails: bool = False, workflow_id: UUID | None = None,
                     conn: psycopg.Connection | None = None) -> list[Job]:
         """Insert many jobs of one type in one statement; returns them in the order given."""
         if not params_list:
@@ -139,13 +152,16 @@ class Store(Operations):
         # and nothing but the ids comes back (parsing 10,000 whole rows cost more than the
         # insert itself, see docs/benchmarks.md).
         args = {"job_type": job_type, "user_id": user_id, "max_attempts": max_attempts,
-                "params": json.dumps(params_list, separators=(",", ":"))}
+                "params": json.dumps(params_list, separators=(",", ":")),
+                "depends_on": list(depends_on) if depends_on else None,
+                "run_if_dependency_fails": run_if_dependency_fails, "workflow_id": workflow_id}
         with self.connection(conn) as c:
             row = c.execute(q("insert_jobs"), args).fetchone()
         assert row is not None
-        ids, created_at = row
-        fields = vars(_pending_job(NewJob(job_type, {}, user_id, max_attempts=max_attempts),
-                                   ids[0], created_at))
+        new = NewJob(job_type, {}, user_id, max_attempts=max_attempts, depends_on=depends_on,
+                     run_if_dependency_fails=run_if_dependency_fails)
+        ids = row[0]
+        fields = vars(_pending_job(new, ids[0], *row[1:]))
         return [_job_like(fields, id=job_id, params=params)
                 for job_id, params in zip(ids, params_list, strict=True)]
 
@@ -177,6 +193,19 @@ class Store(Operations):
         }
         with self.connection() as c, c.cursor(row_factory=class_row(Job)) as cur:
             return cur.execute(q("list_jobs"), args).fetchall()
+
+    def get_workflow(self, workflow_id: UUID, user_id: int | None = None,
+                     limit: int = WORKFLOW_JOBS_MAX) -> Workflow:
+        """A workflow's summary and first ``limit`` jobs; NotFound if it has none (of theirs)."""
+        args = {"id": workflow_id, "user_id": user_id, "limit": limit + 1}
+        with self.connection() as c, c.cursor(row_factory=dict_row) as cur:
+            counts = cur.execute(q("workflow_summary"), args).fetchone()
+            with c.cursor(row_factory=class_row(Job)) as jobs_cur:
+                jobs = jobs_cur.execute(q("workflow_jobs"), args).fetchall()
+        if not counts or not counts["total"]:
+            raise NotFound(f"no workflow {workflow_id}")
+        failed = counts.pop("failed")
+        return Workflow(workflow_id, counts, failed, jobs[:limit], len(jobs) > limit)
 
     def cancel(self, job_id: UUID, user_id: int | None = None) -> Job:
         """Cancel a pending or running job; NotFound if missing or not theirs, Conflict if done."""
@@ -413,19 +442,29 @@ class Store(Operations):
             return cur.execute(q("finished_recently"), {"seconds": seconds}).fetchall()
 
 
-def _pending_job(new: NewJob, job_id: UUID, created_at: datetime) -> Job:
-    """The row an insert of ``new`` made: what was sent, and the columns' defaults.
+def _pending_job(new: NewJob, job_id: UUID, created_at: datetime, status: str = "pending",
+                 waiting_for: int = 0, workflow_id: UUID | None = None,
+                 result: Any = None) -> Job:
+    """The row an insert of ``new`` made: what was sent, the columns' defaults, and what
+    waiting for ``depends_on`` made of it (the insert returns those).
 
     Reading the whole row back (RETURNING *) cost a tenth of a one-job enqueue and half of a
     10,000-job one; tests/integration/test_enqueue.py checks this against the stored row.
     """
-    return Job(id=job_id, user_id=new.user_id, job_type=new.job_type, status="pending",
-               progress={}, result=None, created_at=created_at, updated_at=created_at,
+    return Job(id=job_id, user_id=new.user_id, job_type=new.job_type, status=status,
+               progress={}, result=result, created_at=created_at, updated_at=created_at,
                params=new.params, priority=new.priority, run_after=new.run_after or created_at,
                attempts=0, max_attempts=new.max_attempts, lease_seconds=30, worker_id=None,
                heartbeat_at=None, started_at=None, finished_at=None, version=1,
                idempotency_key=new.idempotency_key,
-               exclusive_key=new.job_type if new.exclusive else None)
+               exclusive_key=new.job_type if new.exclusive else None,
+               depends_on=_distinct(new.depends_on), waiting_for=waiting_for,
+               run_if_dependency_fails=new.run_if_dependency_fails, workflow_id=workflow_id)
+
+
+def _distinct(ids: Sequence[UUID] | None) -> list[UUID] | None:
+    """depends_on as the insert stores it (each once, in the order given), None for none."""
+    return list(dict.fromkeys(ids)) if ids else None
 
 
 def _job_like(fields: dict[str, Any], **changes: Any) -> Job:
@@ -467,6 +506,8 @@ def translate_errors(suspect: Callable[[], None] | None = None) -> Iterator[None
         raise NotMigrated(f"{first_line(exc)}: this database is not (fully) migrated for this "
                           "version of bgjobs; run `bgjobs migrate`") from exc
     except psycopg.errors.ForeignKeyViolation as exc:
+        if (exc.diag.constraint_name or "").startswith("background_jobs_depends_on"):
+            raise InvalidInput(f"after: {first_line(exc)}") from exc
         # The detail names the id and the table it is missing from ("Key (user_id)=(7) is not
         # present in table "users"."): which users table jobs belong to (docs/dba.md).
         raise InvalidInput(f"no such user: {exc.diag.message_detail or first_line(exc)}") from exc

@@ -28,7 +28,10 @@ from bgjobs.tasks.enqueue import IDEMPOTENCY_KEY_MAX
 LIMIT_DEFAULT, LIMIT_MAX = 50, 200
 # Deep enough for any real params; shallow enough that nothing downstream hits a recursion limit.
 MAX_JSON_DEPTH = 64
-JOB_FIELDS = frozenset({"type", "params", "priority", "run_after"})
+JOB_FIELDS = frozenset({"type", "params", "priority", "run_after", "after",
+                        "run_if_dependency_fails", "workflow_id"})
+#: At most this many jobs in one request's ``after`` (a larger fan-in: enqueue_many, SQL).
+AFTER_MAX = 1000
 #: An Idempotency-Key: visible ASCII, inner spaces allowed (HTTP strips outer ones).
 IDEMPOTENCY_KEY_PATTERN = rf"^[!-~]([ -~]{{0,{IDEMPOTENCY_KEY_MAX - 2}}}[!-~])?$"
 #: A job type in a query string: what a task name can be (1-50 characters, no controls).
@@ -43,6 +46,9 @@ class JobRequest:
     params: Any
     priority: int
     run_after: datetime | None
+    after: list[uuid.UUID] | None = None
+    run_if_dependency_fails: bool = False
+    workflow_id: uuid.UUID | None = None
 
 
 def _reject_constant(name: str) -> Any:
@@ -118,8 +124,33 @@ def job_request(body: dict[str, Any]) -> JobRequest:
         params = {}
     if not isinstance(params, dict):
         raise ApiError(422, "invalid_params", "params must be a JSON object")
+    anyway = body.get("run_if_dependency_fails", False)
+    if not isinstance(anyway, bool):
+        raise _invalid("run_if_dependency_fails must be true or false")
+    workflow = body.get("workflow_id")
+    if workflow is not None:
+        try:
+            workflow = uuid.UUID(workflow)
+        except (TypeError, ValueError, AttributeError):
+            raise _invalid(f"workflow_id must be a UUID, got {workflow!r}") from None
     return JobRequest(job_type, params, priority(body.get("priority", 0)),
-                      run_after(body.get("run_after")))
+                      run_after(body.get("run_after")), after(body.get("after")), anyway,
+                      workflow)
+
+
+def after(value: Any) -> list[uuid.UUID] | None:
+    """``after``: the ids of the caller's jobs that must complete first (docs/workflows.md)."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or len(value) > AFTER_MAX:
+        raise _invalid(f"after must be a list of at most {AFTER_MAX} job ids")
+    ids = []
+    for item in value:
+        try:
+            ids.append(uuid.UUID(item))
+        except (TypeError, ValueError, AttributeError):
+            raise _invalid(f"after: {item!r} is not a job id (a UUID)") from None
+    return ids or None
 
 
 def priority(value: Any) -> int:

@@ -28,6 +28,7 @@ ROUTES = (
     ("", "list_jobs", ("GET",)),
     ("/<raw_id>", "get_job", ("GET",)),
     ("/<raw_id>/cancel", "cancel_job", ("POST",)),
+    ("/workflows/<raw_id>", "get_workflow", ("GET",)),
 )
 
 
@@ -49,7 +50,8 @@ class JobViews:
 
     def create_job(self) -> tuple[Response, int]:
         req = api_input.job_request(api_input.json_body(request))
-        job, created = self.create(req.job_type, req.params, req.priority, req.run_after)
+        job, created = self.create(req.job_type, req.params, req.priority, req.run_after,
+                                   req.after, req.run_if_dependency_fails, req.workflow_id)
         return self.accepted(job.to_json(), job, created)
 
     def list_jobs(self) -> Response:
@@ -69,16 +71,23 @@ class JobViews:
         log.info("job %s cancelled by user %s", job.id, user_id)
         return jsonify(job.to_json())
 
+    def get_workflow(self, raw_id: str) -> Response:
+        """A workflow's summary and its jobs, oldest first (docs/workflows.md)."""
+        workflow = self.store().get_workflow(parse_job_id(raw_id), self.user_id())
+        return jsonify(workflow.to_json())
+
     # For other views that enqueue (the API's seed routes) -------------------------------------
 
-    def create(self, job_type: str, params: Any, priority: int = 0,
-               run_after: Any = None) -> tuple[Job, bool]:
+    def create(self, job_type: str, params: Any, priority: int = 0, run_after: Any = None,
+               after: Any = None, run_if_dependency_fails: bool = False,
+               workflow_id: Any = None) -> tuple[Job, bool]:
         """Enqueue for the caller, honouring the request's Idempotency-Key."""
         user_id = self.user_id()
         key = api_input.idempotency_key(request)
         job, created = enqueue.submit(job_type, params, user_id=user_id, priority=priority,
-                                      run_after=run_after, idempotency_key=key,
-                                      store=self.store())
+                                      run_after=run_after, idempotency_key=key, after=after,
+                                      run_if_dependency_fails=run_if_dependency_fails,
+                                      workflow_id=workflow_id, store=self.store())
         if created:
             log.info("job %s created: type=%s user=%s", job.id, job.job_type, user_id)
         return job, created

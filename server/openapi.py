@@ -123,6 +123,12 @@ def spec() -> dict[str, Any]:
             "/api/jobs/{id}": {"get": _op("One of the caller's jobs", {
                 "200": _json(_ref("Job"), "The job"), "404": _err("NotFound")},
                 parameters=[_JOB_ID])},
+            "/api/jobs/workflows/{id}": {"get": _op("One of the caller's workflows", {
+                "200": _json(_ref("Workflow"), "Its summary and jobs, oldest first"),
+                "404": _err("NotFound")}, parameters=[{
+                    "name": "id", "in": "path", "required": True,
+                    "description": "The workflow's UUID; anything else answers 404.",
+                    "schema": {"type": "string", "format": "uuid"}}])},
             "/api/jobs/{id}/cancel": {"post": _op("Cancel a pending or running job", {
                 "200": _json(_ref("Job"), "The cancelled job"), "404": _err("NotFound"),
                 "409": _err("Conflict")}, unsafe=True, parameters=[_JOB_ID])},
@@ -241,7 +247,21 @@ def _schemas() -> dict[str, Any]:
             "user_id": {"type": ["integer", "null"]},
             "version": {"type": "integer", "description": "Bumped on every change (SSE id)"},
             "created_at": _TS, "updated_at": _TS, "run_after": _TS,
-            "started_at": _TS, "finished_at": _TS}},
+            "started_at": _TS, "finished_at": _TS,
+            "depends_on": {"type": "array", "items": {"type": "string", "format": "uuid"},
+                           "description": "Jobs that must complete before this one runs"},
+            "waiting_for": {"type": "integer",
+                            "description": "How many of depends_on have not completed yet"},
+            "workflow_id": {"type": ["string", "null"], "format": "uuid"}}},
+        "Workflow": {"type": "object", "properties": {
+            "workflow_id": {"type": "string", "format": "uuid"},
+            "summary": {"type": "object", "properties": {
+                "total": {"type": "integer"}, "done": {"type": "integer"},
+                "finished": {"type": "boolean"},
+                "failed": {"type": ["string", "null"], "format": "uuid"},
+                "by_status": {"type": "object"}}},
+            "jobs": {"type": "array", "items": _ref("Job")},
+            "jobs_truncated": {"type": "boolean"}}},
         "SeedJob": {"allOf": [_ref("Job"), {"type": "object", "properties": {
             "job_id": {"type": "string", "format": "uuid"}}}]},
         "NewJob": {"type": "object", "required": ["type"], "additionalProperties": False,
@@ -252,7 +272,15 @@ def _schemas() -> dict[str, Any]:
                                     "maximum": PRIORITY_MAX, "default": 0,
                                     "description": "Lower runs first"},
                        "run_after": {"type": "string", "format": "date-time",
-                                     "description": "ISO 8601 with a timezone"}}},
+                                     "description": "ISO 8601 with a timezone"},
+                       "after": {"type": "array", "maxItems": 1000,
+                                 "items": {"type": "string", "format": "uuid"},
+                                 "description": "Your jobs that must complete first "
+                                                "(docs/workflows.md)"},
+                       "run_if_dependency_fails": {"type": "boolean", "default": False},
+                       "workflow_id": {"type": "string", "format": "uuid",
+                                       "description": "Group jobs under an id of your choice "
+                                                      "(inherited from after's jobs if unset)"}}},
         "JobList": {"type": "object", "properties": {
             "jobs": {"type": "array", "items": _ref("Job")},
             "next_cursor": {"type": ["string", "null"]}}},

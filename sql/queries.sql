@@ -2,17 +2,19 @@
 -- Each block starts with `-- name: NAME` and a one-line purpose. Values are bound parameters.
 
 -- name: insert_job
--- Enqueue one job (one round trip); returns its id and created_at, the rest is what was sent
+-- Enqueue one job (one round trip); returns its id and created_at, and what waiting for
+-- depends_on made of it (status, waiting_for, workflow_id, result); the rest is what was sent
 -- and the columns' defaults (Store.insert_job). No row: it clashed with an idempotency key or
 -- an exclusive type's active job, and nothing was inserted (see find_clashing_job).
 INSERT INTO background_jobs
     (job_type, user_id, params, priority, run_after, max_attempts, idempotency_key,
-     exclusive_key)
+     exclusive_key, depends_on, run_if_dependency_fails, workflow_id)
 VALUES (%(job_type)s, %(user_id)s, %(params)s, %(priority)s,
         coalesce(%(run_after)s::timestamptz, now()), %(max_attempts)s,
-        %(idempotency_key)s, %(exclusive_key)s)
+        %(idempotency_key)s, %(exclusive_key)s, %(depends_on)s::uuid[],
+        %(run_if_dependency_fails)s, %(workflow_id)s::uuid)
 ON CONFLICT DO NOTHING
-RETURNING id, created_at
+RETURNING id, created_at, status, waiting_for, workflow_id, result
 
 -- name: find_clashing_job
 -- The row an insert clashed with: the earlier job of the same user and idempotency key
@@ -33,15 +35,24 @@ ORDER BY rank LIMIT 1
 -- name: insert_jobs
 -- Enqueue many jobs of one type in one statement, one per element of the JSON array `params`,
 -- in that order. Returns one row: the new ids in the order given, and created_at (the same for
--- all); the rest is what was sent and the columns' defaults (Store.insert_jobs).
+-- all); the rest is what was sent and the columns' defaults (Store.insert_jobs). With
+-- depends_on (all the jobs wait for the same ones), returns the first job's status,
+-- waiting_for, workflow_id and result too (the same for all of them).
 WITH new AS MATERIALIZED (
     SELECT gen_random_uuid() AS id, p.params, p.n
     FROM jsonb_array_elements(%(params)s::jsonb) WITH ORDINALITY AS p(params, n)
 ), inserted AS (
-    INSERT INTO background_jobs (id, job_type, user_id, params, max_attempts, exclusive_key)
-    SELECT id, %(job_type)s, %(user_id)s, params, %(max_attempts)s, NULL FROM new ORDER BY n
+    INSERT INTO background_jobs (id, job_type, user_id, params, max_attempts, exclusive_key,
+                                 depends_on, run_if_dependency_fails, workflow_id)
+    SELECT id, %(job_type)s, %(user_id)s, params, %(max_attempts)s, NULL,
+           %(depends_on)s::uuid[], %(run_if_dependency_fails)s, %(workflow_id)s::uuid
+    FROM new ORDER BY n
+    RETURNING id, status, waiting_for, workflow_id, result
 )
-SELECT array_agg(id ORDER BY n) AS ids, now() AS created_at FROM new
+SELECT array_agg(new.id ORDER BY n) AS ids, now() AS created_at,
+       (array_agg(i.status ORDER BY n))[1], (array_agg(i.waiting_for ORDER BY n))[1],
+       (array_agg(i.workflow_id ORDER BY n))[1], (array_agg(i.result ORDER BY n))[1]
+FROM new JOIN inserted i ON i.id = new.id
 
 -- name: get_job
 -- One job, optionally only if it belongs to the given user.
@@ -66,7 +77,8 @@ LIMIT %(limit)s
 -- name: claim_jobs
 -- Claim up to `limit` due pending jobs of the given types in one statement, by priority then
 -- age, returning only what a worker needs to run each: (id, job_type, params, attempts,
--- max_attempts, version), best first. Types with a cluster-wide limit (bgjobs_job_types:
+-- max_attempts, version, the results of the jobs it depended on), best first. Jobs still
+-- waiting for others (waiting_for > 0) are not claimed. Types with a cluster-wide limit (bgjobs_job_types:
 -- max_running, starts_per_second) are locked one by one in bgjobs_claim_quotas, so racing
 -- claimers take turns on them, and only their quota is taken, oldest first; the rest wait as
 -- pending. Unlimited types are claimed exactly as before, and lock nothing but their rows.
@@ -80,7 +92,7 @@ WITH quota AS MATERIALIZED (
                     AND (t.max_running IS NOT NULL OR t.starts_per_second IS NOT NULL))
 ), free AS (
     SELECT id, priority, created_at FROM background_jobs
-    WHERE status = 'pending'
+    WHERE status = 'pending' AND waiting_for = 0
       AND run_after <= coalesce(%(now)s::timestamptz, now())
       AND job_type = ANY(ARRAY(SELECT unnest(%(types)s::text[])
                                EXCEPT SELECT job_type FROM quota))
@@ -91,7 +103,7 @@ WITH quota AS MATERIALIZED (
     SELECT c.id, c.priority, c.created_at FROM quota
     CROSS JOIN LATERAL (
         SELECT b.id, b.priority, b.created_at FROM background_jobs b
-        WHERE b.status = 'pending' AND b.job_type = quota.job_type
+        WHERE b.status = 'pending' AND b.waiting_for = 0 AND b.job_type = quota.job_type
           AND b.run_after <= coalesce(%(now)s::timestamptz, now())
         ORDER BY b.priority, b.created_at
         LIMIT quota.quota
@@ -113,9 +125,14 @@ WITH quota AS MATERIALIZED (
     FROM next
     WHERE j.id = next.id
     RETURNING j.id, j.job_type, j.params, j.attempts, j.max_attempts, j.version, j.priority,
-              j.created_at
+              j.created_at, j.depends_on
 )
-SELECT id, job_type, params, attempts, max_attempts, version FROM claimed
+-- The results of the jobs a job waited for, in the same round trip (ctx.dependencies).
+SELECT id, job_type, params, attempts, max_attempts, version,
+       CASE WHEN depends_on IS NOT NULL THEN
+           (SELECT jsonb_object_agg(p.id, p.result) FROM background_jobs p
+            WHERE p.id = ANY(claimed.depends_on)) END
+FROM claimed
 ORDER BY priority, created_at
 
 -- name: next_run_after
@@ -466,3 +483,27 @@ FROM bgjobs_workers ORDER BY machine, pid
 SELECT id, job_type, user_id, worker_id, attempts, max_attempts, started_at, heartbeat_at,
        extract(epoch FROM silent_for)::float8 AS silent_seconds
 FROM bgjobs_stuck ORDER BY heartbeat_at NULLS FIRST LIMIT %(limit)s
+
+-- name: workflow_summary
+-- A workflow's jobs counted by state (pending split into waiting and ready), and the first
+-- to fail for good or be cancelled (whatever was cancelled after it followed from it).
+SELECT count(*) AS total,
+       count(*) FILTER (WHERE status = 'complete') AS done,
+       count(*) FILTER (WHERE status = 'pending' AND waiting_for > 0) AS waiting,
+       count(*) FILTER (WHERE status = 'pending' AND waiting_for = 0) AS pending,
+       count(*) FILTER (WHERE status = 'running') AS running,
+       count(*) FILTER (WHERE status = 'complete') AS complete,
+       count(*) FILTER (WHERE status = 'error') AS error,
+       count(*) FILTER (WHERE status = 'cancelled') AS cancelled,
+       (array_agg(id ORDER BY finished_at, id)
+            FILTER (WHERE status = 'error' OR (status = 'cancelled'
+                    AND coalesce(result->>'error', '') <> 'DependencyFailed')))[1] AS failed
+FROM background_jobs
+WHERE workflow_id = %(id)s AND (%(user_id)s::int IS NULL OR user_id = %(user_id)s)
+
+-- name: workflow_jobs
+-- A workflow's jobs, oldest first (jobs enqueued in one transaction share created_at: by id).
+SELECT * FROM background_jobs
+WHERE workflow_id = %(id)s AND (%(user_id)s::int IS NULL OR user_id = %(user_id)s)
+ORDER BY created_at, id
+LIMIT %(limit)s

@@ -64,11 +64,15 @@ class JobContext:
     """The handler's view of its job (``ctx`` in ``def handler(ctx)``)."""
 
     def __init__(self, job_id: str, job_type: str, params: dict[str, Any], attempt: int,
-                 throttle: ProgressThrottle, cancelled_ids: Container[str]) -> None:
+                 throttle: ProgressThrottle, cancelled_ids: Container[str],
+                 dependencies: dict[str, Any] | None = None) -> None:
         self.job_id = job_id
         self.job_type = job_type
         self.params = params
         self.attempt = attempt
+        #: The results of the jobs this one waited for (``after=``), by job id; read with the
+        #: claim, so no query per job. {} for a job that waited for none.
+        self.dependencies: dict[str, Any] = dependencies or {}
         self._throttle = throttle
         self._cancelled_ids = cancelled_ids
 

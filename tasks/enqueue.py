@@ -51,17 +51,26 @@ def enqueue(
     priority: int = 0,
     run_after: datetime | None = None,
     idempotency_key: str | None = None,
+    after: Sequence[Job | UUID | str] | None = None,
+    run_if_dependency_fails: bool = False,
+    workflow_id: UUID | str | None = None,
     conn: psycopg.Connection | None = None,
     store: Store | None = None,
 ) -> Job:
     """Enqueue one job of a registered type and return it (pending).
+
+    ``after``: jobs (or their ids) of the same user that must complete first; the job waits
+    (``waiting_for`` > 0) until they have, and is cancelled if one of them fails for good or is
+    cancelled, unless ``run_if_dependency_fails`` (docs/workflows.md).
 
     Raises UnknownTask, InvalidParams or InvalidRequest for bad input (nothing is written),
     Conflict when the type is exclusive and the user already has one pending or running (its
     id in ``job_id``), and DatabaseUnavailable when Postgres cannot be reached.
     """
     return submit(job_type, params, user_id=user_id, priority=priority, run_after=run_after,
-                  idempotency_key=idempotency_key, conn=conn, store=store).job
+                  idempotency_key=idempotency_key, after=after,
+                  run_if_dependency_fails=run_if_dependency_fails, workflow_id=workflow_id,
+                  conn=conn, store=store).job
 
 
 def submit(
@@ -72,6 +81,9 @@ def submit(
     priority: int = 0,
     run_after: datetime | None = None,
     idempotency_key: str | None = None,
+    after: Sequence[Job | UUID | str] | None = None,
+    run_if_dependency_fails: bool = False,
+    workflow_id: UUID | str | None = None,
     conn: psycopg.Connection | None = None,
     store: Store | None = None,
 ) -> Enqueued:
@@ -82,7 +94,8 @@ def submit(
     _check_run_after(run_after)
     _check_idempotency_key(idempotency_key)
     new = NewJob(task.name, checked, user_id, priority, run_after, task.max_attempts,
-                 idempotency_key, task.exclusive)
+                 idempotency_key, task.exclusive, dependency_ids(after),
+                 run_if_dependency_fails, _workflow_id(workflow_id))
     job, created = (store or default_store()).insert_job(new, conn=conn)
     if not created and (job.job_type != task.name or job.params != checked):
         raise Conflict("the idempotency key was already used for a different job", job.id)
@@ -94,10 +107,16 @@ def enqueue_many(
     params_list: Sequence[dict[str, Any] | None],
     *,
     user_id: int | None = None,
+    after: Sequence[Job | UUID | str] | None = None,
+    run_if_dependency_fails: bool = False,
+    workflow_id: UUID | str | None = None,
     conn: psycopg.Connection | None = None,
     store: Store | None = None,
 ) -> list[Job]:
-    """Enqueue one job per params object, all of one type, in one statement; in that order."""
+    """Enqueue one job per params object, all of one type, in one statement; in that order.
+
+    With ``after``, every one of them waits for those jobs (a fan-out; see ``enqueue``).
+    """
     task = registry.get(job_type)
     if task.exclusive and len(params_list) > 1:
         raise InvalidRequest(f"{task.name} is exclusive (one pending or running job per user): "
@@ -116,10 +135,15 @@ def enqueue_many(
                 raise InvalidParams(f"params_list[{n}]: {exc}") from None
     if not checked:
         return []
+    depends_on, workflow = dependency_ids(after), _workflow_id(workflow_id)
     if task.exclusive:
-        return [submit(task.name, checked[0], user_id=user_id, conn=conn, store=store).job]
-    return (store or default_store()).insert_jobs(task.name, checked, user_id=user_id,
-                                                  max_attempts=task.max_attempts, conn=conn)
+        return [submit(task.name, checked[0], user_id=user_id, after=depends_on,
+                       run_if_dependency_fails=run_if_dependency_fails, workflow_id=workflow,
+                       conn=conn, store=store).job]
+    return (store or default_store()).insert_jobs(
+        task.name, checked, user_id=user_id, max_attempts=task.max_attempts,
+        depends_on=depends_on, run_if_dependency_fails=run_if_dependency_fails,
+        workflow_id=workflow, conn=conn)
 
 
 def get_job(job_id: UUID | str, *, user_id: int | None = None,
@@ -185,6 +209,30 @@ def _install(url: str | None, pool_max: int | None) -> Store:
 
 
 # Checks ------------------------------------------------------------------------------------
+
+
+def dependency_ids(after: Sequence[Job | UUID | str] | None) -> list[UUID] | None:
+    """``after`` as job ids: Jobs, UUIDs or their text; None for none."""
+    if after is None:
+        return None
+    if isinstance(after, str | UUID | Job) or not isinstance(after, Sequence):
+        raise InvalidRequest("after must be a list of jobs or job ids")
+    ids = []
+    for item in after:
+        try:
+            ids.append(item.id if isinstance(item, Job) else parse_job_id(item))
+        except NotFound:
+            raise InvalidRequest(f"after: {item!r} is not a job id") from None
+    return ids or None
+
+
+def _workflow_id(value: UUID | str | None) -> UUID | None:
+    if value is None or isinstance(value, UUID):
+        return value
+    try:
+        return UUID(value)
+    except (TypeError, ValueError, AttributeError):
+        raise InvalidRequest(f"workflow_id must be a UUID, got {value!r}") from None
 
 
 def _storable(params: dict[str, Any]) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from psycopg import sql
 
 from bgjobs.core.db import connect
 from bgjobs.core.errors import BgjobsError, DatabaseUnavailable, first_line
-from bgjobs.core.jobs import FINISHED, Job, parse_job_id
+from bgjobs.core.jobs import FINISHED, Job, Workflow, parse_job_id
 from bgjobs.core.store import Store
 from bgjobs.tasks.enqueue import default_store
 
@@ -27,11 +27,14 @@ APPLICATION_NAME = "bgjobs-wait"
 
 
 class WaitTimeout(BgjobsError, TimeoutError):
-    """The job had not finished when the timeout ran out; ``job`` is its state then."""
+    """The job (or workflow) had not finished when the timeout ran out; ``job`` (or
+    ``workflow``) is its state then."""
 
-    def __init__(self, message: str, job: Job) -> None:
+    def __init__(self, message: str, job: Job | None,
+                 workflow: Workflow | None = None) -> None:
         super().__init__(message)
         self.job = job
+        self.workflow = workflow
 
 
 def wait(job_id: UUID | str, timeout: float | None = None, *, user_id: int | None = None,
@@ -82,3 +85,47 @@ def _finished_news(conn: psycopg.Connection, job_id: UUID, timeout: float | None
         return payload.get("status") in FINISHED or "status" not in payload
     return False
 
+
+
+def wait_workflow(workflow_id: UUID | str, timeout: float | None = None, *,
+                  user_id: int | None = None, store: Store | None = None) -> Workflow:
+    """The workflow once none of its jobs is pending or running (see ``wait``).
+
+    Woken by the notifications of its jobs; it also re-reads once a second, for jobs added to
+    the workflow after the call began.
+    """
+    workflow_id = parse_job_id(workflow_id)
+    if timeout is not None and not timeout >= 0:
+        raise ValueError(f"timeout must be a number of seconds >= 0, got {timeout!r}")
+    store = store or default_store()
+    deadline = None if timeout is None else time.monotonic() + timeout
+    try:
+        with connect(str(store.pool.conninfo), autocommit=True,
+                     application_name=APPLICATION_NAME) as conn:
+            conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
+            workflow = store.get_workflow(workflow_id, user_id)
+            while not workflow.finished:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise WaitTimeout(f"workflow {workflow_id} is not finished after "
+                                      f"{timeout}s", None, workflow)
+                ids = {str(job.id) for job in workflow.jobs}
+                for note in conn.notifies(timeout=min(1.0, left if left is not None else 1.0),
+                                          stop_after=1):
+                    if _names_any(note.payload, ids):
+                        break
+                workflow = store.get_workflow(workflow_id, user_id)
+    except psycopg.OperationalError as exc:
+        raise DatabaseUnavailable(f"lost the database while waiting: {first_line(exc)}") from exc
+    return workflow
+
+
+def _names_any(payload: str, ids: set[str]) -> bool:
+    """Whether a progress notification is about one of ``ids`` (or too big to say)."""
+    try:
+        data = json.loads(payload)
+    except ValueError:
+        return False
+    if not isinstance(data, dict):
+        return False
+    return data.get("id") in ids or bool(ids.intersection(data.get("ids") or ()))

@@ -104,3 +104,9 @@ def niceness(ctx: Any) -> Any:
     """The job process's nice value and its parent's (the supervisor)."""
     return {"nice": os.getpriority(os.PRIO_PROCESS, 0),
             "parent_nice": os.getpriority(os.PRIO_PROCESS, os.getppid())}
+
+
+@task("add_up", params={"n": Param(int, default=0)})
+def add_up(ctx: Any) -> Any:
+    """Its n plus the totals of the jobs it waited for (workflows)."""
+    return {"total": ctx.params["n"] + sum(r["total"] for r in ctx.dependencies.values())}

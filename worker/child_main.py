@@ -121,7 +121,7 @@ class Child:
                 raise NonRetryable(f"this worker has no task {job.job_type!r}")
             # Rows enqueued with plain SQL skipped the API's check: fill defaults, reject junk.
             ctx = JobContext(job_id, job.job_type, task.validate(job.params), job.attempt,
-                             throttle, self.cancelled)
+                             throttle, self.cancelled, job.dependencies)
             result = task.handler(ctx)
             _check_storable(result, "result")
         except JobCancelled:

@@ -68,7 +68,8 @@ class Fleet:
                         job.max_attempts, job.version, child, now)
             self.running[job_id] = r
             child.jobs[job_id] = None
-            specs[child].append(protocol.JobSpec(job_id, job.job_type, job.params, job.attempt))
+            specs[child].append(protocol.JobSpec(job_id, job.job_type, job.params,
+                                                 job.attempt, job.dependencies))
             log.info("claimed %s for process %s", r.describe(), child.pid)
         for child, batch in specs.items():
             if batch:

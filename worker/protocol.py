@@ -17,6 +17,8 @@ class JobSpec(NamedTuple):
     job_type: str
     params: dict[str, Any]
     attempt: int
+    #: results of the jobs it waited for, by id (workflows)
+    dependencies: dict[str, Any] | None = None
 
 
 # Supervisor -> child ---------------------------------------------------------------------

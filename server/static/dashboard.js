@@ -52,6 +52,8 @@ async function boot() {
   for (const button of document.querySelectorAll("[data-start]")) {
     button.addEventListener("click", () => startJob(button.dataset.start, button));
   }
+  $("#start-workflow").addEventListener("click", (event) => startWorkflow(event.target));
+  $("#close-workflow").addEventListener("click", () => showWorkflow(null));
   try {
     const me = await api("GET", "/api/me");
     signedIn(me.user);
@@ -239,6 +241,9 @@ function upsert(job, source = "api") {
   learnedIn.set(job.id, epoch);
   render(job, known);
   $("#empty").hidden = true;
+  if (workflow.id && (workflow.nodes.has(job.id) || job.workflow_id === workflow.id)) {
+    workflowNode(job);
+  }
 }
 
 function render(job, previous) {
@@ -258,6 +263,9 @@ function render(job, previous) {
   badge.dataset.status = job.status;
   $(".jid", card).textContent = job.id;
   $(".when", card).textContent = when(job);
+  const link = $(".show-workflow", card);
+  link.hidden = !job.workflow_id;
+  link.onclick = () => showWorkflow(job.workflow_id);
 
   const p = job.progress || {};
   const total = Number(p.total);
@@ -296,6 +304,9 @@ function place(card, job) {
 }
 
 function stageText(job, p) {
+  if (job.status === "pending" && job.waiting_for > 0) {
+    return `waiting for ${job.waiting_for} job${job.waiting_for > 1 ? "s" : ""} it depends on`;
+  }
   if (job.status === "pending") {
     // A job due later (run_after, or a retry's back-off) says when, not "waiting for a worker".
     const due = new Date(job.run_after);
@@ -407,6 +418,136 @@ function el(tag, className = "", text = "") {
   if (className) node.className = className;
   if (text) node.textContent = text;
   return node;
+}
+
+
+// Workflows --------------------------------------------------------------------------------
+// A workflow is drawn as a graph: one column per level (a job stands right of every job it
+// depends on), filled in live by the same stream as the cards.
+
+const workflow = { id: null, nodes: new Map() }; // id -> newest job of the shown workflow
+// The steps of "Run all three as a workflow", sized to finish in seconds.
+const WORKFLOW_STEPS = [
+  ["validation", { tickers: 20, years: 2, bootstrap: 10 }],
+  ["optimization", { tickers: 20, years: 2, population: 8, generations: 6 }],
+  ["rescoring", { tickers: 20, years: 2, simulations: 200 }],
+];
+
+async function startWorkflow(button) {
+  button.disabled = true;
+  notice("");
+  const id = crypto.randomUUID();
+  try {
+    let previous = null;
+    for (const [type, params] of WORKFLOW_STEPS) {
+      const body = { type, params, workflow_id: id };
+      if (previous) body.after = [previous.id];
+      previous = await api("POST", "/api/jobs", body);
+      upsert(previous);
+    }
+    await showWorkflow(id);
+  } catch (err) {
+    if (err.status === 401) signedOut("Your session has ended: sign in again.");
+    else notice(err.status === 409 ? `${err.message} (one at a time)` : err.message);
+  } finally {
+    button.disabled = false;
+  }
+}
+
+async function showWorkflow(id) {
+  workflow.id = id;
+  workflow.nodes = new Map();
+  $("#workflow").hidden = !id;
+  $(".wf-graph").replaceChildren($(".wf-edges"));
+  if (!id) return;
+  $("#workflow").dataset.workflowId = id;
+  const answer = await api("GET", `/api/jobs/workflows/${id}`);
+  if (workflow.id !== id) return;
+  for (const job of answer.jobs) workflow.nodes.set(job.id, jobs.get(job.id) || job);
+  drawWorkflow();
+  $("#workflow").scrollIntoView({ block: "nearest" });
+}
+
+function workflowNode(job) {
+  const held = workflow.nodes.get(job.id);
+  if (held && held.version > job.version) return;
+  workflow.nodes.set(job.id, { ...held, ...job });
+  drawWorkflow();
+}
+
+function drawWorkflow() {
+  const nodes = [...workflow.nodes.values()];
+  const level = new Map();
+  const levelOf = (job, seen = new Set()) => {
+    if (level.has(job.id)) return level.get(job.id);
+    seen.add(job.id);
+    const parents = (job.depends_on || []).map((p) => workflow.nodes.get(p))
+      .filter((p) => p && !seen.has(p.id));
+    const n = parents.length ? 1 + Math.max(...parents.map((p) => levelOf(p, seen))) : 0;
+    level.set(job.id, n);
+    return n;
+  };
+  const columns = [];
+  for (const job of nodes) (columns[levelOf(job)] ||= []).push(job);
+  const graph = $(".wf-graph");
+  const edges = $(".wf-edges");
+  graph.replaceChildren(edges, ...columns.filter(Boolean).map((column) => {
+    const col = el("div", "wf-col");
+    col.replaceChildren(...column.map(workflowBox));
+    return col;
+  }));
+  const done = nodes.filter((j) => j.status === "complete").length;
+  const failed = nodes.find((j) => j.status === "error"
+    || (j.status === "cancelled" && !(j.result && j.result.error === "DependencyFailed")));
+  const active = nodes.some((j) => !FINISHED.has(j.status));
+  $("#workflow").dataset.status = failed ? "failed" : active ? "running" : "complete";
+  $(".wf-summary").textContent = `${done} of ${nodes.length} done`
+    + (failed ? ` · ${failed.type} ${failed.status}` : "");
+  drawEdges(graph, edges, nodes);
+}
+
+function workflowBox(job) {
+  const box = el("div", "wf-node");
+  box.dataset.jobId = job.id;
+  box.dataset.status = job.status;
+  const p = job.progress || {};
+  const total = Number(p.total);
+  let pct = total > 0 ? Math.min(100, (100 * (Number(p.current) || 0)) / total) : 0;
+  if (job.status === "complete") pct = 100;
+  const bar = el("div", "bar");
+  bar.setAttribute("role", "progressbar");
+  bar.setAttribute("aria-valuenow", String(Math.round(pct)));
+  const fill = el("div", "fill");
+  fill.style.width = `${pct}%`;
+  bar.append(fill);
+  const waiting = job.status === "pending" && job.waiting_for > 0;
+  box.append(el("span", "type", job.type),
+             el("span", "status badge", waiting ? "waiting" : job.status), bar);
+  box.querySelector(".badge").dataset.status = job.status;
+  return box;
+}
+
+function drawEdges(graph, svg, nodes) {
+  const origin = graph.getBoundingClientRect();
+  svg.setAttribute("width", String(graph.scrollWidth));
+  svg.setAttribute("height", String(graph.scrollHeight));
+  const box = (id) => graph.querySelector(`.wf-node[data-job-id="${id}"]`);
+  const lines = [];
+  for (const job of nodes) {
+    const to = box(job.id);
+    for (const parent of job.depends_on || []) {
+      const from = box(parent);
+      if (!from || !to) continue;
+      const a = from.getBoundingClientRect(), b = to.getBoundingClientRect();
+      const line = document.createElementNS("http://www.w3.org/2000/svg", "line");
+      line.setAttribute("x1", String(a.right - origin.left));
+      line.setAttribute("y1", String(a.top + a.height / 2 - origin.top));
+      line.setAttribute("x2", String(b.left - origin.left));
+      line.setAttribute("y2", String(b.top + b.height / 2 - origin.top));
+      lines.push(line);
+    }
+  }
+  svg.replaceChildren(...lines);
 }
 
 boot();

@@ -134,6 +134,19 @@ def run_the_app(base: str, url: str, tmp_path: Path) -> None:
         page.click(f"{card} .cancel")
         page.wait_for_selector(f"{card}[data-status='cancelled']")
         assert demo.progress("optimization", job_id)["status"] == "cancelled"
+        # The pipeline: validate, then optimise, then rescore, one workflow; one bar for all.
+        page.click("#pipeline .start")
+        page.wait_for_selector("#pipeline[data-status='running']", timeout=60_000)
+        page.wait_for_selector("#pipeline[data-status='complete']", timeout=180_000)
+        assert page.get_attribute("#pipeline progress", "aria-valuenow") == "100"
+        assert page.text_content("#pipeline .status") == "3 of 3 steps done"
+        workflow = page.get_attribute("#pipeline", "data-workflow-id")
+        steps = demo.get(f"/api/pipeline/{workflow}").json()["jobs"]
+        assert [j["type"] for j in sorted(steps, key=lambda j: j["started_at"])] == [
+            "validation", "optimization", "rescoring"]
+        assert all(a["finished_at"] <= b["started_at"] for a, b in zip(
+            sorted(steps, key=lambda j: j["started_at"]),
+            sorted(steps, key=lambda j: j["started_at"])[1:], strict=False))
         page.screenshot(path=str(tmp_path / "seed_app.png"), full_page=True)
         assert errors == []
     with psycopg.connect(url) as conn:

@@ -28,6 +28,12 @@ from backend import database, users
 from bgjobs.flask import BgJobs
 
 FEATURES = ("validation", "optimization", "rescoring", "screening")
+#: The pipeline's steps, each after the one before (a bgjobs workflow), sized for a demo.
+PIPELINE = (
+    ("validation", {"tickers": 20, "years": 2, "bootstrap": 10}),
+    ("optimization", {"tickers": 20, "years": 2, "population": 8, "generations": 6}),
+    ("rescoring", {"tickers": 20, "years": 2, "simulations": 200}),
+)
 
 jobs = BgJobs(current_user_id=users.current_user_id, url_prefix="/jobs")
 
@@ -83,6 +89,34 @@ def create_app() -> Flask:
             return jsonify({"error": str(exc)}), 422
         return jsonify({"job_id": str(job.id), "status": job.status,
                         "stream_url": jobs.stream_url(job.id)}), 202
+
+    @app.post("/api/pipeline/run")
+    @users.login_required
+    @jobs.same_origin
+    def run_pipeline() -> Any:
+        """Validate, then optimise, then rescore: one workflow, enqueued in one transaction."""
+        if not request.is_json:
+            return jsonify({"error": "send application/json"}), 415
+        user_id = jobs.user_id()
+        try:
+            with database.connection() as conn, \
+                    bgjobs.workflow(user_id=user_id, conn=conn) as wf:
+                step = None
+                for job_type, params in PIPELINE:
+                    step = wf.enqueue(job_type, params, after=[step] if step else None)
+                database.log_activity(conn, user_id, "start pipeline", wf.jobs[0].id)
+        except bgjobs.Conflict as exc:  # each step is an exclusive type
+            return jsonify({"error": str(exc), "job_id": str(exc.job_id)}), 409
+        return jsonify({"workflow_id": str(wf.id),
+                        "jobs": [{"id": str(j.id), "type": j.job_type} for j in wf.jobs]}), 202
+
+    @app.get("/api/pipeline/<workflow_id>")
+    @users.login_required
+    def pipeline(workflow_id: str) -> Any:
+        workflow = bgjobs.get_workflow(workflow_id, user_id=jobs.user_id())
+        if workflow is None:
+            return jsonify({"error": "pipeline not found"}), 404
+        return jsonify(workflow.to_json())
 
     @app.get("/api/<feature>/progress/<job_id>")
     @users.login_required

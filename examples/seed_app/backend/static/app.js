@@ -48,7 +48,11 @@ function follow(url, failures = 0) {
     setConn("live", "Live");
     loadJobs();  // the stream has no snapshot: read the list once per (re)connection
   };
-  source.onmessage = (event) => render(JSON.parse(event.data));
+  source.onmessage = (event) => {
+    const job = JSON.parse(event.data);
+    render(job);
+    pipelineStep(job);
+  };
   source.onerror = async () => {
     setConn("reconnecting", "Reconnecting…");
     if (source.readyState !== EventSource.CLOSED) return;  // the browser retries by itself
@@ -83,5 +87,66 @@ for (const [feature, card] of Object.entries(cards)) {
     fetch(`/api/${feature}/cancel/${card.dataset.jobId}`, { method: "POST" });
   });
 }
+
+// The pipeline: one bgjobs workflow of three jobs, each after the one before. Its bar is the
+// three jobs' progress combined, from the same stream as the cards.
+const pipeline = document.getElementById("pipeline");
+let steps = new Map();  // job id -> {type, status, pct, version}
+
+function stepPct(job) {
+  const { current = 0, total = 0 } = job.progress || {};
+  if (job.status === "complete") return 100;
+  return job.status === "running" && total ? Math.floor((100 * current) / total) : 0;
+}
+
+function pipelineStep(job) {
+  const step = steps.get(job.id);
+  if (!step || step.version > job.version) return;
+  Object.assign(step, { status: job.status, pct: stepPct(job), version: job.version,
+                        waiting: job.waiting_for || 0 });
+  drawPipeline();
+}
+
+function drawPipeline() {
+  const all = [...steps.values()];
+  const pct = Math.floor(all.reduce((sum, s) => sum + s.pct, 0) / all.length);
+  const bar = pipeline.querySelector("progress");
+  bar.value = pct;
+  bar.setAttribute("aria-valuenow", String(pct));
+  const done = all.filter((s) => s.status === "complete").length;
+  const failed = all.find((s) => s.status === "error" || s.status === "cancelled");
+  pipeline.dataset.status = failed ? failed.status : done === all.length ? "complete"
+    : all.some((s) => s.status === "running") ? "running" : "pending";
+  pipeline.querySelector(".status").textContent =
+    `${done} of ${all.length} steps done${failed ? ` · ${failed.type} ${failed.status}` : ""}`;
+  pipeline.querySelector(".steps").replaceChildren(...all.map((s) => {
+    const item = document.createElement("li");
+    item.dataset.status = s.status;
+    item.textContent = `${s.type}: ${s.status === "pending" && s.waiting ? "waiting" : s.status}`
+      + (s.status === "running" ? ` ${s.pct}%` : "");
+    return item;
+  }));
+}
+
+async function loadPipeline(id) {
+  const answer = await fetch(`/api/pipeline/${id}`);
+  if (!answer.ok) return;
+  for (const job of (await answer.json()).jobs) pipelineStep(job);
+}
+
+pipeline.querySelector(".start").addEventListener("click", async () => {
+  const answer = await fetch("/api/pipeline/run", {
+    method: "POST", headers: { "Content-Type": "application/json" }, body: "{}" });
+  const body = await answer.json();
+  if (!answer.ok) {
+    pipeline.querySelector(".status").textContent = body.error;
+    return;
+  }
+  steps = new Map(body.jobs.map((j) => [j.id, { type: j.type, status: "pending", pct: 0,
+                                                   version: 0, waiting: 1 }]));
+  pipeline.dataset.workflowId = body.workflow_id;
+  drawPipeline();
+  loadPipeline(body.workflow_id);  // events that came before we knew the ids
+});
 
 follow(document.body.dataset.stream);

@@ -1,0 +1,56 @@
+"""A workflow in the dashboard, in headless Chromium: its graph fills in live."""
+
+from __future__ import annotations
+
+import pytest
+
+from bgjobs.core.store import Store
+from tests.e2e.test_browser import Stack, headless_chromium, stack  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.browser
+
+
+def test_a_workflow_is_drawn_as_a_graph_that_fills_in_live(stack: Stack,  # noqa: F811
+                                                           store: Store, tmp_path) -> None:
+    user, token = store.create_user("flow")
+    errors: list[str] = []
+    with headless_chromium() as browser:
+        page = browser.new_page(viewport={"width": 1100, "height": 900})
+        page.set_default_timeout(60_000)
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(f"{stack.api}/")
+        page.wait_for_selector("body[data-state='signed-out']")
+        page.fill("#token", token)
+        page.click("#sign-in-form button[type=submit]")
+        page.wait_for_selector("body[data-state='live']")
+        # Record every state each node of the graph shows, to see it fill in.
+        page.evaluate("""() => {
+          window.seen = [];
+          new MutationObserver(() => {
+            for (const n of document.querySelectorAll('#workflow .wf-node')) {
+              window.seen.push(n.querySelector('.type').textContent + ':' + n.dataset.status);
+            }
+          }).observe(document.getElementById('workflow'), {subtree: true, childList: true,
+                                                          attributes: true});
+        }""")
+        page.click("#start-workflow")
+        page.wait_for_selector("#workflow:not([hidden]) .wf-node")
+        # Three levels, one job each, joined by two edges.
+        assert page.locator("#workflow .wf-col").count() == 3
+        assert page.locator("#workflow .wf-edges line").count() == 2
+        assert page.text_content("#workflow .wf-col:nth-of-type(1) .type") == "validation"
+        page.wait_for_selector("#workflow[data-status='complete']", timeout=180_000)
+        assert page.text_content("#workflow .wf-summary") == "3 of 3 done"
+        seen = page.evaluate("window.seen")
+        # Live: the last step was shown waiting, then running, then complete.
+        for state in ("rescoring:pending", "rescoring:running", "rescoring:complete"):
+            assert state in seen, (state, sorted(set(seen)))
+        assert seen.index("rescoring:running") > seen.index("optimization:complete")
+        # A job's card links to its workflow.
+        page.click("#close-workflow")
+        assert page.is_hidden("#workflow")
+        page.click(".job .show-workflow >> nth=0")
+        page.wait_for_selector("#workflow:not([hidden]) .wf-node[data-status='complete']")
+        page.screenshot(path=str(tmp_path / "workflow.png"), full_page=True)
+        page.screenshot(path="/tmp/workflow.png", full_page=True)
+    assert errors == []
