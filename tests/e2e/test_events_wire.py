@@ -63,7 +63,7 @@ def test_a_reader_that_stops_reading_is_handed_back_to_its_task_and_gets_the_fin
         while b"data:" not in head:
             head += sock.recv(4096)
         service.wait_stats(lambda s: s["subscriptions"] == 1, "subscribed")
-        updates, padding = 800, "x" * 6000  # 5 MB: far beyond the socket's buffers
+        updates, padding = 2000, "x" * 6500  # 13 MB: far beyond the socket's buffers
         with psycopg.connect(db_url, autocommit=True) as writer, writer.pipeline():
             writer.cursor().executemany(
                 "UPDATE background_jobs SET progress = %s WHERE id = %s",
