@@ -72,6 +72,11 @@ def rows(r: dict[str, Any]) -> list[Row]:
                         f"{_fmt(ev['rss_mb'])} / {ev['listen_connections']} / "
                         f"{ev['clients_with_final_state']}", "", "",
                         "<= 300 MB, 1" if size == "c5000" else ""))
+            if ev.get("ratio_to_floor") is not None:
+                out.append((f"SSE {ev['clients']} clients, CPU us per stream-event / floor",
+                            f"{_fmt(ev['cpu_us_per_stream_event'])} / "
+                            f"{_fmt(ev['floor_cpu_us_per_socket'])}", "",
+                            f"{ev['ratio_to_floor']:.2f}x", "<= 2x the floor"))
     s = r.get("supervisors") or {}
     for n in (1, 2, 4, 8):
         row = s.get(f"n{n}")

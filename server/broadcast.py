@@ -21,7 +21,7 @@ import logging
 import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 from uuid import UUID
 
 import psycopg
@@ -32,6 +32,9 @@ from bgjobs.core.errors import DatabaseUnavailable, NoSession, first_line
 from bgjobs.core.jobs import FINISHED, Job
 from bgjobs.core.queries import q
 from bgjobs.server.events_db import EventsDb
+
+if TYPE_CHECKING:
+    from bgjobs.server.fanout import Wire
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +103,9 @@ class Subscription:
         self._waiter: asyncio.Future[None] | None = None
         self._poked = False
         self.closed = False
+        #: The stream's path to its socket past ASGI `send`, once its response is under way
+        #: (server/fanout.py): news is then written in the fan-out's batch, not by its task.
+        self.wire: Wire | None = None
 
     @property
     def pending(self) -> int:
@@ -130,8 +136,30 @@ class Subscription:
         self._wake()
 
     def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return  # its task is busy: it takes what waits before it waits again
+        if self.wire is not None and not self.closed:
+            self.wire.ready(self)  # no task switch: the fan-out writes it with the others
+        else:
+            waiter.set_result(None)
+
+    def wake_task(self) -> None:
+        """Hand what waits to the stream's own task (the fan-out could not write it)."""
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
+
+    @property
+    def parked(self) -> bool:
+        """Whether the stream's task waits in ``next`` (so nothing of it is being sent)."""
+        return self._waiter is not None and not self._waiter.done()
+
+    def take(self) -> list[State]:
+        """The waiting states, removed (what ``next`` returns, without waiting)."""
+        self._poked = False
+        jobs = list(self._latest.values())
+        self._latest.clear()
+        return jobs
 
     def poke(self) -> None:
         """Wake ``next`` even with no news (a keep-alive ping is due)."""
@@ -155,10 +183,7 @@ class Subscription:
                 await self._waiter
             finally:
                 self._waiter = None
-        self._poked = False
-        jobs = list(self._latest.values())
-        self._latest.clear()
-        return jobs
+        return self.take()
 
 
 class Firehose(Subscription):

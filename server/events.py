@@ -36,6 +36,7 @@ from bgjobs.server.auth import SESSION_COOKIE
 from bgjobs.server.broadcast import Broadcaster, Credential, State, Subscription
 from bgjobs.server.errors import ApiError
 from bgjobs.server.events_db import EventsDb, make_pool
+from bgjobs.server.fanout import Fanout
 
 log = logging.getLogger(__name__)
 
@@ -46,33 +47,40 @@ RETRY_MS = 2000  # how long a browser waits before reconnecting a dropped stream
 class SubscriptionStream(Response):
     """A text/event-stream response fed by one subscription; frees it however the response ends.
 
-    Written for the fan-out: a state reaches a stream as one ``send`` of bytes encoded once for
-    all streams, and a stream costs one task more than its request (the disconnect watcher).
-    sse-starlette's EventSourceResponse cost about two thirds of the events process's CPU per
-    event at a thousand streams (a task group of four tasks per stream, a cancel scope per
-    send; see docs/benchmarks.md). Keep-alive pings come from Broadcaster.keepalive.
+    Written for the fan-out: once the headers and the first event are out, the server's
+    transport (when it lends it) goes to the subscription, and later events are written by
+    the fan-out's batch (server/fanout.py), not by this task; without it, or for a slow
+    reader, a state reaches a stream as one ``send`` of bytes encoded once for all streams.
+    A stream costs one task more than its request (the disconnect watcher). Keep-alive pings
+    come from Broadcaster.keepalive.
     """
 
     HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"),
                (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
 
-    def __init__(self, broadcaster: Broadcaster, sub: Subscription,
-                 content: AsyncIterator[bytes]) -> None:
+    def __init__(self, request: Request, sub: Subscription, content: AsyncIterator[bytes],
+                 ends_on_final: bool = False) -> None:
         self.status_code = 200
         self.raw_headers = list(self.HEADERS)  # no content-length: the body has no end yet
         self.background = None
-        self.broadcaster, self.sub, self.content = broadcaster, sub, content
+        self.broadcaster: Broadcaster = request.app.state.broadcaster
+        self.fanout: Fanout = request.app.state.fanout
+        self.sub, self.content, self.ends_on_final = sub, content, ends_on_final
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         watcher = asyncio.create_task(self._watch(receive))
+        wire = self.fanout.wire(scope, self.ends_on_final)
         try:
             await send({"type": "http.response.start", "status": self.status_code,
                         "headers": self.raw_headers})
             if scope.get("method") != "HEAD":
                 async for chunk in self.content:
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    # The headers are out: from now on the fan-out may write to the socket.
+                    self.sub.wire = wire
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
+            self.sub.wire = None
             watcher.cancel()
             self.broadcaster.unsubscribe(self.sub)
 
@@ -112,7 +120,8 @@ async def job_events(request: Request) -> Response:
         # The client has the final state; 204 tells EventSource to stop reconnecting.
         broadcaster.unsubscribe(sub)
         return Response(status_code=204)
-    return SubscriptionStream(broadcaster, sub, _job_stream(sub, job if fresh else None))
+    return SubscriptionStream(request, sub, _job_stream(sub, job if fresh else None),
+                              ends_on_final=True)
 
 
 async def _job_stream(sub: Subscription, first: Job | None) -> AsyncIterator[bytes]:
@@ -139,7 +148,7 @@ async def user_events(request: Request) -> Response:
     user_id, credential = await _caller_id(request, None)
     broadcaster: Broadcaster = request.app.state.broadcaster
     sub = broadcaster.subscribe(user_id=user_id, credential=credential)
-    return SubscriptionStream(broadcaster, sub, _user_stream(sub))
+    return SubscriptionStream(request, sub, _user_stream(sub))
 
 
 async def _user_stream(sub: Subscription) -> AsyncIterator[bytes]:
@@ -157,7 +166,7 @@ async def all_events(request: Request) -> Response:
         raise ApiError(403, "forbidden", "the all-jobs stream is for admins")
     broadcaster: Broadcaster = request.app.state.broadcaster
     sub = broadcaster.subscribe_all()
-    return SubscriptionStream(broadcaster, sub, _user_stream(sub))
+    return SubscriptionStream(request, sub, _user_stream(sub))
 
 
 RETRY = f"retry: {RETRY_MS}\r\n\r\n".encode()
@@ -195,7 +204,8 @@ async def healthz(request: Request) -> Response:
 
 async def stats(request: Request) -> Response:
     auth.check_metrics_token(request.app.state.metrics_token, request.headers.get("authorization"))
-    return JSONResponse({"pid": os.getpid(), **request.app.state.broadcaster.stats()})
+    return JSONResponse({"pid": os.getpid(), **request.app.state.broadcaster.stats(),
+                         **request.app.state.fanout.stats()})
 
 
 def _check_room(request: Request) -> None:
@@ -280,6 +290,7 @@ def create_app(url: str | None = None, listen_url: str | None = None) -> Starlet
         await pool.open(wait=False)
         broadcaster = Broadcaster(listen_url or (url or direct_url(cfg)), EventsDb(pool))
         app.state.db, app.state.broadcaster = broadcaster.db, broadcaster
+        app.state.fanout = Fanout(encoded, PING)
         task = asyncio.create_task(broadcaster.run(), name="bgjobs-events-broadcaster")
         task.add_done_callback(_broadcaster_exited)
         pings = asyncio.create_task(broadcaster.keepalive(PING_SECONDS),

@@ -40,10 +40,30 @@ def _json_errors_in_asgi():
     protocol.ASGIProtocol._send_error_response = send_error
 
 
+def _transport_in_scope():
+    # The events fan-out writes a stream's later events straight to its socket
+    # (server/fanout.py): lend the app the transport of each HTTP/1.1 connection. Without it
+    # (another server, HTTP/2, uWSGI) streams send everything through ASGI `send`.
+    from gunicorn.asgi import protocol
+
+    from bgjobs.server.fanout import EXTENSION
+
+    build = protocol.ASGIProtocol._build_http_scope
+
+    def build_http_scope(self, request, sockname, peername):
+        scope = build(self, request, sockname, peername)
+        if request.version == (1, 1) and not getattr(self, "_uses_uwsgi", True):
+            scope.setdefault("extensions", {})[EXTENSION] = self.transport
+        return scope
+
+    protocol.ASGIProtocol._build_http_scope = build_http_scope
+
+
 if service == "events":
     wsgi_app = "bgjobs.server.events:create_app()"
     worker_class = "asgi"
     _json_errors_in_asgi()
+    _transport_in_scope()
     bind = [_cfg.events_bind]
     workers = _cfg.events_workers
     # SSE streams live for minutes: no worker timeout on idle streams.
