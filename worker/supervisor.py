@@ -243,7 +243,7 @@ class Supervisor:
         if now >= self.next_reap:
             self.next_reap = now + self.settings.reap_interval
             reaped, self.wakeups.peers = self.store.reap_and_list_listeners(
-                self.listen_name, reaper=self.worker_id)
+                self.listen_name, reaper=self.worker_id, running=list(self.fleet.running))
             for row in reaped:
                 log.warning("reaped job %s (%s) of a lost worker: now %s after %s attempt(s)",
                             row["id"], row["job_type"], row["status"], row["attempts"])
