@@ -330,20 +330,21 @@ class Store(Operations):
         """Hand attempts back to pending without spending an attempt (graceful shutdown)."""
         return self._fenced("release_jobs", attempts, {})
 
-    def reap_stale(self, now: datetime | None = None,
-                   reaper: str | None = None) -> list[dict[str, Any]]:
+    def reap_stale(self, now: datetime | None = None, reaper: str | None = None,
+                   running: Iterable[str] | None = None) -> list[dict[str, Any]]:
         """Take back jobs whose heartbeat is older than their lease (one reaper at a time);
-        ``reaper`` is the calling worker's id: its own jobs are alive and left alone."""
+        ``reaper`` is the calling worker's id and ``running`` the ids of the jobs it runs: those
+        are alive and left alone (None: every job naming it)."""
         with self.connection() as c, c.transaction(), c.cursor(row_factory=dict_rows) as cur:
-            return cur.execute(q("reap_stale"), {"now": now, "reaper": reaper}).fetchall()
+            return cur.execute(q("reap_stale"), _reaper(now, reaper, running)).fetchall()
 
     def reap_and_list_listeners(self, application_name: str, now: datetime | None = None,
-                                reaper: str | None = None
+                                reaper: str | None = None, running: Iterable[str] | None = None
                                 ) -> tuple[list[dict[str, Any]], list[int]]:
         """``reap_stale``, and in the same transaction (no commit more) the backend pids of the
         connections named ``application_name`` on this database, in order."""
         with self.connection() as c, c.transaction(), c.cursor(row_factory=dict_rows) as cur:
-            reaped = cur.execute(q("reap_stale"), {"now": now, "reaper": reaper}).fetchall()
+            reaped = cur.execute(q("reap_stale"), _reaper(now, reaper, running)).fetchall()
             pids = [row["pid"] for row in cur.execute(
                 q("worker_listeners"), {"application_name": application_name})]
         return reaped, pids
@@ -502,6 +503,12 @@ def _job_like(fields: dict[str, Any], **changes: Any) -> Job:
     job = object.__new__(Job)
     vars(job).update(fields, **changes)
     return job
+
+
+def _reaper(now: datetime | None, reaper: str | None,
+            running: Iterable[str] | None) -> dict[str, Any]:
+    return {"now": now, "reaper": reaper,
+            "running": None if running is None else [str(i) for i in running]}
 
 
 def _attempt_arrays(attempts: Sequence[Attempt]) -> dict[str, list[Any]]:

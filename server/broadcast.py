@@ -381,9 +381,23 @@ class Broadcaster:
         ids = set(self._by_job) | set(self._rows)
         seen = self._versions(ids)
         jobs = await self.db.get_jobs(ids)
+        self._end_gone(set(self._by_job) - {job.id for job in jobs})
         if since is not None and self._by_user:
             jobs += await self.db.user_jobs_since(list(self._by_user), since - RESYNC_MARGIN)
         self._publish_read(jobs, seen)
+
+    def _end_gone(self, gone: set[UUID]) -> None:
+        """End the streams of watched jobs that are no longer in the table (deleted meanwhile,
+        or lost in a failover to an asynchronous standby): no news would ever come, and the
+        client's reconnection then gets its 404."""
+        for job_id in gone:
+            self._rows.pop(job_id, None)
+            subs = [s for s in self._by_job.get(job_id, ()) if s.job_ids <= gone]
+            if subs:
+                log.warning("job %s is gone (deleted, or lost in a failover): ending its %d "
+                            "stream(s)", job_id, len(subs))
+            for sub in subs:
+                sub.close()
 
     def _versions(self, ids: set[UUID]) -> dict[UUID, int]:
         """The versions known now of ``ids``: what a read that starts now must not be behind."""

@@ -220,10 +220,10 @@ SELECT user_id FROM background_jobs WHERE id = %(id)s
 SELECT * FROM bgjobs_requeue(%(id)s)
 
 -- name: reap_stale
--- Take back jobs of dead workers (never the reaper's own), if no other reaper is at it now.
+-- Take back jobs of dead workers (never those the reaper runs), if no other reaper is at it now.
 SELECT r.* FROM (SELECT pg_try_advisory_xact_lock(hashtext('bgjobs.reaper'))) AS l(got),
      LATERAL (SELECT * FROM bgjobs_reap(coalesce(%(now)s::timestamptz, now()),
-                                        %(reaper)s::text)) AS r
+                                        %(reaper)s::text, %(running)s::uuid[])) AS r
 WHERE l.got
 
 -- name: worker_listeners

@@ -27,6 +27,20 @@ def slow(ctx: Any) -> Any:
     return {"pid": os.getpid(), "attempt": ctx.attempt}
 
 
+@task("slow_logged", params={"seconds": Param(float, default=5.0),
+                             "step": Param(float, default=0.05),
+                             "runs": Param(str, required=True)})
+def slow_logged(ctx: Any) -> Any:
+    """``slow``, after appending "<job id> <attempt>" to the file ``runs``: a test counts the
+    handler's runs apart from anything the database says (which a failover may change)."""
+    fd = os.open(ctx.params["runs"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, f"{ctx.job_id} {ctx.attempt}\n".encode())  # one write: whole lines
+    finally:
+        os.close(fd)
+    return slow(ctx)
+
+
 @task("spin", params={"seconds": Param(float, default=5.0)})
 def spin(ctx: Any) -> Any:
     """A CPU loop that never reports progress or checks for cancellation after it starts."""

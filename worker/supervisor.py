@@ -116,7 +116,7 @@ class Supervisor:
             settings.poll_interval)
         self.purger = Purger(self.store, settings.keep, settings.purge_interval)
         self.reaper = Reaper(self.store, self.worker_id, self.listen_name, self.wakeups,
-                             settings.reap_interval)
+                             settings.reap_interval, running=lambda: self.fleet.running)
         self.claimer = Claimer(
             self.store, self.fleet, self.wakeups, self.worker_id, lambda: self.types,
             lambda: len(self.outbox) + self.writer.backlog(),

@@ -69,6 +69,7 @@ class Stack:
     procs: dict[str, Proc] = field(default_factory=dict)
     workers: list[Proc] = field(default_factory=list)
     retired: list[Proc] = field(default_factory=list)  # killed workers, for their logs
+    poll_interval: str = "1s"  # the workers' fallback poll
 
     @property
     def url(self) -> str:
@@ -81,7 +82,7 @@ class Stack:
     def start_worker(self) -> Proc:
         n = len(self.workers) + len(self.retired)
         proc = Proc([BGJOBS, "worker", "--concurrency", "2", "--lease", LEASE,
-                     "--poll-interval", "1s"], self.env, self.tmp / f"worker{n}.log")
+                     "--poll-interval", self.poll_interval], self.env, self.tmp / f"worker{n}.log")
         self.workers.append(proc)
         wait_until(lambda: "worker processes ready" in proc.output(), 60, "workers ready", proc)
         return proc
@@ -145,10 +146,13 @@ class Client:
     readers: dict[str, Reader] = field(default_factory=dict)
     refusals: Counter = field(default_factory=Counter)  # 5xx and lost connections retried
     lock: threading.Lock = field(default_factory=threading.Lock)
+    job_type: str = "slow"  # or another type taking slow's params (seconds, step)
+    params: dict[str, Any] = field(default_factory=dict)  # more params for each job
 
     def submit(self, n: int, seconds: float = 1.0) -> str:
         """POST a slow job until the API accepts it (same Idempotency-Key each try)."""
-        body = {"type": "slow", "params": {"seconds": seconds, "step": 0.05}}
+        body = {"type": self.job_type,
+                "params": {"seconds": seconds, "step": 0.05, **self.params}}
         headers = {**self.stack.auth, "Idempotency-Key": f"{self.name}-{n}"}
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:

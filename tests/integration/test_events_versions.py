@@ -95,3 +95,32 @@ def test_a_row_that_went_back_during_an_outage_is_sent_on_reconnect(store: Store
             listener.unsubscribe(sub)
 
     asyncio.run(scenario())
+
+
+def test_a_stream_on_a_job_gone_during_an_outage_ends_on_reconnect(store: Store,
+                                                                   db_url: str) -> None:
+    """The new primary never had the job (a failover to an asynchronous standby lost its
+    insert): its stream ends instead of waiting for ever; the client's reconnection gets a 404.
+    A stream watching its user stays open."""
+    user, _ = store.create_user("alice")
+    job, kept = add_job(store, "noop", user_id=user.id), add_job(store, "noop", user_id=user.id)
+
+    async def scenario() -> None:
+        async with running_listener(db_url) as (listener, stop, start):
+            gone = listener.subscribe(job_ids=frozenset({job.id}))
+            other = listener.subscribe(job_ids=frozenset({kept.id}))
+            by_user = listener.subscribe(user_id=user.id)
+            for j in (job, kept):
+                listener.publish(j)
+            assert await gone.next() == [job]  # the state a stream sends first
+            await stop()
+            with psycopg.connect(db_url, autocommit=True) as conn:
+                conn.execute("DELETE FROM background_jobs WHERE id = %s", [job.id])
+            await start()
+            async with asyncio.timeout(20):
+                assert await gone.next() == [] and gone.closed
+            assert not other.closed and not by_user.closed
+            for sub in (gone, other, by_user):
+                listener.unsubscribe(sub)
+
+    asyncio.run(scenario())

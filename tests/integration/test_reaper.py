@@ -22,6 +22,18 @@ def test_a_reaper_leaves_its_own_jobs_alone(store: Store, conn):
     assert [(r["id"], r["status"]) for r in reaped] == [(job.id, "pending")]
 
 
+def test_a_reaper_takes_back_its_own_jobs_it_does_not_run(store: Store, conn):
+    """A row naming a live worker for a job it no longer runs (its completion was lost with an
+    asynchronous primary, 012_reaper_own_lost_jobs.sql): with no other worker, only it can
+    take it back."""
+    running, finished = add_job(store, "noop"), add_job(store, "noop")
+    store.claim("host:1", ["noop"], lease_seconds=30, limit=2)
+    later = conn.execute("SELECT now() + interval '5 minutes'").fetchone()[0]
+    reaped = store.reap_stale(now=later, reaper="host:1", running=[str(running.id)])
+    assert [(r["id"], r["status"]) for r in reaped] == [(finished.id, "pending")]
+    assert store.reap_stale(now=later, reaper="host:1", running=[]) != []
+
+
 def test_silence_counts_from_the_postgres_start_at_the_earliest(private_cluster):
     url = private_cluster.url()
     with psycopg.connect(url, autocommit=True) as c:

@@ -91,8 +91,13 @@ def test_config_refuses_a_database_url_libpq_cannot_read(monkeypatch, value, mes
     assert "s3cret" not in text and "\n" not in text
 
 
-@pytest.mark.parametrize("value", ["postgresql://ann:pw@127.0.0.1:5432/db",
-                                   "postgres://ann@db.example/app", "host=/tmp dbname=app"])
+@pytest.mark.parametrize("value", [
+    "postgresql://ann:pw@127.0.0.1:5432/db", "postgres://ann@db.example/app",
+    "host=/tmp dbname=app",
+    # A primary and its standby (docs/operations.md, "Failover"), in both forms.
+    "postgresql://ann@db1:5432,db2:5433/app?target_session_attrs=read-write",
+    "host=db1,db2 port=5432,5433 dbname=app user=ann target_session_attrs=read-write",
+])
 def test_config_accepts_libpq_urls_and_key_value_strings(monkeypatch, value):
     monkeypatch.setenv("DATABASE_URL", value)
     assert config.load().database_url == value
