@@ -24,7 +24,7 @@ def test_a_reaper_leaves_its_own_jobs_alone(store: Store, conn):
 
 def test_a_reaper_takes_back_its_own_jobs_it_does_not_run(store: Store, conn):
     """A row naming a live worker for a job it no longer runs (its completion was lost with an
-    asynchronous primary, 012_reaper_own_lost_jobs.sql): with no other worker, only it can
+    asynchronous primary, 014_reaper_own_lost_jobs.sql): with no other worker, only it can
     take it back."""
     running, finished = add_job(store, "noop"), add_job(store, "noop")
     store.claim("host:1", ["noop"], lease_seconds=30, limit=2)
