@@ -331,7 +331,7 @@ class Store(Operations):
         return self._fenced("release_jobs", attempts, {})
 
     def reap_stale(self, now: datetime | None = None, reaper: str | None = None,
-                   running: Iterable[str] | None = None) -> list[dict[str, Any]]:
+                   running: Iterable[UUID | str] | None = None) -> list[dict[str, Any]]:
         """Take back jobs whose heartbeat is older than their lease (one reaper at a time);
         ``reaper`` is the calling worker's id and ``running`` the ids of the jobs it runs: those
         are alive and left alone (None: every job naming it)."""
@@ -339,7 +339,8 @@ class Store(Operations):
             return cur.execute(q("reap_stale"), _reaper(now, reaper, running)).fetchall()
 
     def reap_and_list_listeners(self, application_name: str, now: datetime | None = None,
-                                reaper: str | None = None, running: Iterable[str] | None = None
+                                reaper: str | None = None,
+                                running: Iterable[UUID | str] | None = None
                                 ) -> tuple[list[dict[str, Any]], list[int]]:
         """``reap_stale``, and in the same transaction (no commit more) the backend pids of the
         connections named ``application_name`` on this database, in order."""
@@ -506,7 +507,7 @@ def _job_like(fields: dict[str, Any], **changes: Any) -> Job:
 
 
 def _reaper(now: datetime | None, reaper: str | None,
-            running: Iterable[str] | None) -> dict[str, Any]:
+            running: Iterable[UUID | str] | None) -> dict[str, Any]:
     return {"now": now, "reaper": reaper,
             "running": None if running is None else [str(i) for i in running]}
 
