@@ -54,7 +54,7 @@ def test_a_pooled_connection_reads_on_after_a_column_is_added(fresh):
 
 
 def test_inside_a_transaction_the_error_stands_and_the_next_transaction_works(fresh):
-    with connect(fresh, autocommit=True) as conn:
+    with connect(fresh, autocommit=True, prepare_threshold=5) as conn:
         conn.execute("INSERT INTO background_jobs (job_type) VALUES ('noop')")
         for _ in range(PREPARED_AFTER):
             conn.execute("SELECT * FROM background_jobs")

@@ -44,6 +44,7 @@ TIME_COLUMNS = [
     ("bgjobs_sessions", "expires_at"), ("bgjobs_sessions", "ended_at"),
     ("bgjobs_job_types", "rate_at"), ("bgjobs_schedules", "last_tick"),
     ("bgjobs_schedules", "created_at"), ("bgjobs_schedules", "updated_at"),
+    ("bgjobs_runtime_roles", "granted_at"),
     ("bgjobs_workers", "started_at"), ("bgjobs_workers", "heartbeat_at"),
 ]
 UNREPRESENTABLE = ["infinity", "-infinity", "10000-01-01 13:59:59+00",
@@ -503,7 +504,7 @@ def test_old_rows_never_fail_the_migration_and_keep_their_order(
 
 def test_a_progress_payload_nested_too_deep_is_dropped_not_a_listener_crash(
         conn: psycopg.Connection, store: Store, listener: psycopg.Connection) -> None:
-    from bgjobs.server.broadcast import parse_payload
+    from bgjobs.core.channels import parse_progress as parse_payload
     from tests.conftest import drain
 
     job = add_job(store)
