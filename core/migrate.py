@@ -161,7 +161,7 @@ def apply(conn: psycopg.Connection, directory: Traversable | None = None, *,
     locks = locks or LockPolicy()
     conn.autocommit = True
     conn.add_notice_handler(_log_warning)
-    conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
+    _take_migrate_lock(conn)
     try:
         if users_table_set:
             _require_users_table(conn, users_table)
@@ -210,6 +210,18 @@ def apply(conn: psycopg.Connection, directory: Traversable | None = None, *,
     finally:
         conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
         conn.remove_notice_handler(_log_warning)
+
+
+def _take_migrate_lock(conn: psycopg.Connection) -> None:
+    """The migrators' advisory lock, tried a statement at a time rather than waited for in one:
+    a statement waiting holds a snapshot, and the other migrator's CREATE INDEX CONCURRENTLY
+    waits for every older snapshot to end (a deadlock Postgres breaks by failing one of them)."""
+    said = False
+    while not conn.execute("SELECT pg_try_advisory_lock(%s)", (_LOCK_KEY,)).fetchone()[0]:  # type: ignore[index]
+        if not said:
+            log.info("migrate: waiting for another bgjobs migrate to finish")
+            said = True
+        time.sleep(0.2)
 
 
 def _log_warning(diag: psycopg.errors.Diagnostic) -> None:

@@ -159,7 +159,8 @@ def test_plain_sql_refuses_it_with_a_check_that_says_why(store: Store,
                 conn.execute(sql, (value,))
                 pytest.fail(f"{table}.{column} took {value}")
             name = refused.value.diag.constraint_name
-            assert name == f"{table}_{column}_between_0001_01_02_and_9999_12_30"[:63], (table, value)
+            expected = f"{table}_{column}_between_0001_01_02_and_9999_12_30"[:63]
+            assert name == expected, (table, value)
             assert name in str(refused.value)
         conn.execute(writes[table].format(col=column) if column != "updated_at"
                      else _insert_with(table, column), ("9999-12-30 23:59:59+00",))
