@@ -72,8 +72,13 @@ def _drain_runs(db: str, jobs: int, runs: int,
 def _drain(c: psycopg.Connection, jobs: int, worker: subprocess.Popen[Any]) -> float:
     c.execute("INSERT INTO background_jobs (job_type) SELECT 'noop' FROM generate_series(1, %s)",
               [jobs])
-    start = time.perf_counter()
-    deadline = start + max(60.0, jobs / 500)
+    return drained_after(c, jobs, worker, time.perf_counter(), max(60.0, jobs / 500))
+
+
+def drained_after(c: psycopg.Connection, jobs: int, worker: subprocess.Popen[Any],
+                  start: float, limit: float) -> float:
+    """Seconds from ``start`` until no job is left incomplete (at most ``limit`` seconds)."""
+    deadline = start + limit
     while True:
         left = c.execute("SELECT count(*) FROM background_jobs WHERE status <> 'complete'"
                          ).fetchone()[0]

@@ -20,7 +20,7 @@ from typing import Any
 
 import psycopg
 
-from bench.workers import _drain, _wakeup_ms
+from bench.workers import _drain, _wakeup_ms, drained_after
 from tests.procs import BGJOBS, ROOT
 
 
@@ -137,15 +137,5 @@ def _drain_pairs(c: psycopg.Connection, jobs: int, worker: subprocess.Popen[Any]
                   "INSERT INTO firsts SELECT id FROM i", [jobs // 2])
         c.execute("INSERT INTO background_jobs (job_type, depends_on) "
                   "SELECT 'noop', ARRAY[id] FROM firsts")
-    start = time.perf_counter()  # from the commit, as bench.workers._drain times its drain
-    deadline = start + max(60.0, jobs / 300)
-    while True:
-        left = c.execute("SELECT count(*) FROM background_jobs WHERE status <> 'complete'"
-                         ).fetchone()[0]
-        if left == 0:
-            return time.perf_counter() - start
-        if worker.poll() is not None:
-            raise RuntimeError(f"the worker exited with {worker.returncode}")
-        if time.perf_counter() > deadline:
-            raise RuntimeError(f"{left} of {jobs} paired jobs still not complete")
-        time.sleep(0.02)
+    # From the commit, as bench.workers._drain times its drain.
+    return drained_after(c, jobs, worker, time.perf_counter(), max(60.0, jobs / 300))

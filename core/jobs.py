@@ -117,10 +117,10 @@ class Workflow:
         return self.counts["waiting"] + self.counts["pending"] + self.counts["running"] == 0
 
     def to_json(self) -> dict[str, Any]:
-        by_status = {k: v for k, v in self.counts.items() if k not in ("total", "done")}
+        by_status = {k: v for k, v in self.counts.items() if k != "total"}
         return {
             "workflow_id": str(self.id),
-            "summary": {"total": self.counts["total"], "done": self.counts["done"],
+            "summary": {"total": self.counts["total"], "done": self.counts["complete"],
                         "finished": self.finished, "by_status": by_status,
                         "failed": str(self.failed) if self.failed else None},
             "jobs": [j.to_json() for j in self.jobs],

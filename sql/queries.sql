@@ -36,8 +36,8 @@ ORDER BY rank LIMIT 1
 -- Enqueue many jobs of one type in one statement, one per element of the JSON array `params`,
 -- in that order. Returns one row: the new ids in the order given, and created_at (the same for
 -- all); the rest is what was sent and the columns' defaults (Store.insert_jobs). With
--- depends_on (all the jobs wait for the same ones), returns the first job's status,
--- waiting_for, workflow_id and result too (the same for all of them).
+-- depends_on all the jobs wait for the same ones: so their status, waiting_for, workflow_id and
+-- result are the same for all, read from one of them.
 WITH new AS MATERIALIZED (
     SELECT gen_random_uuid() AS id, p.params, p.n
     FROM jsonb_array_elements(%(params)s::jsonb) WITH ORDINALITY AS p(params, n)
@@ -49,10 +49,9 @@ WITH new AS MATERIALIZED (
     FROM new ORDER BY n
     RETURNING id, status, waiting_for, workflow_id, result
 )
-SELECT array_agg(new.id ORDER BY n) AS ids, now() AS created_at,
-       (array_agg(i.status ORDER BY n))[1], (array_agg(i.waiting_for ORDER BY n))[1],
-       (array_agg(i.workflow_id ORDER BY n))[1], (array_agg(i.result ORDER BY n))[1]
-FROM new JOIN inserted i ON i.id = new.id
+SELECT (SELECT array_agg(id ORDER BY n) FROM new) AS ids, now() AS created_at,
+       i.status, i.waiting_for, i.workflow_id, i.result
+FROM (SELECT * FROM inserted LIMIT 1) AS i
 
 -- name: get_job
 -- One job, optionally only if it belongs to the given user.
@@ -508,7 +507,6 @@ FROM bgjobs_stuck ORDER BY heartbeat_at NULLS FIRST LIMIT %(limit)s
 -- A workflow's jobs counted by state (pending split into waiting and ready), and the first
 -- to fail for good or be cancelled (whatever was cancelled after it followed from it).
 SELECT count(*) AS total,
-       count(*) FILTER (WHERE status = 'complete') AS done,
        count(*) FILTER (WHERE status = 'pending' AND waiting_for > 0) AS waiting,
        count(*) FILTER (WHERE status = 'pending' AND waiting_for = 0) AS pending,
        count(*) FILTER (WHERE status = 'running') AS running,

@@ -10,6 +10,8 @@ No polling: the connection sleeps in the kernel until Postgres sends something.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from uuid import UUID
 
 import psycopg
@@ -43,24 +45,69 @@ def wait(job_id: UUID | str, timeout: float | None = None, *, user_id: int | Non
     LISTENs on BGJOBS_DIRECT_URL when that is set, else on the store's database).
     """
     job_id = parse_job_id(job_id)
+    deadline = _deadline(timeout)
+    store = store or default_store()
+    with _listening(store) as conn:
+        job = store.get_job(job_id, user_id)  # after LISTEN: nothing falls in between
+        while job.status not in FINISHED:
+            left = _left(deadline)
+            if left is not None and left <= 0:
+                raise WaitTimeout(f"job {job_id} is still {job.status} after {timeout}s", job)
+            if _finished_news(conn, job_id, left):
+                job = store.get_job(job_id, user_id)
+    return job
+
+
+def wait_workflow(workflow_id: UUID | str, timeout: float | None = None, *,
+                  user_id: int | None = None, store: Store | None = None) -> Workflow:
+    """The workflow once none of its jobs is pending or running (see ``wait``).
+
+    Re-read when a notification names one of its jobs, and at least every REREAD_SECONDS, for
+    jobs added to the workflow after the call began.
+    """
+    workflow_id = parse_job_id(workflow_id)
+    deadline = _deadline(timeout)
+    store = store or default_store()
+    with _listening(store) as conn:
+        workflow = store.get_workflow(workflow_id, user_id)
+        reread_at = time.monotonic() + REREAD_SECONDS
+        while not workflow.finished:
+            left = _left(deadline)
+            if left is not None and left <= 0:
+                raise WaitTimeout(f"workflow {workflow_id} is not finished after {timeout}s",
+                                  None, workflow)
+            until = reread_at - time.monotonic()
+            news = _news_about(conn, {job.id for job in workflow.jobs},
+                               until if left is None else min(left, until))
+            if news or time.monotonic() >= reread_at:
+                workflow = store.get_workflow(workflow_id, user_id)
+                reread_at = time.monotonic() + REREAD_SECONDS
+    return workflow
+
+
+#: How often ``wait_workflow`` re-reads a workflow that no notification named.
+REREAD_SECONDS = 1.0
+
+
+def _deadline(timeout: float | None) -> float | None:
     if timeout is not None and not timeout >= 0:
         raise ValueError(f"timeout must be a number of seconds >= 0, got {timeout!r}")
-    store = store or default_store()
-    deadline = None if timeout is None else time.monotonic() + timeout
+    return None if timeout is None else time.monotonic() + timeout
+
+
+def _left(deadline: float | None) -> float | None:
+    return None if deadline is None else deadline - time.monotonic()
+
+
+@contextmanager
+def _listening(store: Store) -> Iterator[psycopg.Connection]:
+    """A LISTEN connection of its own on background_jobs_progress (see the module docstring)."""
     url = config_mod.load().direct_url or str(store.pool.conninfo)
     try:
         with channels.listen(url, (channels.PROGRESS,), channels.WAIT).conn as conn:
-            job = store.get_job(job_id, user_id)  # after LISTEN: nothing falls in between
-            while job.status not in FINISHED:
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    raise WaitTimeout(f"job {job_id} is still {job.status} after {timeout}s",
-                                      job)
-                if _finished_news(conn, job_id, left):
-                    job = store.get_job(job_id, user_id)
+            yield conn
     except psycopg.OperationalError as exc:
         raise DatabaseUnavailable(f"lost the database while waiting: {first_line(exc)}") from exc
-    return job
 
 
 def _finished_news(conn: psycopg.Connection, job_id: UUID, timeout: float | None) -> bool:
@@ -81,43 +128,17 @@ def _finished_news(conn: psycopg.Connection, job_id: UUID, timeout: float | None
     return False
 
 
-def wait_workflow(workflow_id: UUID | str, timeout: float | None = None, *,
-                  user_id: int | None = None, store: Store | None = None) -> Workflow:
-    """The workflow once none of its jobs is pending or running (see ``wait``).
-
-    Woken by the notifications of its jobs; it also re-reads once a second, for jobs added to
-    the workflow after the call began.
-    """
-    workflow_id = parse_job_id(workflow_id)
-    if timeout is not None and not timeout >= 0:
-        raise ValueError(f"timeout must be a number of seconds >= 0, got {timeout!r}")
-    store = store or default_store()
-    deadline = None if timeout is None else time.monotonic() + timeout
-    url = config_mod.load().direct_url or str(store.pool.conninfo)
-    try:
-        with channels.listen(url, (channels.PROGRESS,), channels.WAIT).conn as conn:
-            workflow = store.get_workflow(workflow_id, user_id)
-            while not workflow.finished:
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    raise WaitTimeout(f"workflow {workflow_id} is not finished after "
-                                      f"{timeout}s", None, workflow)
-                ids = {job.id for job in workflow.jobs}
-                for note in conn.notifies(timeout=min(1.0, left if left is not None else 1.0),
-                                          stop_after=1):
-                    if _names_any(note.payload, ids):
-                        break
-                workflow = store.get_workflow(workflow_id, user_id)
-    except psycopg.OperationalError as exc:
-        raise DatabaseUnavailable(f"lost the database while waiting: {first_line(exc)}") from exc
-    return workflow
-
-
-def _names_any(raw: str, ids: set[UUID]) -> bool:
-    """Whether a progress notification is about one of ``ids`` (or too big to say)."""
-    payload = channels.parse_progress(raw)
-    if payload is None:
-        return False
-    if "ids" in payload:
-        return bool(ids.intersection(payload["ids"]))  # type: ignore[typeddict-item]
-    return payload["id"] in ids  # type: ignore[typeddict-item]
+def _news_about(conn: psycopg.Connection, ids: set[UUID], timeout: float) -> bool:
+    """Sleep until a notification names one of ``ids`` (True) or ``timeout`` ends (False)."""
+    end = time.monotonic() + timeout
+    while (left := end - time.monotonic()) > 0:
+        for note in conn.notifies(timeout=left, stop_after=1):
+            payload = channels.parse_progress(note.payload)
+            if payload is None:
+                continue
+            if "ids" in payload:
+                if ids.intersection(payload["ids"]):  # type: ignore[typeddict-item]
+                    return True
+            elif payload["id"] in ids:  # type: ignore[typeddict-item]
+                return True
+    return False

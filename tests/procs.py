@@ -118,3 +118,35 @@ def assert_no_tracebacks(*procs: Proc) -> None:
     bugs = [f"{proc.log_path.name}:\n{trace}" for proc in procs
             for trace in unexpected_tracebacks(proc.log_path.read_text())]
     assert not bugs, "traceback in a worker's log:\n" + "\n\n".join(bugs)
+
+
+def _parents() -> dict[int, list[int]]:
+    """Live processes by parent pid, read from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # gone meanwhile
+        # The command name may contain spaces; fields after the closing parenthesis are fixed.
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    return children
+
+
+def children_of(pid: int) -> set[int]:
+    """The live processes whose parent is ``pid``."""
+    return set(_parents().get(pid, []))
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live process below ``pid``."""
+    children = _parents()
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found

@@ -17,7 +17,7 @@ import pytest
 from bgjobs.core.db import make_pool
 from bgjobs.core.store import Store
 from tests.conftest import url_env
-from tests.procs import BGJOBS, Proc, free_port, wait_until
+from tests.procs import BGJOBS, Proc, children_of, free_port, wait_until
 
 WORKERS, THREADS = 2, 4
 
@@ -35,25 +35,10 @@ class Server:
 
     def workers(self) -> set[int]:
         """The pids of the gunicorn master's worker processes."""
-        return _children(self.proc.pid)
+        return children_of(self.proc.pid)
 
     def tail(self) -> str:
         return self.proc.output()[-4000:]
-
-
-def _children(pid: int) -> set[int]:
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # The command name may contain spaces; fields after the closing parenthesis are fixed.
-        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-            found.add(int(entry.name))
-    return found
 
 
 @pytest.fixture

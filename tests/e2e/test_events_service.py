@@ -432,14 +432,7 @@ def test_a_slow_reader_does_not_grow_memory(events: EventsService, store: Store,
         assert grown_mib < 25, f"RSS grew {grown_mib:.0f} MiB for a reader that reads nothing"
 
         store.complete([(attempt, "done", None)])
-        body = head
-        while not body.endswith(b"0\r\n\r\n"):
-            chunk = sock.recv(1 << 16)
-            if not chunk:
-                break
-            body += chunk
-    received = [json.loads(line[5:]) for line in body.decode().splitlines()
-                if line.startswith("data:")]
+        received = read_to_end(sock, head)
     versions = [r["version"] for r in received]
     assert versions == sorted(set(versions))
     assert received[-1]["status"] == "complete"
@@ -452,3 +445,15 @@ def _rss_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise AssertionError("no VmRSS")
+
+
+def read_to_end(sock: socket.socket, head: bytes) -> list[dict]:
+    """The events of a chunked stream whose first bytes were ``head``, read until it ends."""
+    body = head
+    while not body.endswith(b"0\r\n\r\n"):
+        chunk = sock.recv(1 << 16)
+        if not chunk:
+            break
+        body += chunk
+    return [json.loads(line[5:]) for line in body.decode().splitlines()
+            if line.startswith("data:")]

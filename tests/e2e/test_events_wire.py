@@ -12,7 +12,14 @@ import pytest
 
 from bgjobs.core.store import Store
 from tests.conftest import add_job
-from tests.e2e.test_events_service import EventsService, Reader, auth, claim, start_events
+from tests.e2e.test_events_service import (
+    EventsService,
+    Reader,
+    auth,
+    claim,
+    read_to_end,
+    start_events,
+)
 
 
 @pytest.fixture
@@ -74,14 +81,7 @@ def test_a_reader_that_stops_reading_is_handed_back_to_its_task_and_gets_the_fin
                                    "the stalled stream handed back to its task", 60)
         assert stats["pending_max"] <= 1, stats
         store.complete([(attempt, "done", None)])
-        body = head
-        while not body.endswith(b"0\r\n\r\n"):
-            chunk = sock.recv(1 << 16)
-            if not chunk:
-                break
-            body += chunk
-    received = [json.loads(line[5:]) for line in body.decode().splitlines()
-                if line.startswith("data:")]
+        received = read_to_end(sock, head)
     versions = [r["version"] for r in received]
     assert versions == sorted(set(versions))
     assert received[-1]["status"] == "complete"

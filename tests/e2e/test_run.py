@@ -21,27 +21,7 @@ import pytest
 from bgjobs.core import embedded, migrate
 from bgjobs.server.auth import SESSION_COOKIE
 from tests.e2e.test_events_service import Reader, auth
-from tests.procs import BGJOBS, Proc, free_port, wait_until
-
-
-def descendants(pid: int) -> set[int]:
-    """Every live process below ``pid`` (read from /proc)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue  # gone meanwhile
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = set(), [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.add(child)
-            todo.append(child)
-    return found
+from tests.procs import BGJOBS, Proc, descendants, free_port, wait_until
 
 
 def alive(pid: int) -> bool:
