@@ -36,6 +36,10 @@ PREPARE_THRESHOLD = 5
 #: that binds a prepared statement of another session through a pooler), a shutdown, a server
 #: that is starting or full.
 _OUTAGE_STATES = frozenset({"57P01", "57P02", "57P03", "53300"})
+#: What PgBouncer answers, as a plain ERROR 08P01, when it has no server to run a query on
+#: (Postgres restarting or gone): the session works again once Postgres is back.
+_POOLER_NO_SERVER = ("server login has been failing", "query_wait_timeout",
+                     "server conn crashed", "cannot connect to server")
 
 
 def is_outage(exc: BaseException) -> bool:
@@ -43,7 +47,8 @@ def is_outage(exc: BaseException) -> bool:
 
     An error with no SQLSTATE is the client's own (the socket broke); FATAL and PANIC end the
     session, from Postgres or from a pooler (PgBouncer sends 08P01 FATAL when it cannot reach
-    the server), while the same 08P01 as an ERROR leaves a working session behind.
+    the server), while the same 08P01 as an ERROR leaves a working session behind: an outage
+    only when PgBouncer says it has no server (a Postgres restarting behind it).
     """
     if isinstance(exc, PoolTimeout):
         return True
@@ -54,7 +59,9 @@ def is_outage(exc: BaseException) -> bool:
         return isinstance(exc, psycopg.OperationalError)
     if exc.diag.severity_nonlocalized in ("FATAL", "PANIC"):
         return True
-    return (state.startswith("08") and state != "08P01") or state in _OUTAGE_STATES
+    if state == "08P01":
+        return any(words in (exc.diag.message_primary or "") for words in _POOLER_NO_SERVER)
+    return state.startswith("08") or state in _OUTAGE_STATES
 
 
 def is_direct(conn: psycopg.Connection) -> bool:

@@ -60,7 +60,8 @@ class Pooler:
         return self.proc.output()
 
 
-def config(server_url: str, port: int, mode: str, folder: Path) -> str:
+def config(server_url: str, port: int, mode: str, folder: Path,
+           settings: dict[str, str] | None = None) -> str:
     """The pgbouncer.ini: PgBouncer's defaults but the pool mode (docs/operations.md shows the
     same settings); every database of the server, as the user the client names."""
     server = conninfo_to_dict(server_url)
@@ -79,16 +80,18 @@ def config(server_url: str, port: int, mode: str, folder: Path) -> str:
         f"auth_file = {folder / 'userlist.txt'}",
         f"pool_mode = {mode}",
     ]
+    lines += [f"{name} = {value}" for name, value in (settings or {}).items()]
     if os.geteuid() == 0:
         lines.append(f"user = {UNPRIVILEGED_USER}")
     return "\n".join(lines) + "\n"
 
 
 @contextmanager
-def pgbouncer(server_url: str, mode: str = "transaction",
-              target_url: str | None = None) -> Iterator[Pooler]:
+def pgbouncer(server_url: str, mode: str = "transaction", target_url: str | None = None,
+              settings: dict[str, str] | None = None) -> Iterator[Pooler]:
     """A PgBouncer in ``mode`` in front of ``server_url``'s server (or ``target_url``'s, which
-    may be a server that is not there), stopped and removed afterwards."""
+    may be a server that is not there), stopped and removed afterwards; ``settings`` are added
+    to its defaults."""
     exe = binary()
     # Not under pytest's temp root (0700): PgBouncer runs as another user when we are root.
     folder = Path(tempfile.mkdtemp(prefix="bgjobs-test-pgbouncer-"))
@@ -96,7 +99,7 @@ def pgbouncer(server_url: str, mode: str = "transaction",
     port = free_port()
     user = conninfo_to_dict(server_url).get("user") or pwd.getpwuid(os.geteuid()).pw_name
     (folder / "userlist.txt").write_text(f'"{user}" ""\n')
-    ini = config(target_url or server_url, port, mode, folder)
+    ini = config(target_url or server_url, port, mode, folder, settings)
     (folder / "pgbouncer.ini").write_text(ini)
     for path in folder.iterdir():
         path.chmod(0o644)

@@ -198,6 +198,26 @@ def test_a_pooler_whose_postgres_is_gone_is_an_outage(server_url: str) -> None:
             pool.close()
 
 
+def test_postgres_restarting_behind_it_is_an_outage_not_a_refused_statement(
+        private_cluster) -> None:
+    """After Postgres went away under an open pool, PgBouncer answers with its own ERRORs
+    ("server conn crashed?", "query_wait_timeout", "server login has been failing"):
+    an outage, so the API answers 503 and the worker backs off, without a traceback."""
+    direct = private_cluster.url()
+    # Its default query_wait_timeout holds a query 120 s before it answers.
+    with pgbouncer(direct, "transaction", settings={"query_wait_timeout": "3"}) as pooler:
+        pool = make_pool(pooler.url(direct), min_size=1, max_size=1, timeout=2)
+        try:
+            store = Store(pool)
+            store.get_jobs([])
+            private_cluster.stop()
+            for _ in range(3):  # each answer PgBouncer gives while it cannot log in
+                with pytest.raises(DatabaseUnavailable):
+                    store.get_jobs([])
+        finally:
+            pool.close()
+
+
 # Transaction mode: the whole life of jobs ---------------------------------------------------
 
 
