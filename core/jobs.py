@@ -249,14 +249,24 @@ def time_out_of_range(name: str, value: datetime) -> str | None:
             f"job, use {PARKED.isoformat()}), got {value.isoformat()}")
 
 
+def jsonb_text(value: Any) -> str:
+    """``value`` as the JSON text Postgres' jsonb will store; ValueError says why it cannot
+    (not JSON, NaN, a NUL character). The enqueue path sends this text, encoded once."""
+    try:
+        text = json.dumps(value, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"is not JSON: {exc}") from None
+    if "\\u0000" in text:
+        raise ValueError("contains a NUL character, which Postgres cannot store")
+    return text
+
+
 def unstorable(value: Any) -> str | None:
     """Why Postgres' jsonb cannot hold ``value`` (not JSON, NaN, a NUL character), or None."""
     try:
-        text = json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        return f"is not JSON: {exc}"
-    if "\\u0000" in text:
-        return "contains a NUL character, which Postgres cannot store"
+        jsonb_text(value)
+    except ValueError as exc:
+        return str(exc)
     return None
 
 

@@ -25,7 +25,7 @@ from bgjobs.core import config as config_mod
 from bgjobs.core.db import database_url, make_pool
 from bgjobs.core.errors import Conflict, InvalidParams, NotFound
 from bgjobs.core.errors import InvalidRequest as InvalidRequest
-from bgjobs.core.jobs import Job, parse_job_id, time_out_of_range, unstorable
+from bgjobs.core.jobs import Job, jsonb_text, parse_job_id, time_out_of_range, unstorable
 from bgjobs.core.store import NewJob, Store
 from bgjobs.tasks import registry
 
@@ -86,13 +86,14 @@ def submit(
 ) -> Enqueued:
     """``enqueue``, also telling whether the job is new or an idempotency-key replay."""
     task = registry.get(job_type)
-    checked = _storable(task.validate(params))
+    checked = task.validate(params)
+    params_json = _storable(checked)
     _check_priority(priority)
     run_after = _check_run_after(run_after)
     _check_idempotency_key(idempotency_key)
     new = NewJob(task.name, checked, user_id, priority, run_after, task.max_attempts,
                  idempotency_key, task.exclusive, dependency_ids(after),
-                 run_if_dependency_fails, _workflow_id(workflow_id))
+                 run_if_dependency_fails, _workflow_id(workflow_id), params_json)
     job, created = (store or default_store()).insert_job(new, conn=conn)
     if not created and (job.job_type != task.name or job.params != checked):
         raise Conflict("the idempotency key was already used for a different job", job.id)
@@ -232,12 +233,13 @@ def _workflow_id(value: UUID | str | None) -> UUID | None:
         raise InvalidRequest(f"workflow_id must be a UUID, got {value!r}") from None
 
 
-def _storable(params: dict[str, Any]) -> dict[str, Any]:
-    """Refuse what jsonb cannot hold before the database would (and abort the caller's work)."""
-    problem = unstorable(params)
-    if problem:
-        raise InvalidParams(f"params {problem}")
-    return params
+def _storable(params: dict[str, Any]) -> str:
+    """The params as jsonb text; refuses what jsonb cannot hold before the database would
+    (and abort the caller's work)."""
+    try:
+        return jsonb_text(params)
+    except ValueError as exc:
+        raise InvalidParams(f"params {exc}") from None
 
 
 def _check_priority(priority: int) -> None:
