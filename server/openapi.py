@@ -11,12 +11,11 @@ from typing import Any
 
 from bgjobs.server.api_input import (
     CURSOR_PATTERN,
-    IDEMPOTENCY_KEY_PATTERN,
     LIMIT_DEFAULT,
     LIMIT_MAX,
     TYPE_QUERY_PATTERN,
 )
-from bgjobs.tasks.enqueue import PRIORITY_MAX, PRIORITY_MIN
+from bgjobs.tasks.enqueue import IDEMPOTENCY_KEY_PATTERN, PRIORITY_MAX, PRIORITY_MIN
 
 _STATUSES = ["pending", "running", "complete", "error", "cancelled"]
 _SEED = ["validation", "optimization", "rescoring"]

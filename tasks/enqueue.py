@@ -12,6 +12,7 @@ use against DATABASE_URL (or the running embedded cluster); ``configure()`` poin
 from __future__ import annotations
 
 import os
+import re
 import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -31,6 +32,12 @@ from bgjobs.tasks import registry
 
 PRIORITY_MIN, PRIORITY_MAX = -1000, 1000
 IDEMPOTENCY_KEY_MAX = 255
+#: An idempotency key, wherever it comes from: visible ASCII with spaces only inside, so that a
+#: key made in Python can be replayed as an HTTP Idempotency-Key header (HTTP strips outer
+#: spaces and carries only ASCII reliably), and the other way round.
+IDEMPOTENCY_KEY_PATTERN = rf"^[!-~]([ -~]{{0,{IDEMPOTENCY_KEY_MAX - 2}}}[!-~])?$"
+IDEMPOTENCY_KEY_RULE = (f"an idempotency key is 1 to {IDEMPOTENCY_KEY_MAX} printable ASCII "
+                        "characters (spaces only inside)")
 
 
 class Enqueued(NamedTuple):
@@ -90,7 +97,7 @@ def submit(
     params_json = _storable(checked)
     _check_priority(priority)
     run_after = _check_run_after(run_after)
-    _check_idempotency_key(idempotency_key)
+    check_idempotency_key(idempotency_key)
     new = NewJob(task.name, checked, user_id, priority, run_after, task.max_attempts,
                  idempotency_key, task.exclusive, dependency_ids(after),
                  run_if_dependency_fails, _workflow_id(workflow_id), params_json)
@@ -265,10 +272,10 @@ def _check_run_after(run_after: datetime | None) -> datetime | None:
     return run_after.astimezone(UTC)
 
 
-def _check_idempotency_key(key: str | None) -> None:
+def check_idempotency_key(key: str | None) -> None:
+    """InvalidRequest unless ``key`` is None or follows IDEMPOTENCY_KEY_PATTERN (one rule for
+    the Python API and the HTTP header)."""
     if key is None:
         return
-    if (not isinstance(key, str) or not key or len(key) > IDEMPOTENCY_KEY_MAX
-            or not key.isprintable()):
-        raise InvalidRequest(
-            f"an idempotency key is 1 to {IDEMPOTENCY_KEY_MAX} printable characters")
+    if not isinstance(key, str) or not re.fullmatch(IDEMPOTENCY_KEY_PATTERN, key):
+        raise InvalidRequest(IDEMPOTENCY_KEY_RULE)

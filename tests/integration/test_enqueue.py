@@ -86,6 +86,11 @@ def test_the_task_fills_defaults_and_sets_attempts_and_exclusivity(store: Store)
      bgjobs.InvalidRequest, "timezone"),
     (lambda s: bgjobs.enqueue("noop", idempotency_key="", store=s), bgjobs.InvalidRequest,
      "idempotency key"),
+    # One rule with the HTTP header's: a key made here can be replayed over HTTP.
+    (lambda s: bgjobs.enqueue("noop", idempotency_key="commande-été", store=s),
+     bgjobs.InvalidRequest, "printable ASCII"),
+    (lambda s: bgjobs.enqueue("noop", idempotency_key=" order-7", store=s),
+     bgjobs.InvalidRequest, "spaces only inside"),
     (lambda s: bgjobs.enqueue_many("rescoring", [{}, {}], store=s), bgjobs.InvalidRequest,
      "exclusive"),
     (lambda s: bgjobs.enqueue_many("noop", [{}, {"bogus": 1}], store=s),
