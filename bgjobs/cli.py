@@ -396,7 +396,7 @@ def cmd_schedules(ns: argparse.Namespace, cfg: Config) -> int:
 
 def cmd_schedule_run(ns: argparse.Namespace, cfg: Config) -> int:
     registry.load_tasks(cfg.task_modules)
-    job = schedules.run_now(_store(cfg), ns.name)
+    job = enqueue.run_schedule_now(_store(cfg), ns.name)
     print(job.id)
     return 0
 

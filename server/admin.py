@@ -19,7 +19,7 @@ from bgjobs.core.jobs import Status, User, parse_job_id
 from bgjobs.core.store import Store
 from bgjobs.server import api_input
 from bgjobs.server.errors import ApiError
-from bgjobs.tasks import registry, schedules
+from bgjobs.tasks import enqueue, registry, schedules
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ def register(app: Flask, store: Store, authenticate: Callable[[], User]) -> None
 
     @bp.post("/schedules/<name>/run")
     def run_schedule(name: str) -> tuple[Response, int]:
-        job = schedules.run_now(store, name)
+        job = enqueue.run_schedule_now(store, name)
         log.info("schedule %s run now by admin %s: job %s", name, g.user.id, job.id)
         response = jsonify(job.to_json())
         response.headers["Location"] = f"/api/jobs/{job.id}"

@@ -168,6 +168,17 @@ def cancel(job_id: UUID | str, *, user_id: int | None = None, store: Store | Non
     return (store or default_store()).cancel(parse_job_id(job_id), user_id)
 
 
+def run_schedule_now(store: Store, name: str, *, user_id: int | None = None) -> Job:
+    """Enqueue a schedule's job at once, through the one enqueue path; its ticks are unchanged.
+
+    Here rather than in tasks/schedules.py: schedules is imported by the registry (to check
+    cron expressions), which this module imports; a schedules module that enqueued made a loop.
+    """
+    schedule = store.get_schedule(name)
+    return enqueue(schedule.job_type, schedule.params, priority=schedule.priority,
+                   user_id=user_id, store=store)
+
+
 # The process's own pool --------------------------------------------------------------------
 
 _lock = threading.Lock()

@@ -14,10 +14,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from cronsim import CronSim, CronSimError
 
 from bgjobs.core.errors import InvalidSchedule as InvalidSchedule
-from bgjobs.core.jobs import Job
-from bgjobs.core.store import Store
 from bgjobs.core.store_ops import Schedule
-from bgjobs.tasks.enqueue import enqueue
 
 
 def zone(name: str) -> ZoneInfo:
@@ -70,10 +67,3 @@ def describe(schedule: Schedule, now: datetime | None = None) -> dict[str, Any]:
         "last_job_id": str(schedule.last_job_id) if schedule.last_job_id else None,
         "problem": problem,
     }
-
-
-def run_now(store: Store, name: str, *, user_id: int | None = None) -> Job:
-    """Enqueue a schedule's job at once, through the one enqueue path; its ticks are unchanged."""
-    schedule = store.get_schedule(name)
-    return enqueue(schedule.job_type, schedule.params, priority=schedule.priority,
-                   user_id=user_id, store=store)

@@ -55,3 +55,50 @@ def test_the_layer_rule_sees_the_imports_it_checks():
     # A rule that read nothing would pass anything: the API does import the lower layers.
     found = {module for _, module in imports(ROOT / "server" / "api.py")}
     assert {"bgjobs.core.store", "bgjobs.tasks"} <= found
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts if parts[0] == "bgjobs" else ["bgjobs", *parts])
+
+
+def runtime_imports(path: Path) -> set[str]:
+    """The bgjobs modules a file imports when it runs (``if TYPE_CHECKING:`` blocks left out),
+    at module level or inside a function alike."""
+    found: set[str] = set()
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
+            return
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(ast.parse(path.read_text(), str(path)))
+    return found
+
+
+def test_no_module_imports_itself_round_a_loop():
+    # enqueue -> registry -> schedules -> enqueue was one (issue 15): each module of a loop
+    # works only if the others happen to be imported first.
+    modules = {module_name(p): p for p in sources()}
+    graph = {name: runtime_imports(path) & set(modules) - {name}
+             for name, path in modules.items()}
+    loops = []
+    for start in graph:
+        seen, todo = set(), list(graph[start])
+        while todo:
+            name = todo.pop()
+            if name == start:
+                loops.append(start)
+                break
+            if name not in seen:
+                seen.add(name)
+                todo.extend(graph[name])
+    assert not loops, f"modules on an import loop: {sorted(loops)}"
