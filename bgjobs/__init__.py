@@ -50,34 +50,37 @@ _EXPORTS = {
     "DatabaseUnavailable": "bgjobs.core.errors",
 }
 
-__all__ = [
-    "BgjobsError", "Conflict", "DatabaseUnavailable", "InvalidInput", "InvalidParams",
-    "InvalidRequest", "Job", "JobCancelled", "JobContext", "NonRetryable", "NotFound", "Param",
-    "Status", "UnknownTask", "WaitTimeout", "Workflow", "cancel", "configure", "enqueue",
-    "enqueue_many", "get_job", "get_workflow", "task", "wait", "wait_workflow", "workflow",
-]
+#: The public names: ``_EXPORTS`` says where each lives; the TYPE_CHECKING block below says the
+#: same for type checkers and editors (tests/unit/test_layers.py checks that the two agree).
+__all__ = sorted(_EXPORTS)
 
-if TYPE_CHECKING:
-    from bgjobs.core.errors import (
-        BgjobsError,
-        Conflict,
-        DatabaseUnavailable,
-        InvalidInput,
-        NotFound,
-    )
-    from bgjobs.core.jobs import Job, Status, Workflow
-    from bgjobs.tasks.context import JobCancelled, JobContext
-    from bgjobs.tasks.enqueue import (
-        InvalidRequest,
-        cancel,
-        configure,
-        enqueue,
-        enqueue_many,
-        get_job,
-    )
-    from bgjobs.tasks.registry import InvalidParams, NonRetryable, Param, UnknownTask, task
-    from bgjobs.tasks.wait import WaitTimeout, wait, wait_workflow
-    from bgjobs.tasks.workflow import get_workflow, workflow
+if TYPE_CHECKING:  # `name as name`: re-exported, for type checkers and editors
+    from bgjobs.core.errors import BgjobsError as BgjobsError
+    from bgjobs.core.errors import Conflict as Conflict
+    from bgjobs.core.errors import DatabaseUnavailable as DatabaseUnavailable
+    from bgjobs.core.errors import InvalidInput as InvalidInput
+    from bgjobs.core.errors import NotFound as NotFound
+    from bgjobs.core.jobs import Job as Job
+    from bgjobs.core.jobs import Status as Status
+    from bgjobs.core.jobs import Workflow as Workflow
+    from bgjobs.tasks.context import JobCancelled as JobCancelled
+    from bgjobs.tasks.context import JobContext as JobContext
+    from bgjobs.tasks.enqueue import InvalidRequest as InvalidRequest
+    from bgjobs.tasks.enqueue import cancel as cancel
+    from bgjobs.tasks.enqueue import configure as configure
+    from bgjobs.tasks.enqueue import enqueue as enqueue
+    from bgjobs.tasks.enqueue import enqueue_many as enqueue_many
+    from bgjobs.tasks.enqueue import get_job as get_job
+    from bgjobs.tasks.registry import InvalidParams as InvalidParams
+    from bgjobs.tasks.registry import NonRetryable as NonRetryable
+    from bgjobs.tasks.registry import Param as Param
+    from bgjobs.tasks.registry import UnknownTask as UnknownTask
+    from bgjobs.tasks.registry import task as task
+    from bgjobs.tasks.wait import WaitTimeout as WaitTimeout
+    from bgjobs.tasks.wait import wait as wait
+    from bgjobs.tasks.wait import wait_workflow as wait_workflow
+    from bgjobs.tasks.workflow import get_workflow as get_workflow
+    from bgjobs.tasks.workflow import workflow as workflow
 
 
 def __getattr__(name: str) -> Any:

@@ -102,3 +102,18 @@ def test_no_module_imports_itself_round_a_loop():
                 seen.add(name)
                 todo.extend(graph[name])
     assert not loops, f"modules on an import loop: {sorted(loops)}"
+
+
+def test_the_public_names_and_what_type_checkers_see_agree():
+    # bgjobs/__init__.py loads its names on first use (_EXPORTS); type checkers read the
+    # TYPE_CHECKING imports instead. A name added to one and not the other would be a name
+    # that works but does not type-check, or type-checks but does not work.
+    import bgjobs
+
+    tree = ast.parse((ROOT / "bgjobs" / "__init__.py").read_text())
+    block = next(node for node in tree.body if isinstance(node, ast.If)
+                 and getattr(node.test, "id", None) == "TYPE_CHECKING")
+    seen = {alias.asname or alias.name: node.module for node in block.body
+            if isinstance(node, ast.ImportFrom) for alias in node.names}
+    assert seen == bgjobs._EXPORTS
+    assert bgjobs.__all__ == sorted(bgjobs._EXPORTS)
