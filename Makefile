@@ -13,9 +13,17 @@ help: ## List the targets
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "make: no python3.11 or python3 on PATH (set PYTHON=...)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,embedded]'
+	$(BIN)/pip install --quiet --upgrade pip 'setuptools>=70.1'
+	$(MAKE) --no-print-directory links
 	touch $(STAMP)
+
+# The package as it imports (bgjobs.core from core/, and so on: pyproject.toml) is a tree of
+# links that setuptools' strict editable mode lays out under build/: the venv's Python, mypy
+# (mypy_path), pyright (stubPath) and editors read it. It holds the files there were when it
+# was made, so adding or removing a module or SQL file takes `make links`
+# (tests/unit/test_layout.py says so when it is due).
+links: ## Remake the package's link tree (after adding or removing a module or SQL file)
+	$(BIN)/pip install --quiet -e '.[dev,embedded]' --config-settings editable_mode=strict
 
 install: $(STAMP) ## Create the venv and install bgjobs with its dev tools and embedded Postgres
 
@@ -32,18 +40,13 @@ seed-app: $(STAMP) ## Run examples/seed_app: the seed's Flask app on bgjobs (Ctr
 	cd examples/seed_app && $(CURDIR)/$(BIN)/python run.py
 
 bench: $(STAMP) ## Run the benchmarks against pgqueuer (~30 min; BENCH_ARGS="--only events --quick")
-	$(BIN)/pip install --quiet -e '.[dev,embedded,bench]'
+	$(BIN)/pip install --quiet -e '.[dev,embedded,bench]' --config-settings editable_mode=strict
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
-# mypy reads packages from folders named as they import; the checkout maps bgjobs.core to
-# core/ (and so on, see pyproject.toml), so it checks a tree of links laid out as installed.
-TYPECHECK := build/typecheck
-lint: $(STAMP) ## ruff, and mypy over the bgjobs package
+lint: $(STAMP) ## ruff, mypy and pyright over the bgjobs package
 	$(BIN)/ruff check .
-	@rm -rf $(TYPECHECK) && mkdir -p $(TYPECHECK)/bgjobs
-	@ln -s $(CURDIR)/bgjobs/*.py $(TYPECHECK)/bgjobs/
-	@for d in core tasks server worker sql; do ln -s $(CURDIR)/$$d $(TYPECHECK)/bgjobs/$$d; done
-	cd $(TYPECHECK) && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml -p bgjobs
+	$(BIN)/mypy -p bgjobs
+	$(BIN)/pyright
 
 migrate: $(STAMP) ## Apply the SQL migrations
 	$(BIN)/bgjobs migrate
@@ -57,4 +60,4 @@ db-reset: $(STAMP) ## Delete the embedded cluster (all its data) and start afres
 clean: ## Remove the venv and caches (keeps the embedded database)
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache *.egg-info build
 
-.PHONY: help install run test test-postgres bench lint migrate psql db-reset clean seed-app
+.PHONY: help install links run test test-postgres bench lint migrate psql db-reset clean seed-app

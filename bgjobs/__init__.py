@@ -19,7 +19,14 @@ here. See docs/tasks.md.
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from typing import TYPE_CHECKING, Any
+
+# In a checkout, the folder bgjobs/ holds only the top of the package (core/, tasks/, ... sit
+# beside it, docs/architecture.md), and a script run from the checkout finds that folder
+# first. The editable install's link tree holds the whole package: add it to this package's
+# path, as Python's own pkgutil-style namespace packages do. Installed, it adds nothing.
+__path__ = pkgutil.extend_path(__path__, __name__)
 
 _EXPORTS = {
     "task": "bgjobs.tasks.registry",

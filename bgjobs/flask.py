@@ -280,6 +280,6 @@ def settings(app: Flask) -> config_mod.Config:
         if not ok:
             raise config_mod.ConfigError(f"app.config[{key!r}] must be {wanted}, got {value!r}")
         if field == "database_url":
-            config_mod.check_database_url(f"app.config[{key!r}]", value)
+            config_mod.check_database_url(f"app.config[{key!r}]", str(value))
         overrides[field] = value
     return dataclasses.replace(config_mod.load(), **overrides)

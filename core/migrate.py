@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from functools import partial
 from importlib.resources import files
 from importlib.resources.abc import Traversable
+from typing import LiteralString, cast
 
 import psycopg
 from psycopg import sql
@@ -81,7 +82,7 @@ class LockPolicy:
 class Migration:
     version: int
     name: str
-    sql: str
+    sql: LiteralString  # the package's own file (or the host's migrations folder), not input
 
     @property
     def checksum(self) -> str:
@@ -120,7 +121,8 @@ def discover(directory: Traversable | None = None) -> list[Migration]:
         match = _FILENAME.match(path.name)
         if not match:
             raise MigrationError(f"bad migration file name {path.name!r}: want NNN_name.sql")
-        migration = Migration(int(match.group(1)), path.name, path.read_text(encoding="utf-8"))
+        migration = Migration(int(match.group(1)), path.name,
+                              cast(LiteralString, path.read_text(encoding="utf-8")))
         if not migration.transactional and (len(_statements(migration.sql)) != 1
                                             or "$" in migration.sql):
             raise MigrationError(f"{path.name} is marked {NO_TRANSACTION!r} but does not hold "
@@ -140,7 +142,8 @@ def baseline() -> Migration:
     match = _FILENAME.match(path.name)
     if not match:
         raise MigrationError(f"bad baseline file name {path.name!r}: want NNN_name.sql")
-    return Migration(int(match.group(1)), path.name, path.read_text(encoding="utf-8"))
+    return Migration(int(match.group(1)), path.name,
+                     cast(LiteralString, path.read_text(encoding="utf-8")))
 
 
 def apply(conn: psycopg.Connection, directory: Traversable | None = None, *,

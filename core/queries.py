@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from functools import cache
 from importlib.resources import files
+from typing import LiteralString, cast
 
 _NAME = re.compile(r"^--\s*name:\s*(\w+)\s*$", re.MULTILINE)
 
@@ -27,6 +28,6 @@ def load() -> dict[str, str]:
     return parse(files("bgjobs.sql").joinpath("queries.sql").read_text(encoding="utf-8"))
 
 
-def q(name: str) -> str:
-    """The SQL of one named query."""
-    return load()[name]
+def q(name: str) -> LiteralString:
+    """The SQL of one named query (the package's own text, so a literal to psycopg's types)."""
+    return cast(LiteralString, load()[name])

@@ -17,10 +17,12 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
+# psycopg types row factories with BaseCursor, re-exported by psycopg.cursor from a private
+# module without __all__, which pyright reads as a private import (the ignore below).
 import psycopg
 from psycopg.abc import AdaptContext, Buffer
 from psycopg.adapt import Loader
-from psycopg.cursor import BaseCursor
+from psycopg.cursor import BaseCursor  # pyright: ignore[reportPrivateImportUsage]
 from psycopg.postgres import types as pg_types
 from psycopg.pq import Format
 from psycopg.rows import BaseRowFactory, RowMaker

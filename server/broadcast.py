@@ -140,7 +140,9 @@ class Subscription:
         if waiter is None or waiter.done():
             return  # its task is busy: it takes what waits before it waits again
         if self.wire is not None and not self.closed:
-            self.wire.ready(self)  # no task switch: the fan-out writes it with the others
+            # no task switch: the fan-out writes it with the others (pyright: fanout.py's
+            # Subscription comes through an import loop under TYPE_CHECKING, which it misreads)
+            self.wire.ready(self)  # pyright: ignore[reportArgumentType]
         else:
             waiter.set_result(None)
 

@@ -33,11 +33,13 @@ def _json_errors_in_asgi():
 
     from bgjobs.server.errors import raw_response
 
+    # gunicorn's private ASGI internals, patched on purpose: pyright flags each private name.
     def send_error(self, status, message, extra_headers=()):
-        reason = protocol._REASON_PHRASES.get(status) or HTTPStatus(status).phrase
+        reason = (protocol._REASON_PHRASES.get(status)  # pyright: ignore[reportAttributeAccessIssue]
+                  or HTTPStatus(status).phrase)
         self._safe_write(raw_response(status, reason, message, tuple(extra_headers)))
 
-    protocol.ASGIProtocol._send_error_response = send_error
+    protocol.ASGIProtocol._send_error_response = send_error  # pyright: ignore[reportAttributeAccessIssue]
 
 
 def _transport_in_scope():
@@ -48,7 +50,8 @@ def _transport_in_scope():
 
     from bgjobs.server.fanout import EXTENSION
 
-    build = protocol.ASGIProtocol._build_http_scope
+    # A private name of gunicorn's, patched on purpose (pyright flags each use).
+    build = protocol.ASGIProtocol._build_http_scope  # pyright: ignore[reportAttributeAccessIssue]
 
     def build_http_scope(self, request, sockname, peername):
         scope = build(self, request, sockname, peername)
@@ -56,7 +59,7 @@ def _transport_in_scope():
             scope.setdefault("extensions", {})[EXTENSION] = self.transport
         return scope
 
-    protocol.ASGIProtocol._build_http_scope = build_http_scope
+    protocol.ASGIProtocol._build_http_scope = build_http_scope  # pyright: ignore[reportAttributeAccessIssue]
 
 
 if service == "events":
