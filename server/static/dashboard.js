@@ -50,7 +50,8 @@ async function boot() {
   $("#sign-in-form").addEventListener("submit", signIn);
   $("#sign-out").addEventListener("click", signOut);
   for (const button of document.querySelectorAll("[data-start]")) {
-    button.addEventListener("click", () => startJob(button.dataset.start, button));
+    const params = JSON.parse(button.dataset.params || "{}");
+    button.addEventListener("click", () => startJob(button.dataset.start, button, params));
   }
   $("#start-workflow").addEventListener("click", (event) => startWorkflow(event.target));
   $("#close-workflow").addEventListener("click", () => showWorkflow(null));
@@ -192,11 +193,11 @@ function setConn(state) {
 
 // Actions ---------------------------------------------------------------------------------
 
-async function startJob(type, button) {
+async function startJob(type, button, params = {}) {
   button.disabled = true;
   notice("");
   try {
-    upsert(await api("POST", "/api/jobs", { type, params: {} }));
+    upsert(await api("POST", "/api/jobs", { type, params }));
   } catch (err) {
     if (err.status === 401) signedOut("Your session has ended: sign in again.");
     else if (err.status === 409) {
@@ -427,11 +428,11 @@ function el(tag, className = "", text = "") {
 // depends on), filled in live by the same stream as the cards.
 
 const workflow = { id: null, nodes: new Map() }; // id -> newest job of the shown workflow
-// The steps of "Run all three as a workflow", sized to finish in seconds.
+// The steps of "Run three as a workflow", each after the one before, finished in seconds.
 const WORKFLOW_STEPS = [
-  ["validation", { tickers: 20, years: 2, bootstrap: 10 }],
-  ["optimization", { tickers: 20, years: 2, population: 8, generations: 6 }],
-  ["rescoring", { tickers: 20, years: 2, simulations: 200 }],
+  ["demo", { seconds: 2, steps: 10 }],
+  ["demo", { seconds: 3, steps: 10 }],
+  ["demo", { seconds: 2, steps: 10 }],
 ];
 
 async function startWorkflow(button) {

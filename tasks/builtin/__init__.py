@@ -1,3 +1,3 @@
-"""The product's job types. Importing this package registers them."""
+"""The library's own job types, for trying bgjobs out. Importing this package registers them."""
 
-from bgjobs.tasks.builtin import noop, optimization, rescoring, validation  # noqa: F401
+from bgjobs.tasks.builtin import demo, noop, optimization, rescoring, validation  # noqa: F401

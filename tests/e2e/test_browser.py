@@ -126,24 +126,25 @@ def test_dashboard_shows_live_progress_cancels_and_never_polls(stack: Stack,
         assert page.text_content("#conn") == "Live"
         page.evaluate(WATCH_BARS)
 
-        page.click("[data-start='validation']")
-        card = page.wait_for_selector(".job:has(.type:text-is('validation'))")
-        validation = card.get_attribute("data-job-id")
-        page.click("[data-start='optimization']")
-        card = page.wait_for_selector(".job:has(.type:text-is('optimization'))")
-        optimization = card.get_attribute("data-job-id")
+        # A demo job that finishes in seconds, and a long one to cancel while it runs.
+        page.click("[data-start='demo']:not([data-params])")
+        card = page.wait_for_selector(".job:has(.type:text-is('demo'))")
+        quick = card.get_attribute("data-job-id")
+        page.click("[data-start='demo'][data-params*='seconds']")
+        card = page.wait_for_selector(f".job[data-job-id]:not([data-job-id='{quick}'])")
+        long = card.get_attribute("data-job-id")
 
-        page.wait_for_selector(f"[data-job-id='{optimization}'][data-status='running']")
-        page.click(f"[data-job-id='{optimization}'] .cancel")
-        page.wait_for_selector(f"[data-job-id='{optimization}'][data-status='cancelled']")
+        page.wait_for_selector(f"[data-job-id='{long}'][data-status='running']")
+        page.click(f"[data-job-id='{long}'] .cancel")
+        page.wait_for_selector(f"[data-job-id='{long}'][data-status='cancelled']")
 
         done = page.wait_for_selector(
-            f"[data-job-id='{validation}'][data-status='complete']", timeout=180_000)
-        bars = page.evaluate("(id) => window.bars[id] || []", validation)
+            f"[data-job-id='{quick}'][data-status='complete']", timeout=180_000)
+        bars = page.evaluate("(id) => window.bars[id] || []", quick)
         assert len(set(bars)) >= 3, bars
         assert bars[-1] == "100"
         assert done.query_selector(".result dl"), "the result is shown"
-        assert "mean annual return" in (done.text_content() or "")
+        assert "steps" in (done.text_content() or "")
 
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
@@ -160,7 +161,7 @@ def test_dashboard_shows_live_progress_cancels_and_never_polls(stack: Stack,
             ("POST", "/api/session"),  # sign in
             ("GET", "/api/jobs"),  # the list, read once when the stream opened
             ("POST", "/api/jobs"), ("POST", "/api/jobs"),  # start, start
-            ("POST", f"/api/jobs/{optimization}/cancel"),  # cancel
+            ("POST", f"/api/jobs/{long}/cancel"),  # cancel
         ]), after
         assert streams == [f"{events_origin}/events/jobs"], after
         assert len(after) == len(api) + len(streams), after
@@ -171,7 +172,7 @@ def test_dashboard_shows_live_progress_cancels_and_never_polls(stack: Stack,
         assert page.text_content("#conn") == "Reconnecting…"
         # Reloaded meanwhile: still signed in (cookie), and the jobs are listed anyway.
         page.reload()
-        page.wait_for_selector(f"[data-job-id='{validation}'][data-status='complete']")
+        page.wait_for_selector(f"[data-job-id='{quick}'][data-status='complete']")
         page.wait_for_selector("#conn[data-conn='reconnecting']")
         stack.start_events()
         page.wait_for_selector("#conn[data-conn='live']")

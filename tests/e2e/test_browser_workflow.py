@@ -23,12 +23,16 @@ def test_a_workflow_is_drawn_as_a_graph_that_fills_in_live(stack: Stack,  # noqa
         page.fill("#token", token)
         page.click("#sign-in-form button[type=submit]")
         page.wait_for_selector("body[data-state='live']")
-        # Record every state each node of the graph shows, to see it fill in.
+        # Record every state each node of the graph shows, to see it fill in. Its three steps
+        # are demo jobs: each is named by its column, first, second, third.
         page.evaluate("""() => {
           window.seen = [];
+          const steps = ['first', 'second', 'third'];
           new MutationObserver(() => {
+            const cols = [...document.querySelectorAll('#workflow .wf-col')];
             for (const n of document.querySelectorAll('#workflow .wf-node')) {
-              window.seen.push(n.querySelector('.type').textContent + ':' + n.dataset.status);
+              const step = steps[cols.indexOf(n.closest('.wf-col'))];
+              window.seen.push(step + ':' + n.dataset.status);
             }
           }).observe(document.getElementById('workflow'), {subtree: true, childList: true,
                                                           attributes: true});
@@ -38,14 +42,14 @@ def test_a_workflow_is_drawn_as_a_graph_that_fills_in_live(stack: Stack,  # noqa
         # Three levels, one job each, joined by two edges.
         assert page.locator("#workflow .wf-col").count() == 3
         assert page.locator("#workflow .wf-edges line").count() == 2
-        assert page.text_content("#workflow .wf-col:nth-of-type(1) .type") == "validation"
+        assert page.text_content("#workflow .wf-col:nth-of-type(1) .type") == "demo"
         page.wait_for_selector("#workflow[data-status='complete']", timeout=180_000)
         assert page.text_content("#workflow .wf-summary") == "3 of 3 done"
         seen = page.evaluate("window.seen")
         # Live: the last step was shown waiting, then running, then complete.
-        for state in ("rescoring:pending", "rescoring:running", "rescoring:complete"):
+        for state in ("third:pending", "third:running", "third:complete"):
             assert state in seen, (state, sorted(set(seen)))
-        assert seen.index("rescoring:running") > seen.index("optimization:complete")
+        assert seen.index("third:running") > seen.index("second:complete")
         # A job's card links to its workflow.
         page.click("#close-workflow")
         assert page.is_hidden("#workflow")
