@@ -325,7 +325,7 @@ def cmd_enqueue(ns: argparse.Namespace, cfg: Config) -> int:
         except ValueError:
             raise CliError(f"--run-after is not an ISO 8601 time: {ns.run_after!r}") from None
     registry.load_tasks(cfg.task_modules)
-    task = registry.get(ns.type)  # an unknown type fails before the database is asked anything
+    registry.get(ns.type)  # an unknown type fails before the database is asked anything
     store = _store(cfg)
     user_id = _owner_id(ns, store)
     try:
@@ -333,11 +333,6 @@ def cmd_enqueue(ns: argparse.Namespace, cfg: Config) -> int:
                               run_after=run_after, store=store)
     except Conflict as exc:
         raise CliError(f"{exc} (job {exc.job_id})") from None
-    except registry.InvalidParams as exc:
-        if task.builtin and not cfg.task_modules:  # the app's own type of that name, unloaded?
-            raise CliError(f"{exc} (checked against bgjobs's built-in {task.name!r}; for your "
-                           "app's own, set BGJOBS_TASK_MODULES)") from None
-        raise
     print(job.id)
     return 0
 

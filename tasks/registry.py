@@ -88,11 +88,6 @@ class Task:
         """Whether a failed attempt with ``exc`` may be retried."""
         return not isinstance(exc, (NonRetryable, *self.non_retryable))
 
-    @property
-    def builtin(self) -> bool:
-        """One of bgjobs's own types (tasks/builtin), not the host's."""
-        return _is_builtin(self.handler)
-
     def delay_before_retry(self, attempt: int) -> float:
         """Seconds before retrying after failed attempt number ``attempt`` (1, 2, ...)."""
         return retry_delay(self.retry_delay, attempt)
@@ -183,14 +178,8 @@ def task(
     def register(handler: Callable[..., Any]) -> Callable[..., Any]:
         existing = _TASKS.get(name)
         if existing is not None and existing.handler is not handler:
-            # A host's own task of a built-in's name (the seed's "optimization") wins, whichever
-            # module was imported first; two of the host's own are a mistake.
-            if _is_builtin(handler) == _is_builtin(existing.handler):
-                raise BadDeclaration(f"task {name!r} is registered twice: in "
+            raise BadDeclaration(f"task {name!r} is registered twice: in "
                                  f"{existing.handler.__module__} and {handler.__module__}")
-            if _is_builtin(handler):
-                return handler  # the host's task of this name came first: it stays
-            log.info("task %r from %s replaces the built-in one", name, handler.__module__)
         doc = (handler.__doc__ or "").strip().splitlines()
         _TASKS[name] = Task(name, handler, dict(params or {}), exclusive, max_attempts,
                             doc[0] if doc else "", open_params, retry_delay,
@@ -200,10 +189,6 @@ def task(
         return handler
 
     return register
-
-
-def _is_builtin(handler: Callable[..., Any]) -> bool:
-    return handler.__module__.startswith("bgjobs.tasks.builtin")
 
 
 def load_tasks(modules: Iterable[str] = ()) -> dict[str, Task]:

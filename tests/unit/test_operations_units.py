@@ -71,31 +71,6 @@ def test_a_task_module_that_cannot_be_imported_is_a_one_line_config_error(monkey
         "'no_such_host_module' (run bgjobs from your app's folder, or set PYTHONPATH)")
 
 
-def test_a_host_task_replaces_the_built_in_of_its_name_whichever_is_imported_first():
-    builtin = registry.get("rescoring")
-
-    def mine(ctx):
-        return None
-
-    def theirs(ctx):
-        return None
-
-    mine.__module__, theirs.__module__ = "myapp.jobs", "myapp.other"
-    try:
-        registry.task("rescoring", exclusive=False)(mine)  # the builtins were imported first
-        assert registry.get("rescoring").handler is mine
-        registry.task("rescoring", exclusive=True)(builtin.handler)  # a builtin imported later
-        assert registry.get("rescoring").handler is mine
-        assert registry.get("rescoring").exclusive is False
-        with pytest.raises(ValueError, match="'rescoring' is registered twice: in myapp.jobs and "
-                                             "myapp.other"):
-            registry.task("rescoring")(theirs)
-        assert registry.get("rescoring").handler is mine
-    finally:
-        registry._TASKS["rescoring"] = builtin
-
-
-
 def test_the_purge_interval_is_a_setting(monkeypatch):
     monkeypatch.delenv("BGJOBS_PURGE_INTERVAL", raising=False)
     assert config.load().purge_interval == 60.0
