@@ -2,11 +2,10 @@
 
 A real stack on this machine: `bgjobs api` (its defaults), and `bgjobs worker` with one
 process per CPU running CPU-bound ``bench_spin`` jobs (one more than there are processes, so
-every process stays busy). Meanwhile one client checks a job's progress the way the seed's
-front end does, ``GET /api/validation/progress/<id>``, ``requests`` times, 10 ms apart, and
-times each request. Measured with the job processes at the default nice level
-(BGJOBS_WORKER_NICE=10), at 0 (no lever), and with no jobs at all (this machine's floor),
-interleaved in the same run.
+every process stays busy). Meanwhile one client checks a job's progress the way a front end
+does, ``GET /api/jobs/<id>``, ``requests`` times, 10 ms apart, and times each request.
+Measured with the job processes at the default nice level (BGJOBS_WORKER_NICE=10), at 0 (no
+lever), and with no jobs at all (this machine's floor), interleaved in the same run.
 """
 
 from __future__ import annotations
@@ -55,10 +54,10 @@ def _once(url: str, token: str, job_id: str, nice: int | None, requests: int,
         with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"},
                           timeout=10) as http:
             for _ in range(20):  # warm up every gunicorn worker's pool
-                http.get(f"/api/validation/progress/{job_id}")
+                http.get(f"/api/jobs/{job_id}")
             for _ in range(requests):
                 start = time.perf_counter()
-                r = http.get(f"/api/validation/progress/{job_id}")
+                r = http.get(f"/api/jobs/{job_id}")
                 times.append((time.perf_counter() - start) * 1000)
                 errors += r.status_code != 200
                 time.sleep(0.01)
@@ -73,7 +72,7 @@ def _once(url: str, token: str, job_id: str, nice: int | None, requests: int,
 
 
 def run(url: str, runs: int = 3, quick: bool = False) -> dict[str, Any]:
-    token, job_id = user_with_job(url, "heavy", "validation")
+    token, job_id = user_with_job(url, "heavy", "demo")
     requests = 100 if quick else 300
     out: dict[str, Any] = {"requests": requests, "worker_processes": os.cpu_count()}
     with tempfile.TemporaryDirectory() as tmp:

@@ -117,7 +117,7 @@ def _parser() -> argparse.ArgumentParser:
     ur.set_defaults(func=cmd_user_revoke)
 
     enq = cmd("enqueue", cmd_enqueue, "enqueue a job of TYPE")
-    enq.add_argument("type", help="job type, e.g. validation, optimization, rescoring, noop")
+    enq.add_argument("type", help="job type, e.g. demo, noop, or one of your app's")
     enq.add_argument("--params", default="{}", help="the job's params as a JSON object")
     _owner_options(enq, "owner's user name (default: no owner)",
                    "owner's id in your app's users table (default: no owner)")

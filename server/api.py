@@ -18,7 +18,7 @@ from flask import Flask, Response, g, jsonify, request
 from bgjobs.core import channels
 from bgjobs.core import config as config_mod
 from bgjobs.core.db import database_url, make_pool
-from bgjobs.core.jobs import User, parse_job_id
+from bgjobs.core.jobs import User
 from bgjobs.core.store import Store
 from bgjobs.server import admin, api_input, auth, csrf, dashboard, errors, metrics, openapi
 from bgjobs.server.errors import ApiError
@@ -28,8 +28,6 @@ from bgjobs.tasks import registry
 log = logging.getLogger(__name__)
 
 STORE_KEY = "bgjobs_store"
-SEED_TYPES = ("validation", "optimization", "rescoring")
-SEED_ANY = ", ".join(SEED_TYPES)
 #: The policy of every answer but the dashboard's page: JSON loads nothing and is never framed.
 NO_CONTENT_POLICY = "default-src 'none'; frame-ancestors 'none'"
 F = TypeVar("F", bound=Callable[..., Any])
@@ -147,23 +145,6 @@ def create_app(store: Store | None = None, config: config_mod.Config | None = No
     jobs = JobViews(lambda: store, lambda: g.user.id)
     jobs.add_routes(app, "/api/jobs", login_required)
 
-    # The seed front end's routes, kept working on top of the same jobs --------------------
-
-    @app.post(f"/api/<any({SEED_ANY}):job_type>/run")
-    @login_required
-    def seed_run(job_type: str) -> tuple[Response, int]:
-        # The seed posted the task's params as the whole body (possibly empty).
-        job, created = jobs.create(job_type, api_input.json_body(request, required=False))
-        return jobs.accepted(_seed_json(job.to_json()), job, created)
-
-    @app.get(f"/api/<any({SEED_ANY}):job_type>/progress/<raw_id>")
-    @login_required
-    def seed_progress(job_type: str, raw_id: str) -> Response:
-        job = store.get_job(parse_job_id(raw_id), g.user.id)
-        if job.job_type != job_type:
-            raise ApiError(404, "not_found", f"no {job_type} job {raw_id}")
-        return jsonify(_seed_json(job.to_json()))
-
     return app
 
 
@@ -182,11 +163,6 @@ def _authenticate(store: Store, secret: str) -> User:
 
 def _user_json(user: User) -> dict[str, Any]:
     return {"id": user.id, "name": user.name, "is_admin": user.is_admin}
-
-
-def _seed_json(job: dict[str, Any]) -> dict[str, Any]:
-    """The job as /api/jobs/<id> shows it, plus the field names the seed front end read."""
-    return {**job, "job_id": job["id"]}
 
 
 def close(app: Flask) -> None:

@@ -18,7 +18,6 @@ from bgjobs.server.api_input import (
 from bgjobs.tasks.enqueue import IDEMPOTENCY_KEY_PATTERN, PRIORITY_MAX, PRIORITY_MIN
 
 _STATUSES = ["pending", "running", "complete", "error", "cancelled"]
-_SEED = ["validation", "optimization", "rescoring"]
 _TS = {"type": ["string", "null"], "format": "date-time"}
 
 
@@ -55,8 +54,6 @@ _IDEMPOTENCY = {"name": "Idempotency-Key", "in": "header", "required": False,
                 "description": "Retrying with the same key returns the same job (per user): "
                                "1 to 255 printable ASCII characters, spaces only inside.",
                 "schema": {"type": "string", "pattern": IDEMPOTENCY_KEY_PATTERN}}
-_SEED_TYPE = {"name": "job_type", "in": "path", "required": True,
-              "schema": {"type": "string", "enum": _SEED}}
 
 
 def spec() -> dict[str, Any]:
@@ -131,22 +128,7 @@ def spec() -> dict[str, Any]:
             "/api/jobs/{id}/cancel": {"post": _op("Cancel a pending or running job", {
                 "200": _json(_ref("Job"), "The cancelled job"), "404": _err("NotFound"),
                 "409": _err("Conflict")}, unsafe=True, parameters=[_JOB_ID])},
-            "/api/{job_type}/run": {"post": _op(
-                "Seed-compatible: enqueue a job of that type; the body is its params", {
-                    "202": _json(_ref("SeedJob"), "The job, plus job_id"),
-                    "400": _err("BadRequest"), "404": _err("NotFound"),
-                    "409": _err("Conflict"), "413": _err("BadRequest"),
-                    "415": _err("BadRequest"), "422": _err("Invalid")}, unsafe=True,
-                parameters=[_SEED_TYPE, _IDEMPOTENCY],
-                requestBody={"required": True, "content": {
-                    "application/json": {"schema": {"type": "object"}}},
-                    "description": "The job's params (an empty body with this content type: "
-                                   "{}); without the content type, 415."})},
             **_admin_paths(),
-            "/api/{job_type}/progress/{id}": {"get": _op(
-                "Seed-compatible: a job of that type, as /api/jobs/{id} shows it", {
-                    "200": _json(_ref("SeedJob"), "The job, plus job_id"),
-                    "404": _err("NotFound")}, parameters=[_SEED_TYPE, _JOB_ID])},
         },
         "components": {
             "securitySchemes": {
@@ -265,8 +247,6 @@ def _schemas() -> dict[str, Any]:
                 "by_status": {"type": "object"}}},
             "jobs": {"type": "array", "items": _ref("Job")},
             "jobs_truncated": {"type": "boolean"}}},
-        "SeedJob": {"allOf": [_ref("Job"), {"type": "object", "properties": {
-            "job_id": {"type": "string", "format": "uuid"}}}]},
         "NewJob": {"type": "object", "required": ["type"], "additionalProperties": False,
                    "properties": {
                        "type": {"type": "string", "description": "See GET /api/types"},

@@ -1,9 +1,9 @@
 """``bgjobs.workflow()``: build jobs that wait for each other in one transaction.
 
     with bgjobs.workflow(user_id=7) as wf:
-        a = wf.enqueue("validation", {...})
-        group = wf.enqueue_many("optimization", [{...}, {...}], after=[a])
-        wf.enqueue("rescoring", {...}, after=group)
+        a = wf.enqueue("extract", {...})
+        group = wf.enqueue_many("transform", [{...}, {...}], after=[a])
+        wf.enqueue("load", {...}, after=group)
     bgjobs.wait_workflow(wf.id)
 
 Every job gets the workflow's id; one statement per call (so one per level of the graph);

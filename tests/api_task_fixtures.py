@@ -1,8 +1,7 @@
 """Job types and helpers for the API tests.
 
 Importing this module (or naming it in BGJOBS_TASK_MODULES for a gunicorn under test)
-registers ``api_exclusive``, an exclusive test type. The seed-compatible routes are exercised
-with the real ``validation``, ``optimization`` and ``rescoring`` types.
+registers ``api_exclusive``, an exclusive test type.
 """
 
 from __future__ import annotations
@@ -19,7 +18,6 @@ from flask.testing import FlaskClient
 from bgjobs.tasks.registry import Param, task
 
 EXCLUSIVE = "api_exclusive"
-SEED_TYPES = ("validation", "optimization", "rescoring")
 METRICS_TOKEN = "metrics-test-token"
 METRICS_AUTH = {"Authorization": f"Bearer {METRICS_TOKEN}"}
 

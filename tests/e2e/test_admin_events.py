@@ -24,11 +24,11 @@ def test_admins_see_every_job_change_and_others_are_refused(events: ev.EventsSer
     reader = ev.Reader(url, ev.auth(root_token))
     events.wait_stats(lambda s: s["all_jobs_streams"] == 1, "the all-jobs stream subscribed")
     hers = add_job(store, "noop", user_id=alice.id)
-    nobodys = add_job(store, "validation")
+    nobodys = add_job(store, "demo")
     store.cancel(hers.id)
     reader.wait_for(lambda j: j["id"] == str(hers.id) and j["status"] == "cancelled",
                     "alice's job cancelled")
     seen = reader.wait_for(lambda j: j["id"] == str(nobodys.id), "a job of nobody's")["data"]
-    assert seen["type"] == "validation" and seen["status"] == "pending" and seen["user_id"] is None
+    assert seen["type"] == "demo" and seen["status"] == "pending" and seen["user_id"] is None
     reader.close()
     events.wait_stats(lambda s: s["subscriptions"] == 0, "the stream freed")

@@ -37,9 +37,8 @@ def attacker_pages(api: str, job_id: str) -> dict[str, str]:
                 "<script>document.forms[0].submit()</script>")
 
     return {
-        "/run-empty.html": form("/api/validation/run"),
-        "/run-form.html": form("/api/optimization/run",
-                               '<input name="tickers" value="5">'),
+        "/run-empty.html": form("/api/jobs"),
+        "/run-form.html": form("/api/jobs", '<input name="type" value="noop">'),
         "/json-as-text.html": form("/api/jobs",
                                    '<input name=\'{"type": "noop", "x": "\' value=\'"}\'>',
                                    'enctype="text/plain"'),
@@ -123,7 +122,7 @@ def test_a_same_site_page_on_another_port_cannot_create_or_cancel_jobs(
         # Each form lands on the API's answer: the JSON error, not a job. The cookie was
         # sent (the answers are not 401): the Origin check stopped them (without it, the
         # forms creating jobs would still get a 415 for their content type; see
-        # test_seed_run_takes_an_empty_json_body_but_nothing_a_form_can_send).
+        # test_api_bad_input.py).
         for path in ("/run-empty.html", "/run-form.html", "/json-as-text.html",
                      "/cancel.html"):
             page.goto(f"{origin}{path}")

@@ -146,7 +146,7 @@ def test_enqueue_and_list(db_url, store):
     assert listing.returncode == 0 and str(job.id) in listing.stdout
     as_json = bgjobs(db_url, "jobs", "--json", "--type", "noop")
     assert [json.loads(line)["id"] for line in as_json.stdout.splitlines()] == [str(job.id)]
-    assert bgjobs(db_url, "jobs", "--type", "validation").stdout.count("\n") == 1  # header only
+    assert bgjobs(db_url, "jobs", "--type", "demo").stdout.count("\n") == 1  # header only
 
 
 @pytest.mark.parametrize(("args", "message"), [

@@ -303,25 +303,6 @@ def test_tight_progress_loop_writes_a_handful_of_times(db_url, store, start_work
     assert 0 <= progress_writes <= 10
 
 
-@pytest.mark.parametrize("job_type,params", [
-    ("validation", {"tickers": 5, "years": 1}),
-    ("optimization", {"tickers": 3, "years": 1, "population": 6, "generations": 3}),
-    ("rescoring", {"tickers": 8, "years": 1, "simulations": 5}),
-])
-def test_product_job_types_end_to_end(db_url, store, start_worker, job_type, params):
-    from bgjobs.tasks import registry
-
-    start_worker(db_url, "--concurrency", "1")
-    task = registry.get(job_type)
-    job_id = enqueue(store, job_type, task.validate(params))
-    job = wait_job(store, job_id, status_is("complete"), "complete", timeout=60)
-    again = enqueue(store, job_type, task.validate(params))
-    job2 = wait_job(store, again, status_is("complete"), "complete", timeout=60)
-    assert job.result == job2.result  # deterministic
-    total = job.progress["total"]
-    assert total and job.progress["current"] == total
-
-
 def test_a_crashed_process_fails_its_job_retryably_and_is_replaced(db_url, store, start_worker):
     worker = start_worker(db_url, "--concurrency", "1")
     job_id = enqueue(store, "crash_once", max_attempts=3)

@@ -44,7 +44,7 @@ def test_me_says_who_is_an_admin(api: Api, root: ApiUser):
 
 def test_every_users_jobs_with_filters_and_pages(api: Api, store, root: ApiUser, conn):
     mine = [add_job(store, "noop", {"echo": n}, user_id=api.alice.id) for n in range(5)]
-    theirs = add_job(store, "validation", user_id=api.bob.id)
+    theirs = add_job(store, "demo", user_id=api.bob.id)
     nobody = add_job(store, "noop")
     store.cancel(mine[0].id)
     seen, cursor = [], None
@@ -64,7 +64,7 @@ def test_every_users_jobs_with_filters_and_pages(api: Api, store, root: ApiUser,
         return [j["id"] for j in r.json["jobs"]]
 
     assert ids(user="bob") == [str(theirs.id)] == ids(user=str(api.bob.id))
-    assert ids(type="validation") == [str(theirs.id)]
+    assert ids(type="demo") == [str(theirs.id)]
     assert ids(status="cancelled") == [str(mine[0].id)]
     assert ids(user="nobody-by-that-name") == []
     conn.execute("UPDATE background_jobs SET created_at = now() - interval '2 days' "
@@ -103,20 +103,20 @@ def test_overview_counts_queue_chart_workers_stuck_schedules(api: Api, store, ro
     # A 1 s lease: silence counts from the Postgres start at the earliest (011), and the test
     # cluster may have started less than a default lease ago.
     conn.execute("INSERT INTO background_jobs (job_type, status, worker_id, started_at, "
-                 "heartbeat_at, lease_seconds) VALUES ('validation', 'running', 'gone:1', "
+                 "heartbeat_at, lease_seconds) VALUES ('demo', 'running', 'gone:1', "
                  "now() - interval '5 minutes', now() - interval '5 minutes', 1)")
     store.worker_heartbeat("host-a:42", "host-a", 42, 4, 1, ["noop"], 30)
     conn.execute("INSERT INTO bgjobs_schedules (name, job_type, cron) "
                  "VALUES ('nightly', 'noop', '0 2 * * *')")
     # The API recorded the registered types when it started (exclusivity, max_attempts).
-    conn.execute("INSERT INTO bgjobs_job_types (job_type, max_running) VALUES ('validation', 2) "
+    conn.execute("INSERT INTO bgjobs_job_types (job_type, max_running) VALUES ('demo', 2) "
                  "ON CONFLICT (job_type) DO UPDATE SET max_running = 2")
     r = get(api, root, "/api/admin/overview")
     assert r.status_code == 200, r.json
     body = r.json
     counts = {(c["type"], c["status"]): c["jobs"] for c in body["counts"]}
     assert counts == {("noop", "pending"): 3, ("noop", "complete"): 2, ("noop", "error"): 1,
-                      ("validation", "running"): 1}
+                      ("demo", "running"): 1}
     assert body["queue"]["pending"] == 3 and body["queue"]["oldest_pending_seconds"] >= 89
     minutes = body["throughput"]["minutes"]
     assert len(minutes) == 60
@@ -129,8 +129,8 @@ def test_overview_counts_queue_chart_workers_stuck_schedules(api: Api, store, ro
     [nightly] = body["schedules"]
     assert nightly["next_run"].endswith("T02:00:00+00:00")
     # Other test modules' registered types (tests.task_fixtures' "limited") may be recorded too.
-    assert [lim for lim in body["limits"] if lim["job_type"] == "validation"] == [
-        {"job_type": "validation", "max_running": 2, "starts_per_second": None, "running": 1}]
+    assert [lim for lim in body["limits"] if lim["job_type"] == "demo"] == [
+        {"job_type": "demo", "max_running": 2, "starts_per_second": None, "running": 1}]
     assert "noop" in body["types"]
 
 
@@ -164,7 +164,7 @@ def test_the_operator_reads_use_indexes_on_100000_jobs(conn):
     conn.execute("INSERT INTO bgjobs_users (name) SELECT 'u' || n FROM generate_series(1, 50) n")
     conn.execute(
         "INSERT INTO background_jobs (job_type, user_id, status, created_at, started_at, "
-        "finished_at) SELECT (ARRAY['noop', 'validation', 'rescoring'])[1 + n % 3], 1 + n % 50, "
+        "finished_at) SELECT (ARRAY['noop', 'demo', 'api_exclusive'])[1 + n % 3], 1 + n % 50, "
         "CASE WHEN n % 100 = 0 THEN 'pending' WHEN n % 97 = 0 THEN 'error' ELSE 'complete' END,"
         " now() - n * interval '1 second', now() - n * interval '1 second', "
         "CASE WHEN n % 100 = 0 THEN NULL ELSE now() - n * interval '1 second' END "

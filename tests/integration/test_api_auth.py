@@ -27,7 +27,6 @@ def _assert_401(response) -> None:
 PROTECTED = [
     ("GET", "/api/jobs"), ("POST", "/api/jobs"), ("GET", "/api/me"), ("GET", "/api/types"),
     ("GET", "/api/jobs/{id}"), ("POST", "/api/jobs/{id}/cancel"),
-    ("POST", "/api/validation/run"), ("GET", "/api/validation/progress/{id}"),
 ]
 
 

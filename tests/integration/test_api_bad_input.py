@@ -93,16 +93,10 @@ CASES = [
          _json({"type": "noop"}), headers={**JSON, "Idempotency-Key": "cl\u00e9"}),
     Case("exclusive-already-active", "POST", "/api/jobs", 409, "conflict",
          _json({"type": EXCLUSIVE})),
-    Case("seed-run-exclusive-active", "POST", "/api/validation/run", 409, "conflict",
-         _json({})),
-    Case("seed-run-malformed", "POST", "/api/optimization/run", 400, "malformed_json", b"{"),
-    Case("seed-run-text", "POST", "/api/optimization/run", 415, "unsupported_media_type",
-         b"x=1", headers={"Content-Type": "text/plain"}),
     # Ids that are not UUIDs, jobs that cannot be cancelled.
     Case("get-not-uuid", "GET", "/api/jobs/not-a-uuid", 404, "not_found"),
     Case("get-sql-ish-id", "GET", "/api/jobs/1%27%20OR%20%271%27=%271", 404, "not_found"),
     Case("cancel-not-uuid", "POST", "/api/jobs/123/cancel", 404, "not_found"),
-    Case("progress-not-uuid", "GET", "/api/validation/progress/abc", 404, "not_found"),
     Case("cancel-finished", "POST", "/api/jobs/{cancelled}/cancel", 409, "conflict"),
     Case("cancel-missing", "POST",
          "/api/jobs/00000000-0000-4000-8000-000000000000/cancel", 404, "not_found"),
@@ -149,7 +143,6 @@ def existing(api: Api) -> dict[str, str]:
         "pending": post("/api/jobs", {"type": "noop", "params": {"echo": "keep me"}}),
         "cancelled": post("/api/jobs", {"type": "noop"}),
         "exclusive": post("/api/jobs", {"type": EXCLUSIVE}),
-        "validation": post("/api/validation/run", {}),
     }
     api.client.post(f"/api/jobs/{ids['cancelled']}/cancel", headers=api.alice.headers)
     return ids

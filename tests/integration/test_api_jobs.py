@@ -12,7 +12,6 @@ import pytest
 from tests.api_task_fixtures import (  # noqa: F401
     EXCLUSIVE,
     METRICS_AUTH,
-    SEED_TYPES,
     Api,
     api_fixture,
     snapshot,
@@ -151,50 +150,11 @@ def test_racing_posts_for_an_exclusive_type(api: Api, db_url: str, round_: int) 
         uuid.UUID(winner["id"])]
 
 
-@pytest.mark.parametrize("job_type", SEED_TYPES)
-def test_seed_routes_return_the_same_job_as_api_jobs(api: Api, job_type: str) -> None:
-    run = api.client.post(f"/api/{job_type}/run", json={}, headers=api.alice.headers)
-    assert run.status_code == 202, run.json
-    job_id = run.json["job_id"]
-    canonical = api.client.get(f"/api/jobs/{job_id}", headers=api.alice.headers).json
-    assert {k: v for k, v in run.json.items() if k != "job_id"} == canonical
-    progress = api.client.get(f"/api/{job_type}/progress/{job_id}", headers=api.alice.headers)
-    assert progress.status_code == 200
-    assert {k: v for k, v in progress.json.items() if k != "job_id"} == canonical
-    assert progress.json["job_id"] == canonical["id"]
-
-    # The seed types are exclusive: a second run while this one is pending is a 409.
-    again = api.client.post(f"/api/{job_type}/run", json={}, headers=api.alice.headers)
-    assert again.status_code == 409 and again.json["error"]["job_id"] == job_id
-    # The progress route of another type does not show it; nor does another user's.
-    other = next(t for t in SEED_TYPES if t != job_type)
-    assert api.client.get(f"/api/{other}/progress/{job_id}",
-                          headers=api.alice.headers).status_code == 404
-    assert api.client.get(f"/api/{job_type}/progress/{job_id}",
-                          headers=api.bob.headers).status_code == 404
-
-
-def test_seed_run_takes_an_empty_json_body_but_nothing_a_form_can_send(api: Api, db_url) -> None:
-    before = snapshot(db_url)
-    for body, content_type in [(b"", None), (b"", "application/x-www-form-urlencoded"),
-                               (b"tickers=5", "application/x-www-form-urlencoded"),
-                               (b"{}", "text/plain"), (b"", "multipart/form-data; boundary=x")]:
-        headers = {**api.alice.headers, **({"Content-Type": content_type} if content_type else {})}
-        r = api.client.post("/api/rescoring/run", data=body, headers=headers)
-        assert r.status_code == 415, (body, content_type, r.json)
-        assert r.json["error"]["code"] == "unsupported_media_type"
-    assert snapshot(db_url) == before
-    # With the JSON content type, an empty body is the seed's "no params": {}.
-    r = api.client.post("/api/rescoring/run", data=b"",
-                        headers={**api.alice.headers, "Content-Type": "application/json"})
-    assert r.status_code == 202 and r.json["type"] == "rescoring"
-
-
 def test_types_lists_registered_job_types(api: Api) -> None:
     r = api.client.get("/api/types", headers=api.alice.headers)
     assert r.status_code == 200
     by_name = {t["type"]: t for t in r.json["types"]}
-    assert {"noop", EXCLUSIVE, *SEED_TYPES} <= set(by_name)
+    assert {"noop", "demo", EXCLUSIVE} <= set(by_name)
     assert by_name[EXCLUSIVE]["exclusive"] is True and "n" in by_name[EXCLUSIVE]["params"]
 
 
@@ -220,9 +180,7 @@ def test_openapi_describes_every_route(api: Api) -> None:
     for rule in api.app.url_map.iter_rules():
         if rule.endpoint == "static" or rule.endpoint.startswith("dashboard."):
             continue  # the browser page and its assets, not API
-        path = (rule.rule.replace("<raw_id>", "{id}")
-                .replace("<any(validation, optimization, rescoring):job_type>", "{job_type}")
-                .replace("<name>", "{name}"))
+        path = rule.rule.replace("<raw_id>", "{id}").replace("<name>", "{name}")
         for method in rule.methods - {"HEAD", "OPTIONS"}:
             assert (path, method.lower()) in documented, (path, method)
 

@@ -17,6 +17,18 @@ from bgjobs.core.store import Store
 from bgjobs.tasks import enqueue as enqueue_mod
 from tests.conftest import drain
 
+#: An exclusive type with a bounded param and a default, as a host app declares them.
+EXCLUSIVE = "enqueue_exclusive"
+
+
+@bgjobs.task(EXCLUSIVE, exclusive=True, params={
+    "tickers": bgjobs.Param(int, default=500, min=1, max=500),
+    "years": bgjobs.Param(int, default=8, min=1, max=20),
+})
+def enqueue_exclusive(ctx):
+    """An exclusive job type for these tests."""
+    return None
+
 
 class CountingCursor(psycopg.Cursor):
     """Counts the statements sent on its connection (a round trip each, here)."""
@@ -64,17 +76,17 @@ def test_a_connection_idle_for_a_while_is_checked_before_it_is_lent(counted: Sto
 
 
 def test_the_task_fills_defaults_and_sets_attempts_and_exclusivity(store: Store):
-    job = bgjobs.enqueue("validation", {"tickers": 5}, user_id=None, store=store)
+    job = bgjobs.enqueue(EXCLUSIVE, {"tickers": 5}, user_id=None, store=store)
     assert job.params["tickers"] == 5 and job.params["years"] == 8
-    assert job.exclusive_key == "validation"
+    assert job.exclusive_key == EXCLUSIVE
     with pytest.raises(bgjobs.Conflict) as clash:
-        bgjobs.enqueue("validation", {"tickers": 6}, store=store)
+        bgjobs.enqueue(EXCLUSIVE, {"tickers": 6}, store=store)
     assert clash.value.job_id == job.id
 
 
 @pytest.mark.parametrize(("call", "error", "message"), [
     (lambda s: bgjobs.enqueue("nope", store=s), bgjobs.UnknownTask, "unknown job type 'nope'"),
-    (lambda s: bgjobs.enqueue("validation", {"tickers": 0}, store=s), bgjobs.InvalidParams,
+    (lambda s: bgjobs.enqueue(EXCLUSIVE, {"tickers": 0}, store=s), bgjobs.InvalidParams,
      "tickers must be at least 1"),
     (lambda s: bgjobs.enqueue("noop", {"echo": float("nan")}, store=s), bgjobs.InvalidParams,
      "not JSON"),
@@ -91,7 +103,7 @@ def test_the_task_fills_defaults_and_sets_attempts_and_exclusivity(store: Store)
      bgjobs.InvalidRequest, "printable ASCII"),
     (lambda s: bgjobs.enqueue("noop", idempotency_key=" order-7", store=s),
      bgjobs.InvalidRequest, "spaces only inside"),
-    (lambda s: bgjobs.enqueue_many("rescoring", [{}, {}], store=s), bgjobs.InvalidRequest,
+    (lambda s: bgjobs.enqueue_many(EXCLUSIVE, [{}, {}], store=s), bgjobs.InvalidRequest,
      "exclusive"),
     (lambda s: bgjobs.enqueue_many("noop", [{}, {"bogus": 1}], store=s),
      bgjobs.InvalidParams, r"params_list\[1\]"),
@@ -119,10 +131,10 @@ def test_inside_the_callers_transaction_a_rollback_leaves_no_job_and_no_notifica
 
 
 def test_a_clash_inside_the_callers_transaction_does_not_abort_it(store, db_url):
-    first = bgjobs.enqueue("rescoring", user_id=None, store=store)
+    first = bgjobs.enqueue(EXCLUSIVE, user_id=None, store=store)
     with psycopg.connect(db_url) as app:
         with pytest.raises(bgjobs.Conflict):
-            bgjobs.enqueue("rescoring", conn=app, store=store)
+            bgjobs.enqueue(EXCLUSIVE, conn=app, store=store)
         replayed = bgjobs.enqueue("noop", idempotency_key="k", conn=app, store=store)
         again = bgjobs.enqueue("noop", idempotency_key="k", conn=app, store=store)
         assert again.id == replayed.id

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 
 import bgjobs
+from tests.api_task_fixtures import EXCLUSIVE
 
 
 def test_enqueue_returns_exactly_the_row_it_stored(store):
@@ -16,7 +17,7 @@ def test_enqueue_returns_exactly_the_row_it_stored(store):
         bgjobs.enqueue("noop", {"echo": [1, 2.5, "x", None, {"b": 1, "a": 2}]}, store=store),
         bgjobs.enqueue("noop", user_id=user.id, priority=-5, run_after=later,
                        idempotency_key="k-1", store=store),
-        bgjobs.enqueue("rescoring", user_id=user.id, store=store),  # exclusive: a key
+        bgjobs.enqueue(EXCLUSIVE, user_id=user.id, store=store),  # exclusive: a key
     ]
     for job in made:
         assert job == store.get_job(job.id)

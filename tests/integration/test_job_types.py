@@ -67,7 +67,7 @@ def test_migrate_records_the_types(db_url: str, conn, monkeypatch, capsys) -> No
     assert cli.main(["migrate"]) == 0
     assert "up to date" in capsys.readouterr().out
     recorded = dict(conn.execute("SELECT job_type, exclusive FROM bgjobs_job_types"))
-    assert recorded["validation"] is True and recorded["noop"] is False
+    assert recorded[EXCLUSIVE] is True and recorded["noop"] is False
 
 
 def test_migrate_without_the_host_modules_records_the_built_in_types(
@@ -77,8 +77,8 @@ def test_migrate_without_the_host_modules_records_the_built_in_types(
     monkeypatch.setenv("BGJOBS_TASK_MODULES", "no_such_host_module")
     assert cli.main(["migrate"]) == 0  # the API and workers record theirs when they start
     assert "no_such_host_module" in capsys.readouterr().err
-    assert conn.execute("SELECT exclusive FROM bgjobs_job_types WHERE job_type = 'validation'"
-                        ).fetchone() == (True,)
+    assert conn.execute("SELECT exclusive FROM bgjobs_job_types WHERE job_type = 'demo'"
+                        ).fetchone() == (False,)
 
 
 def test_types_are_not_recorded_when_the_database_is_down() -> None:

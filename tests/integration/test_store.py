@@ -172,12 +172,12 @@ def test_idempotency_key_returns_the_same_job(store):
 
 def test_exclusive_types_allow_one_active_job_per_user(store):
     user, _ = store.create_user("excl")
-    first = add_job(store, "validation", user_id=user.id, exclusive=True)
+    first = add_job(store, "report", user_id=user.id, exclusive=True)
     with pytest.raises(Conflict) as err:
-        add_job(store, "validation", user_id=user.id, exclusive=True)
+        add_job(store, "report", user_id=user.id, exclusive=True)
     assert err.value.job_id == first.id
     store.cancel(first.id)
-    add_job(store, "validation", user_id=user.id, exclusive=True)
+    add_job(store, "report", user_id=user.id, exclusive=True)
 
 
 def test_list_jobs_pages_with_a_stable_cursor(store):

@@ -25,9 +25,9 @@ def test_defaults_and_flags():
     ns = parser().parse_args([])
     assert ns.lease == 30.0 and ns.poll_interval == 5.0 and ns.cancel_grace == 10.0
     assert ns.shutdown_grace == 30.0 and ns.concurrency >= 1
-    ns = parser().parse_args(["--concurrency", "4", "--types", "noop,validation", "--lease", "2s",
+    ns = parser().parse_args(["--concurrency", "4", "--types", "noop,demo", "--lease", "2s",
                               "--log-level", "warning"])
-    assert (ns.concurrency, ns.types, ns.lease, ns.log_level) == (4, "noop,validation", 2.0,
+    assert (ns.concurrency, ns.types, ns.lease, ns.log_level) == (4, "noop,demo", 2.0,
                                                                   "WARNING")
 
 

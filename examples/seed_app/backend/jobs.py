@@ -1,9 +1,9 @@
-"""The app's own job type. The workers import it too: BGJOBS_TASK_MODULES=backend.jobs.
+"""The app's job types. The workers import them too: BGJOBS_TASK_MODULES=backend.jobs.
 
-validation, optimization and rescoring are bgjobs's built-in types (the seed's computations);
-screening was the seed's own, guarded by ``screening_lock`` and ``active_screenings``. Now it is
-an exclusive type: Postgres keeps one screening pending or running per user, whichever gunicorn
-worker or machine takes the request.
+validation, optimization and rescoring are the seed's market computations (backend/market/),
+registered by importing that package; screening was guarded by ``screening_lock`` and
+``active_screenings``. Now each is an exclusive type: Postgres keeps one of each pending or
+running per user, whichever gunicorn worker or machine takes the request.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import random
 import statistics
 from typing import Any
 
+import backend.market  # noqa: F401 - registers validation, optimization and rescoring
 import bgjobs
 from bgjobs import Param
 

@@ -7,7 +7,8 @@ import random
 import statistics
 from typing import Any
 
-from bgjobs.tasks.builtin.market import (
+import bgjobs
+from backend.market.data import (
     TRADING_DAYS,
     UNIVERSE,
     Backtest,
@@ -16,12 +17,12 @@ from bgjobs.tasks.builtin.market import (
     r6,
     universe,
 )
-from bgjobs.tasks.registry import Param, task
+from bgjobs import Param
 
 HORIZON = 63  # trading days of the simulated risk horizon (a quarter)
 
 
-@task("rescoring", exclusive=True, params={
+@bgjobs.task("rescoring", exclusive=True, params={
     "tickers": Param(int, default=UNIVERSE, min=1, max=UNIVERSE),
     "years": Param(int, default=3, min=1, max=20),
     "simulations": Param(int, default=3500, min=1, max=20000),

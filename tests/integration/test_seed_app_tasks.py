@@ -1,14 +1,28 @@
-"""The product job types in-process on small params: plausible, deterministic results."""
+"""examples/seed_app's market job types in-process on small params: plausible, deterministic
+results. The app's routes: test_seed_app_routes.py; its types under a real worker:
+tests/e2e/test_seed_app.py."""
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Iterator
+from types import ModuleType
 from typing import Any
 
 import pytest
 
 from bgjobs.tasks import registry
-from bgjobs.tasks.builtin import market
 from bgjobs.tasks.context import JobContext, ProgressThrottle
+from tests.seed_app_client import EXAMPLE
+
+
+@pytest.fixture(scope="module", autouse=True, name="market")
+def market_fixture() -> Iterator[ModuleType]:
+    """The seed app's market data module, its job types registered (as its workers do)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.syspath_prepend(str(EXAMPLE))
+        registry.load_tasks(["backend.jobs"])
+        yield importlib.import_module("backend.market.data")
 
 
 def run(job_type: str, params: dict[str, Any]) -> tuple[Any, list[dict]]:
@@ -21,7 +35,7 @@ def run(job_type: str, params: dict[str, Any]) -> tuple[Any, list[dict]]:
     return result, sent
 
 
-def test_market_data_is_deterministic_and_plausible():
+def test_market_data_is_deterministic_and_plausible(market):
     names = market.universe(42)
     assert len(names) == 500 and len(set(names)) == 500
     a = market.prices(42, names[0], 504)
@@ -31,7 +45,7 @@ def test_market_data_is_deterministic_and_plausible():
     assert 0.002 < max(abs(r) for r in daily) < 0.3
 
 
-def test_validation():
+def test_validation(market):
     result, progress = run("validation", {"tickers": 12, "years": 2, "bootstrap": 5})
     assert result == run("validation", {"tickers": 12, "years": 2, "bootstrap": 5})[0]
     assert result["tickers"] == 12 and result["days"] == 504

@@ -6,14 +6,15 @@ import random
 import statistics
 from typing import Any
 
-from bgjobs.tasks.builtin.market import TRADING_DAYS, crossover, prices, r6, universe
-from bgjobs.tasks.registry import Param, task
+import bgjobs
+from backend.market.data import TRADING_DAYS, crossover, prices, r6, universe
+from bgjobs import Param
 
 #: (name, low, high, kind) of each gene
 GENES = (("fast", 2, 60, int), ("slow", 20, 200, int), ("band", 0.0, 0.03, float))
 
 
-@task("optimization", exclusive=True, params={
+@bgjobs.task("optimization", exclusive=True, params={
     "tickers": Param(int, default=50, min=1, max=500),
     "years": Param(int, default=5, min=1, max=20),
     "population": Param(int, default=30, min=4, max=200),

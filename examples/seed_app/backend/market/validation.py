@@ -6,7 +6,8 @@ import random
 import statistics
 from typing import Any
 
-from bgjobs.tasks.builtin.market import (
+import bgjobs
+from backend.market.data import (
     TRADING_DAYS,
     UNIVERSE,
     crossover,
@@ -15,10 +16,10 @@ from bgjobs.tasks.builtin.market import (
     sharpe,
     universe,
 )
-from bgjobs.tasks.registry import NonRetryable, Param, task
+from bgjobs import NonRetryable, Param
 
 
-@task("validation", exclusive=True, params={
+@bgjobs.task("validation", exclusive=True, params={
     "tickers": Param(int, default=UNIVERSE, min=1, max=UNIVERSE),
     "years": Param(int, default=8, min=1, max=20),
     "fast": Param(int, default=20, min=2, max=100),
