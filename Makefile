@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 # (mypy_path), pyright (stubPath) and editors read it. It holds the files there were when it
 # was made, so adding or removing a module or SQL file takes `make links`
 # (tests/unit/test_layout.py says so when it is due).
-links: ## Remake the package's link tree (after adding or removing a module or SQL file)
+links: ## Remake the package's link tree (after adding or removing a module, SQL file or asset)
 	$(BIN)/pip install --quiet -e '.[dev,embedded]' --config-settings editable_mode=strict
 
 install: $(STAMP) ## Create the venv and install bgjobs with its dev tools and embedded Postgres

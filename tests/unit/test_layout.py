@@ -6,6 +6,7 @@ package out as a tree of links (strict editable mode), which the venv, mypy and 
 
 from __future__ import annotations
 
+import importlib.resources
 import importlib.util
 import subprocess
 import sys
@@ -13,8 +14,14 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGE_DIRS = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
-    "package-dir"]
+SETUPTOOLS = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+PACKAGE_DIRS = SETUPTOOLS["package-dir"]
+
+
+def folder_of(package: str) -> Path:
+    """The checkout's folder of a package, from the longest mapped prefix of its name."""
+    top = max((p for p in PACKAGE_DIRS if package == p or package.startswith(p + ".")), key=len)
+    return ROOT / PACKAGE_DIRS[top] / package[len(top):].lstrip(".").replace(".", "/")
 
 
 def test_every_package_resolves_to_this_checkouts_folder() -> None:
@@ -34,6 +41,17 @@ def test_every_module_of_the_checkout_imports_from_its_file() -> None:
             spec = importlib.util.find_spec(name)
             if spec is None or spec.origin is None or Path(spec.origin).resolve() != path:
                 stale.append(name)
+    assert not stale, f"run `make links`: the package's link tree lacks {', '.join(stale)}"
+
+
+def test_every_data_file_of_the_checkout_is_in_the_package() -> None:
+    """The SQL and the dashboard's assets are read as package data: a new file needs a relink."""
+    stale = []
+    for package, patterns in SETUPTOOLS["package-data"].items():
+        shipped = {p.name for p in importlib.resources.files(package).iterdir()}
+        for pattern in patterns:
+            stale += [f"{package}/{path.name}" for path in folder_of(package).glob(pattern)
+                      if path.is_file() and path.name not in shipped]
     assert not stale, f"run `make links`: the package's link tree lacks {', '.join(stale)}"
 
 
