@@ -147,3 +147,31 @@ def test_another_users_or_an_unknown_workflow_is_404_and_no_credentials_401(
         assert response.status_code == 404, bad
         assert response.json()["error"]["code"] == "not_found"
     assert events.stats()["subscriptions"] == 0
+
+
+def test_a_client_that_names_the_current_summary_gets_only_what_follows(
+        events: EventsService, store: Store, conn) -> None:  # noqa: F811
+    user, token = store.create_user("resume")
+    with bgjobs.workflow(user_id=user.id, store=store) as wf:
+        first = wf.enqueue("noop")
+        wf.enqueue("noop", after=[first])
+    url = f"{events.base}/events/workflows/{wf.id}"
+    reader = Reader(url, auth(token))
+    summary = reader.wait_for(lambda d: "total" in d, "the first summary")
+    assert summary["id"] == f"w{summary_versions(conn, wf.id)}"
+    reader.close()
+    # EventSource's reconnect names the last id it saw: the summary's. Nothing changed since,
+    # so no snapshot; the next change, then the end, come as usual.
+    resumed = Reader(url, {**auth(token), "Last-Event-ID": summary["id"]})
+    events.wait_stats(lambda s: s["subscriptions"] == 1, "the resumed stream subscribed")
+    conn.execute("SELECT bgjobs_cancel_workflow(%s)", (wf.id,))
+    received = resumed.join()
+    assert resumed.status == 200
+    assert all(e["data"]["version"] > 1 for e in received if "event" not in e), received
+    assert {s[-1]["status"] for s in job_states(received).values()} == {"cancelled"}
+    assert received[-1]["data"]["finished"]
+
+
+def summary_versions(conn, workflow_id: uuid.UUID) -> int:
+    return conn.execute("SELECT sum(version) FROM background_jobs WHERE workflow_id = %s",
+                        (workflow_id,)).fetchone()[0]
