@@ -60,21 +60,25 @@ async def open_stream(broadcaster: Broadcaster, db: EventsDb, workflow_id: UUID,
     # Subscribe before reading: a change committed in between is not lost.
     sub = broadcaster.subscribe(user_id=user_id, credential=credential, workflow_id=workflow_id)
     try:
+        # The jobs, then the summary: the summary is never older than the jobs sent with it,
+        # so a change after it is one the stream has not sent, and brings a new summary.
+        jobs = await db.workflow_jobs(workflow_id, user_id, WORKFLOW_JOBS_MAX)
         summary = await db.workflow_summary(workflow_id, user_id)
-        jobs = await db.workflow_jobs(workflow_id, user_id, WORKFLOW_JOBS_MAX) if summary else []
     except BaseException:
         broadcaster.unsubscribe(sub)
         raise
     if summary is None:
         broadcaster.unsubscribe(sub)
         raise ApiError(404, "not_found", f"no workflow {workflow_id}")
-    for job in jobs:
-        broadcaster.publish(job)  # later progress-only notifications apply to these rows
-        sub.sent(job)
     up_to_date = last_event_id.strip() == summary_id(summary)
     if up_to_date and finished(summary):
         broadcaster.unsubscribe(sub)
         return None  # 204: EventSource stops reconnecting
+    if up_to_date:
+        jobs = []  # the client has them; what changed since the subscription is in its mailbox
+    for job in jobs:
+        broadcaster.publish(job)  # later progress-only notifications apply to these rows
+        sub.sent(job)
     return Opened(workflow_id, user_id, sub, jobs, summary, up_to_date)
 
 
@@ -86,7 +90,10 @@ async def stream(opened: Opened, db: EventsDb, encoded: Callable[[State], bytes]
     if opened.up_to_date:
         yield b": up to date\r\n" + retry
     else:
-        yield retry + b"".join(encoded(job) for job in opened.jobs) + encode_summary(opened)
+        # Finished already: the rows read before the summary may miss the last changes.
+        last = await _unsent(opened, db) if finished(summary) else []
+        yield (retry + b"".join(encoded(job) for job in [*opened.jobs, *last])
+               + encode_summary(opened))
     if finished(summary):
         return
     summary_at = time.monotonic()
