@@ -34,8 +34,8 @@ from bgjobs.server.events_db import EventsDb
 
 log = logging.getLogger(__name__)
 
-#: At most one summary read per stream this often; states arriving meanwhile wait in the
-#: subscription (the latest per job), so a busy workflow costs about five reads a second.
+#: At most one summary read per stream this often (states are sent as they come), so a busy
+#: workflow costs a stream about five reads a second.
 SUMMARY_SECONDS = 0.2
 
 
@@ -97,21 +97,35 @@ async def stream(opened: Opened, db: EventsDb, encoded: Callable[[State], bytes]
     if finished(summary):
         return
     summary_at = time.monotonic()
-    while (jobs := await sub.next()) or not sub.closed:
-        if not jobs:
+    owed: float | None = None  # when the summary a moved job calls for is due
+    while True:
+        wait = None if owed is None else owed - time.monotonic()
+        timed_out = False
+        if wait is None:
+            jobs = await sub.next()
+        elif wait > 0:
+            try:
+                jobs = await asyncio.wait_for(sub.next(), wait)
+            except TimeoutError:
+                jobs, timed_out = [], True
+        else:
+            jobs, timed_out = sub.take(), True
+        if jobs:
+            for job in jobs:
+                if isinstance(job, Job) and phases.get(job.id) != (now := phase(job)):
+                    phases[job.id] = now
+                    # Throttled: the states go out now, the summary at most every
+                    # SUMMARY_SECONDS (progress alone leaves the counts as they were).
+                    owed = owed or max(time.monotonic(), summary_at + SUMMARY_SECONDS)
+            yield b"".join(encoded(job) for job in jobs)
+        elif not timed_out:
+            if sub.closed:
+                return
             yield ping
             continue
-        moved = False
-        for job in jobs:
-            if isinstance(job, Job) and phases.get(job.id) != (now := phase(job)):
-                phases[job.id] = now
-                moved = True
-        yield b"".join(encoded(job) for job in jobs)
-        if not moved:
-            continue  # progress only: the counts are what they were
-        # Throttled: what arrives during the pause waits (latest per job) for the next round.
-        await asyncio.sleep(max(0.0, summary_at + SUMMARY_SECONDS - time.monotonic()))
-        summary_at = time.monotonic()
+        if owed is None or time.monotonic() < owed:
+            continue
+        owed, summary_at = None, time.monotonic()
         try:
             read = await db.workflow_summary(opened.workflow_id, opened.user_id)
             if read is not None and finished(read):
