@@ -3,10 +3,13 @@ with real `bgjobs worker`s running the jobs."""
 
 from __future__ import annotations
 
+import json
+import socket
 import uuid
 from typing import Any
 
 import httpx
+import psycopg
 
 import bgjobs
 from bgjobs.core.jobs import Attempt
@@ -14,8 +17,11 @@ from bgjobs.core.store import Store
 from tests.e2e.test_events_service import (  # noqa: F401 (fixture)
     EventsService,
     Reader,
+    _rss_kib,
     auth,
+    claim,
     events,
+    read_to_end,
 )
 from tests.e2e.test_workers import start_worker  # noqa: F401 (fixture)
 from tests.task_fixtures import add_up  # noqa: F401 (registers the type in this process)
@@ -175,3 +181,50 @@ def test_a_client_that_names_the_current_summary_gets_only_what_follows(
 def summary_versions(conn, workflow_id: uuid.UUID) -> int:
     return conn.execute("SELECT sum(version) FROM background_jobs WHERE workflow_id = %s",
                         (workflow_id,)).fetchone()[0]
+
+
+def test_a_slow_reader_of_a_workflow_does_not_grow_memory(
+        events: EventsService, store: Store, db_url: str) -> None:  # noqa: F811
+    user, token = store.create_user("slow")
+    with bgjobs.workflow(user_id=user.id, store=store) as wf:
+        busy = wf.enqueue("noop")
+        after = wf.enqueue("noop", after=[busy])
+    attempt = claim(store, busy.id)
+    updates, padding = 10_000, "x" * 6500  # 65 MB of progress: far beyond socket buffers
+
+    host, port = events.base.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=60)
+    with sock:
+        sock.sendall(f"GET /events/workflows/{wf.id} HTTP/1.1\r\nHost: {host}\r\n"
+                     f"Authorization: Bearer {token}\r\n\r\n".encode())
+        head = b""
+        while b"event: summary" not in head:
+            head += sock.recv(4096)
+        assert head.startswith(b"HTTP/1.1 200")
+        pid = events.wait_stats(lambda s: s["subscriptions"] == 1, "subscribed")["pid"]
+        rss_before = _rss_kib(pid)
+
+        # The reader now reads nothing while 10,000 progress updates are written.
+        with psycopg.connect(db_url, autocommit=True) as writer, writer.pipeline():
+            writer.cursor().executemany(
+                "UPDATE background_jobs SET progress = %s WHERE id = %s",
+                [(json.dumps({"current": i, "total": updates, "note": padding}), busy.id)
+                 for i in range(1, updates + 1)])
+        stats = events.wait_stats(lambda s: s["notifications"] >= updates,
+                                  "the service to see every notification", 120)
+        assert stats["pending_max"] <= 2, stats  # one waiting state per job of the workflow
+        grown_mib = (_rss_kib(pid) - rss_before) / 1024
+        assert grown_mib < 25, f"RSS grew {grown_mib:.0f} MiB for a reader that reads nothing"
+
+        store.complete([(attempt, "done", None)])
+        [claimed] = store.claim("test-worker", ["noop"])
+        assert claimed.id == after.id
+        store.complete([(Attempt(after.id, "test-worker", claimed.attempts), "done", None)])
+        received = read_to_end(sock, head)
+    jobs = [r for r in received if "version" in r]
+    for job in (busy, after):
+        versions = [r["version"] for r in jobs if r["id"] == str(job.id)]
+        assert versions == sorted(set(versions)), versions
+    assert len(jobs) < updates, "a slow reader gets the latest state, not every one"
+    assert received[-1]["finished"] and received[-1]["done"] == 2
+    events.wait_stats(lambda s: s["subscriptions"] == 0, "subscription freed")
