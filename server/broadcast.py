@@ -92,9 +92,11 @@ class Subscription:
     """One stream's mailbox: the latest unsent state of each job it watches, never a backlog."""
 
     def __init__(self, job_ids: frozenset[UUID], user_id: int | None,
-                 credential: Credential | None = None) -> None:
+                 credential: Credential | None = None, workflow_id: UUID | None = None) -> None:
         self.job_ids = job_ids
         self.user_id = user_id
+        #: Only this workflow's jobs of ``user_id`` (server/workflow_stream.py).
+        self.workflow_id = workflow_id
         self.credential = credential
         self._latest: dict[UUID, State] = {}
         self._seen: dict[UUID, int] = {}  # highest version sent or waiting, per job
@@ -119,6 +121,8 @@ class Subscription:
         """
         if not reset and job.version <= self._seen.get(job.id, 0):
             return
+        if self.workflow_id is not None and getattr(job, "workflow_id", None) != self.workflow_id:
+            return
         self._seen[job.id] = job.version
         self._latest[job.id] = job
         self._wake()
@@ -129,6 +133,10 @@ class Subscription:
         waiting = self._latest.get(job.id)
         if waiting is not None and waiting.version <= job.version:
             del self._latest[job.id]
+
+    def seen(self) -> dict[UUID, int]:
+        """The highest version sent or waiting, per job (a copy)."""
+        return dict(self._seen)
 
     def close(self) -> None:
         """No more news: ``next`` returns what waits, then an empty list."""
@@ -230,8 +238,11 @@ class Broadcaster:
     # Subscriptions ---------------------------------------------------------------------------
 
     def subscribe(self, job_ids: frozenset[UUID] = frozenset(), user_id: int | None = None,
-                  credential: Credential | None = None) -> Subscription:
-        sub = Subscription(job_ids, user_id, credential)
+                  credential: Credential | None = None,
+                  workflow_id: UUID | None = None) -> Subscription:
+        """A stream's subscription: to ``job_ids``, and to every job of ``user_id`` (only those
+        of ``workflow_id`` when given: a workflow's jobs are found through their owner)."""
+        sub = Subscription(job_ids, user_id, credential, workflow_id)
         if self._closing:
             sub.close()
         self._subs.add(sub)

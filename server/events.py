@@ -31,7 +31,7 @@ from bgjobs.core import config as config_mod
 from bgjobs.core.db import database_url, direct_url
 from bgjobs.core.errors import BgjobsError
 from bgjobs.core.jobs import FINISHED, Job, User, parse_job_id
-from bgjobs.server import auth, errors, stream_tokens
+from bgjobs.server import auth, errors, stream_tokens, workflow_stream
 from bgjobs.server.auth import SESSION_COOKIE
 from bgjobs.server.broadcast import Broadcaster, Credential, State, Subscription
 from bgjobs.server.errors import ApiError
@@ -59,17 +59,19 @@ class SubscriptionStream(Response):
                (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
 
     def __init__(self, request: Request, sub: Subscription, content: AsyncIterator[bytes],
-                 ends_on_final: bool = False) -> None:
+                 ends_on_final: bool = False, direct: bool = True) -> None:
         self.status_code = 200
         self.raw_headers = list(self.HEADERS)  # no content-length: the body has no end yet
         self.background = None
         self.broadcaster: Broadcaster = request.app.state.broadcaster
         self.fanout: Fanout = request.app.state.fanout
         self.sub, self.content, self.ends_on_final = sub, content, ends_on_final
+        # False: every state goes through this task (the workflow stream adds its summaries).
+        self.direct = direct
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         watcher = asyncio.create_task(self._watch(receive))
-        wire = self.fanout.wire(scope, self.ends_on_final)
+        wire = self.fanout.wire(scope, self.ends_on_final) if self.direct else None
         try:
             await send({"type": "http.response.start", "status": self.status_code,
                         "headers": self.raw_headers})
@@ -167,6 +169,27 @@ async def all_events(request: Request) -> Response:
     broadcaster: Broadcaster = request.app.state.broadcaster
     sub = broadcaster.subscribe_all()
     return SubscriptionStream(request, sub, _user_stream(sub))
+
+
+async def workflow_events(request: Request) -> Response:
+    """One workflow: its jobs' states and a summary, then each change; ends when it finishes."""
+    _check_room(request)
+    # A stream token for all the user's jobs covers their workflows; one for a job does not.
+    user_id, credential = await _caller_id(request, None)
+    raw = request.path_params["workflow_id"]
+    try:
+        workflow_id = UUID(raw)
+    except ValueError:
+        raise ApiError(404, "not_found", f"no workflow {raw!r}: workflow ids are UUIDs") from None
+    db: EventsDb = request.app.state.db
+    opened = await workflow_stream.open_stream(
+        request.app.state.broadcaster, db, workflow_id, user_id, credential,
+        request.headers.get("last-event-id", ""))
+    if opened is None:
+        return Response(status_code=204)  # the client has the final state
+    return SubscriptionStream(request, opened.sub,
+                              workflow_stream.stream(opened, db, encoded, RETRY, PING),
+                              direct=False)
 
 
 RETRY = f"retry: {RETRY_MS}\r\n\r\n".encode()
@@ -308,6 +331,7 @@ def create_app(url: str | None = None, listen_url: str | None = None) -> Starlet
         routes=[
             Route("/events/jobs/{job_id}", job_events, methods=["GET"]),
             Route("/events/jobs", user_events, methods=["GET"]),
+            Route("/events/workflows/{workflow_id}", workflow_events, methods=["GET"]),
             Route("/events/admin/jobs", all_events, methods=["GET"]),
             Route("/events/healthz", healthz, methods=["GET"]),
             Route("/events/stats", stats, methods=["GET"]),

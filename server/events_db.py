@@ -14,6 +14,7 @@ from typing import Any
 from uuid import UUID
 
 import psycopg
+from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from bgjobs.core import channels, replan
@@ -122,6 +123,31 @@ class EventsDb:
             return []
         async with self._conn() as conn, conn.cursor(row_factory=job_row) as cur:
             await cur.execute(q("get_jobs"), {"ids": ids})
+            return await cur.fetchall()
+
+    async def workflow_summary(self, workflow_id: UUID, user_id: int) -> dict[str, Any] | None:
+        """The user's jobs of a workflow counted by state, the first that failed (``failed``)
+        and the sum of their versions (``versions``); None if the user has none of it."""
+        async with self._conn() as conn, conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(q("events_workflow_summary"), {"id": workflow_id,
+                                                             "user_id": user_id})
+            row = await cur.fetchone()
+        return row if row and row["total"] else None
+
+    async def workflow_jobs(self, workflow_id: UUID, user_id: int, limit: int) -> list[Job]:
+        """The user's jobs of a workflow, oldest first, at most ``limit``."""
+        async with self._conn() as conn, conn.cursor(row_factory=job_row) as cur:
+            await cur.execute(q("workflow_jobs"), {"id": workflow_id, "user_id": user_id,
+                                                   "limit": limit})
+            return await cur.fetchall()
+
+    async def workflow_unsent(self, workflow_id: UUID, user_id: int, seen: dict[UUID, int],
+                              limit: int) -> list[Job]:
+        """The workflow's jobs at a version above ``seen`` (or not in it), at most ``limit``."""
+        async with self._conn() as conn, conn.cursor(row_factory=job_row) as cur:
+            await cur.execute(q("events_workflow_unsent"), {
+                "id": workflow_id, "user_id": user_id, "ids": list(seen),
+                "versions": list(seen.values()), "limit": limit})
             return await cur.fetchall()
 
     async def user_jobs_since(self, user_ids: Iterable[int], since: datetime,

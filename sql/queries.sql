@@ -525,3 +525,30 @@ SELECT * FROM background_jobs
 WHERE workflow_id = %(id)s AND (%(user_id)s::int IS NULL OR user_id = %(user_id)s)
 ORDER BY created_at, id
 LIMIT %(limit)s
+
+-- name: events_workflow_summary
+-- workflow_summary for the workflow stream, with the sum of its jobs' versions: it grows with
+-- every change of any of them (versions only grow), so it names the state the summary counts.
+SELECT count(*) AS total,
+       count(*) FILTER (WHERE status = 'pending' AND waiting_for > 0) AS waiting,
+       count(*) FILTER (WHERE status = 'pending' AND waiting_for = 0) AS pending,
+       count(*) FILTER (WHERE status = 'running') AS running,
+       count(*) FILTER (WHERE status = 'complete') AS complete,
+       count(*) FILTER (WHERE status = 'error') AS error,
+       count(*) FILTER (WHERE status = 'cancelled') AS cancelled,
+       (array_agg(id ORDER BY finished_at, id)
+            FILTER (WHERE status = 'error' OR (status = 'cancelled'
+                    AND coalesce(result->>'error', '') <> 'DependencyFailed')))[1] AS failed,
+       coalesce(sum(version), 0)::bigint AS versions
+FROM background_jobs
+WHERE workflow_id = %(id)s AND user_id = %(user_id)s
+
+-- name: events_workflow_unsent
+-- A workflow's jobs newer than the versions a stream has sent (ids, versions): what it must
+-- still send before it ends, oldest change first.
+SELECT j.* FROM background_jobs j
+LEFT JOIN unnest(%(ids)s::uuid[], %(versions)s::bigint[]) AS s(id, version) ON s.id = j.id
+WHERE j.workflow_id = %(id)s AND j.user_id = %(user_id)s
+  AND (s.version IS NULL OR j.version > s.version)
+ORDER BY j.updated_at, j.id
+LIMIT %(limit)s

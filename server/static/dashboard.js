@@ -98,6 +98,7 @@ function signedIn(user) {
 
 function signedOut(message) {
   disconnect();
+  showWorkflow(null);
   if (window.bgjobsAdmin) window.bgjobsAdmin.stop();
   jobs.clear();
   cards.clear();
@@ -242,9 +243,6 @@ function upsert(job, source = "api") {
   learnedIn.set(job.id, epoch);
   render(job, known);
   $("#empty").hidden = true;
-  if (workflow.id && (workflow.nodes.has(job.id) || job.workflow_id === workflow.id)) {
-    workflowNode(job);
-  }
 }
 
 function render(job, previous) {
@@ -425,9 +423,10 @@ function el(tag, className = "", text = "") {
 
 // Workflows --------------------------------------------------------------------------------
 // A workflow is drawn as a graph: one column per level (a job stands right of every job it
-// depends on), filled in live by the same stream as the cards.
+// depends on), filled in live by its own EventSource on /events/workflows/<id>: every job's
+// state when it opens, then each change and a summary event; it ends when the workflow does.
 
-const workflow = { id: null, nodes: new Map() }; // id -> newest job of the shown workflow
+const workflow = { id: null, nodes: new Map(), summary: null, stream: null };
 // The steps of "Run three as a workflow", each after the one before, finished in seconds.
 const WORKFLOW_STEPS = [
   ["demo", { seconds: 2, steps: 10 }],
@@ -447,7 +446,7 @@ async function startWorkflow(button) {
       previous = await api("POST", "/api/jobs", body);
       upsert(previous);
     }
-    await showWorkflow(id);
+    showWorkflow(id);
   } catch (err) {
     if (err.status === 401) signedOut("Your session has ended: sign in again.");
     else notice(err.status === 409 ? `${err.message} (one at a time)` : err.message);
@@ -456,24 +455,47 @@ async function startWorkflow(button) {
   }
 }
 
-async function showWorkflow(id) {
-  workflow.id = id;
-  workflow.nodes = new Map();
-  $("#workflow").hidden = !id;
+function showWorkflow(id) {
+  if (workflow.stream) workflow.stream.close();
+  Object.assign(workflow, { id, nodes: new Map(), summary: null, stream: null });
+  const section = $("#workflow");
+  section.hidden = !id;
   $(".wf-graph").replaceChildren($(".wf-edges"));
   if (!id) return;
-  $("#workflow").dataset.workflowId = id;
-  const answer = await api("GET", `/api/jobs/workflows/${id}`);
-  if (workflow.id !== id) return;
-  for (const job of answer.jobs) workflow.nodes.set(job.id, jobs.get(job.id) || job);
-  drawWorkflow();
-  $("#workflow").scrollIntoView({ block: "nearest" });
+  section.dataset.workflowId = id;
+  section.dataset.stream = "connecting";
+  const es = new EventSource(`${EVENTS}/events/workflows/${id}`, { withCredentials: true });
+  workflow.stream = es;
+  let placed = false;
+  es.onopen = () => { section.dataset.stream = "live"; };
+  es.onmessage = (event) => {
+    workflowNode(JSON.parse(event.data));
+    if (!placed) {
+      placed = true;
+      section.scrollIntoView({ block: "nearest" });
+    }
+  };
+  es.addEventListener("summary", (event) => {
+    workflow.summary = JSON.parse(event.data);
+    drawWorkflow();
+    if (workflow.summary.finished) {
+      es.close(); // the server ends the stream too; closed, the browser does not reconnect
+      section.dataset.stream = "ended";
+    }
+  });
+  es.onerror = () => {
+    if (workflow.stream !== es) return;
+    // CONNECTING: the browser retries by itself (Last-Event-ID: it gets what it missed).
+    // CLOSED: an HTTP error (404: not this user's workflow; 401: signed out).
+    section.dataset.stream = es.readyState === EventSource.CLOSED ? "closed" : "reconnecting";
+    if (es.readyState === EventSource.CLOSED) notice("The workflow's live view stopped.");
+  };
 }
 
 function workflowNode(job) {
   const held = workflow.nodes.get(job.id);
   if (held && held.version > job.version) return;
-  workflow.nodes.set(job.id, { ...held, ...job });
+  workflow.nodes.set(job.id, job);
   drawWorkflow();
 }
 
@@ -498,13 +520,14 @@ function drawWorkflow() {
     col.replaceChildren(...column.map(workflowBox));
     return col;
   }));
-  const done = nodes.filter((j) => j.status === "complete").length;
-  const failed = nodes.find((j) => j.status === "error"
-    || (j.status === "cancelled" && !(j.result && j.result.error === "DependencyFailed")));
-  const active = nodes.some((j) => !FINISHED.has(j.status));
-  $("#workflow").dataset.status = failed ? "failed" : active ? "running" : "complete";
-  $(".wf-summary").textContent = `${done} of ${nodes.length} done`
-    + (failed ? ` · ${failed.type} ${failed.status}` : "");
+  // The counts are the server's (its summary event covers every job, drawn or not).
+  const s = workflow.summary;
+  if (s) {
+    const failed = s.failed && workflow.nodes.get(s.failed);
+    $("#workflow").dataset.status = s.failed ? "failed" : s.finished ? "complete" : "running";
+    $(".wf-summary").textContent = `${s.done} of ${s.total} done`
+      + (failed ? ` · ${failed.type} ${failed.status}` : s.failed ? " · a job failed" : "");
+  }
   drawEdges(graph, edges, nodes);
 }
 

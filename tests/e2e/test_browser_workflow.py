@@ -1,4 +1,5 @@
-"""A workflow in the dashboard, in headless Chromium: its graph fills in live."""
+"""A workflow in the dashboard, in headless Chromium: its graph fills in live from its own
+stream, GET /events/workflows/<id>."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ def test_a_workflow_is_drawn_as_a_graph_that_fills_in_live(stack: Stack,  # noqa
         page = browser.new_page(viewport={"width": 1100, "height": 900})
         page.set_default_timeout(60_000)
         page.on("pageerror", lambda exc: errors.append(str(exc)))
+        requests: list[str] = []
+        page.on("request", lambda request: requests.append(request.url))
         page.goto(f"{stack.api}/")
         page.wait_for_selector("body[data-state='signed-out']")
         page.fill("#token", token)
@@ -27,6 +30,7 @@ def test_a_workflow_is_drawn_as_a_graph_that_fills_in_live(stack: Stack,  # noqa
         # are demo jobs: each is named by its column, first, second, third.
         page.evaluate("""() => {
           window.seen = [];
+          window.summaries = [];
           const steps = ['first', 'second', 'third'];
           new MutationObserver(() => {
             const cols = [...document.querySelectorAll('#workflow .wf-col')];
@@ -34,6 +38,8 @@ def test_a_workflow_is_drawn_as_a_graph_that_fills_in_live(stack: Stack,  # noqa
               const step = steps[cols.indexOf(n.closest('.wf-col'))];
               window.seen.push(step + ':' + n.dataset.status);
             }
+            const text = document.querySelector('#workflow .wf-summary').textContent;
+            if (text && window.summaries.at(-1) !== text) window.summaries.push(text);
           }).observe(document.getElementById('workflow'), {subtree: true, childList: true,
                                                           attributes: true});
         }""")
@@ -43,8 +49,19 @@ def test_a_workflow_is_drawn_as_a_graph_that_fills_in_live(stack: Stack,  # noqa
         assert page.locator("#workflow .wf-col").count() == 3
         assert page.locator("#workflow .wf-edges line").count() == 2
         assert page.text_content("#workflow .wf-col:nth-of-type(1) .type") == "demo"
+        workflow_id = page.get_attribute("#workflow", "data-workflow-id")
         page.wait_for_selector("#workflow[data-status='complete']", timeout=180_000)
         assert page.text_content("#workflow .wf-summary") == "3 of 3 done"
+        # The workflow's own stream drew it, summaries included, and it ended with it: no
+        # read of the workflow from the API, no polling.
+        page.wait_for_selector("#workflow[data-stream='ended']")
+        assert [u for u in requests if u.endswith(f"/events/workflows/{workflow_id}")], requests
+        assert not [u for u in requests if "/api/jobs/workflows/" in u], requests
+        summaries = page.evaluate("window.summaries")
+        # Each summary event counted more jobs done (the first job may be done by the time
+        # the stream opens).
+        done = [int(text.split(" of ")[0]) for text in summaries]
+        assert len(done) >= 3 and done == sorted(set(done)) and done[-1] == 3, summaries
         seen = page.evaluate("window.seen")
         # Live: the last step was shown waiting, then running, then complete.
         for state in ("third:pending", "third:running", "third:complete"):

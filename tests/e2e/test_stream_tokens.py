@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+import bgjobs
 from bgjobs.core.store import Store
 from bgjobs.server import stream_tokens
 from tests.conftest import add_host_user, add_job
@@ -122,3 +123,17 @@ def test_cors_lets_the_host_apps_origin_read_the_stream(events: EventsService,
     assert allowed.headers["access-control-allow-origin"] == HOST_ORIGIN
     other = status(url, Origin="http://evil.example")
     assert "access-control-allow-origin" not in other.headers
+
+
+def test_a_user_token_opens_that_users_workflows_and_a_job_token_does_not(
+        events: EventsService, host_db_url: str, host_store: Store) -> None:
+    ada = add_host_user(host_db_url, "ada@example.com")
+    bob = add_host_user(host_db_url, "bob@example.com")
+    with bgjobs.workflow(user_id=ada, store=host_store) as wf:
+        first = wf.enqueue("noop")
+    base = f"{events.base}/events/workflows/{wf.id}"
+    reader = Reader(f"{base}?token={token(ada)}", {"Origin": HOST_ORIGIN})
+    assert reader.wait_for(lambda d: "total" in d, "the summary")["data"]["total"] == 1
+    reader.close()
+    assert status(f"{base}?token={token(ada, first.id)}").status_code == 403
+    assert status(f"{base}?token={token(bob)}").status_code == 404

@@ -48,6 +48,23 @@ def test_a_subscription_keeps_only_the_latest_state_per_job() -> None:
     assert sub.pending == 0
 
 
+def test_a_workflow_subscription_keeps_the_latest_state_of_its_own_jobs_only() -> None:
+    """The workflow stream's mailbox (server/workflow_stream.py): a slow client holds one state
+    per job of the workflow, whatever the number of changes, and nothing of other jobs."""
+    flow, elsewhere = uuid.uuid4(), uuid.uuid4()
+    sub = Subscription(frozenset(), 1, workflow_id=flow)
+    for n in range(1, 101):
+        for version in range(1, 101):
+            sub.offer(_job(version, id=uuid.UUID(int=n), workflow_id=flow))
+            sub.offer(_job(version, id=uuid.UUID(int=1000 + n), workflow_id=elsewhere))
+            sub.offer(_job(version, id=uuid.UUID(int=2000 + n)))  # in no workflow
+    assert sub.pending == 100
+    jobs = asyncio.run(sub.next())
+    assert {j.id for j in jobs} == {uuid.UUID(int=n) for n in range(1, 101)}
+    assert {j.version for j in jobs} == {100}
+    assert set(sub.seen()) == {uuid.UUID(int=n) for n in range(1, 101)}
+
+
 Loop = Callable[[], Awaitable[None]]
 
 

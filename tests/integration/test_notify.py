@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import bgjobs
 from bgjobs.core.jobs import Attempt
 from tests.conftest import add_job, drain
 
@@ -64,3 +65,28 @@ def test_retry_and_requeue_wake_workers_again(listener, store, conn):
     assert ("background_jobs_new", "noop") in drain(listener)
     conn.execute("SELECT bgjobs_cancel(%s)", (job.id,))
     assert ("background_jobs_new", "noop") not in drain(listener)
+
+
+def test_released_dependents_are_told_by_id_per_user_per_hundred(listener, store, conn):
+    """020: waiting -> pending changes no status, yet the streams must see it; a release of
+    250 sends three {"ids"} payloads (100, 100, 50) and one wake, not a notification per job."""
+    user, _ = store.create_user("fan")
+    root = add_job(store, "noop", user_id=user.id)
+    dependents = bgjobs.enqueue_many("noop", [None] * 250, after=[root],
+                                     user_id=user.id, store=store)
+    waiting = add_job(store, "noop", user_id=user.id)  # waits for root and one more job
+    slow = bgjobs.enqueue("noop", after=[root, waiting], user_id=user.id, store=store)
+    [c] = store.claim("w", ["noop"])
+    assert c.id == root.id
+    drain(listener)
+    store.complete([(Attempt(root.id, "w", c.attempts), {"ok": 1}, None)])
+    notes = drain(listener)
+    released = [p for p in progress_payloads(notes) if "ids" in p]
+    assert sorted(len(p["ids"]) for p in released) == [50, 100, 100]
+    assert all(p["user_id"] == user.id for p in released)
+    told = {i for p in released for i in p["ids"]}
+    assert told == {str(j.id) for j in dependents}  # not `slow`: it still waits for one
+    assert [n for n in notes if n[0] == "background_jobs_new"] == [
+        ("background_jobs_new", "*noop")]
+    assert conn.execute("SELECT waiting_for FROM background_jobs WHERE id = %s",
+                        (slow.id,)).fetchone() == (1,)
