@@ -20,7 +20,7 @@ from bgjobs.core.astore import AsyncStore
 from bgjobs.core.errors import ConfigError
 from bgjobs.core.jobs import Attempt
 from bgjobs.core.store import Store
-from tests.conftest import drain
+from tests.conftest import doc_code, drain
 from tests.procs import free_port
 
 
@@ -287,3 +287,11 @@ def test_without_a_database_the_first_call_fails_and_the_next_tries_again(db_url
         assert await bgjobs.aio.get_job(uuid.uuid4()) is None
 
     asyncio.run(main())
+
+
+def test_the_docs_example_runs_as_written(db_url, monkeypatch, capsys):
+    monkeypatch.setenv("DATABASE_URL", db_url)
+    exec(doc_code("aio.md", "## Example", "python"), {"__name__": "doc"})
+    lines = capsys.readouterr().out.split("\n")
+    assert lines[0].endswith(" pending") and lines[1:3] == ["pending", "cancelled"]
+    assert not bgjobs.aio._pools  # asyncio.run's end closed the loop's pool

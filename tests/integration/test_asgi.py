@@ -25,7 +25,7 @@ import bgjobs.aio
 from bgjobs.asgi import BgJobs
 from bgjobs.core.jobs import Attempt
 from bgjobs.core.store import Store
-from tests.conftest import wait_for
+from tests.conftest import doc_code, wait_for
 
 
 def signed_in(request: Request) -> int | None:
@@ -173,3 +173,22 @@ def test_a_live_stream_through_the_app_follows_a_job_to_its_end(client, users, s
     # pending, running (claimed), the progress reported, complete: each as it happened
     assert [(s["status"], s["progress"]) for s in states][-2:] == [
         ("running", {"current": 1, "total": 2}), ("complete", {"current": 2, "total": 2})]
+
+
+def test_the_docs_fastapi_example_runs_as_written(db_url, monkeypatch, store: Store):
+    monkeypatch.setenv("DATABASE_URL", db_url)
+    alice, _ = store.create_user("alice")
+    bob, _ = store.create_user("bob")
+    doc: dict[str, Any] = {"__name__": "doc"}
+    exec(doc_code("asgi.md", "## FastAPI", "python"), doc)
+    with TestClient(doc["app"]) as c:
+        assert c.post("/reports").status_code == 401
+        assert c.post(f"/login/{alice.id}").status_code == 200
+        report = c.post("/reports").json()
+        mine = c.get(f"/jobs/{report['job']}")
+        assert mine.status_code == 200 and mine.json()["user_id"] == alice.id
+        made = c.post("/jobs", json={"type": "noop"}, headers={"Origin": "http://testserver"})
+        assert made.status_code == 202
+        c.post(f"/login/{bob.id}")
+        assert c.get(f"/jobs/{report['job']}").status_code == 404
+        c.portal.call(bgjobs.aio.close)
