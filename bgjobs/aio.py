@@ -20,7 +20,7 @@ import asyncio
 import time
 import weakref
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -34,6 +34,7 @@ from bgjobs.core.astore import AsyncStore
 from bgjobs.core.db import database_url
 from bgjobs.core.errors import DatabaseUnavailable, NotFound, first_line
 from bgjobs.core.jobs import FINISHED, Job, Workflow, parse_job_id
+from bgjobs.core.store import translate_errors
 from bgjobs.tasks.enqueue import Enqueued, enqueued, prepare, prepare_many
 from bgjobs.tasks.wait import (
     REREAD_SECONDS,
@@ -207,6 +208,7 @@ class _LoopPool:
     """An event loop's store: opening (a task), then open; ``closer`` closes it (see below)."""
 
     opening: asyncio.Task[AsyncStore]
+    guard: asyncio.Task[None] | None = None
     closer: Any = None
 
 
@@ -248,6 +250,9 @@ async def close() -> None:
         await entry.opening
     except Exception:  # noqa: BLE001 - it never opened: nothing to close
         return
+    if entry.guard is not None:
+        entry.guard.cancel()
+        await asyncio.gather(entry.guard, return_exceptions=True)
     if entry.closer is not None:
         await entry.closer.aclose()
 
@@ -257,13 +262,37 @@ async def _open(loop: asyncio.AbstractEventLoop, entry: _LoopPool) -> AsyncStore
     cfg = config_mod.load()
     pool = make_pool(url or database_url(cfg), max_size=pool_max or cfg.pool_max,
                      name=channels.AIO)
-    await pool.open(wait=False)
+    try:
+        # Its first connection made before the first call borrows it: a call that had to wait
+        # would make the pool grow, in the background, and a connection cut short by the
+        # loop's end is left open until the process exits.
+        with translate_errors(pool.breaker.suspect):
+            await pool.open(wait=True, timeout=pool.timeout)
+    except BaseException:
+        await pool.close()
+        raise
     store = AsyncStore(pool)
-    # asyncio has no "loop closing" hook, but asyncio.run (and uvloop's, and anyio's runners)
-    # shut down the loop's async generators before closing it: this one closes the pool then.
+    # asyncio has no "loop closing" hook. asyncio.run (and uvloop's, anyio's runners) first
+    # cancel every task, then shut down the loop's async generators, then close it. The pool
+    # must close at the first step: a pool worker cancelled while it connects swallows the
+    # cancellation and waits for work for ever, and asyncio.run with it. So a task of ours
+    # closes the pool when cancelled (its workers are told to stop), and an async generator
+    # does it for a loop whose tasks nobody cancels but whose generators are shut down.
+    entry.guard = loop.create_task(_close_when_cancelled(loop, entry, store),
+                                   name="bgjobs-aio-pool-guard")
     entry.closer = _close_at_shutdown(loop, entry, store)
     await entry.closer.__anext__()
     return store
+
+
+async def _close_when_cancelled(loop: asyncio.AbstractEventLoop, entry: _LoopPool,
+                                store: AsyncStore) -> None:
+    try:
+        await asyncio.Event().wait()
+    except asyncio.CancelledError:
+        # The pool's close() raises CancelledError when its workers were cancelled with us.
+        with suppress(asyncio.CancelledError):
+            await _shut(loop, entry, store)
 
 
 async def _close_at_shutdown(loop: asyncio.AbstractEventLoop, entry: _LoopPool,
@@ -271,6 +300,21 @@ async def _close_at_shutdown(loop: asyncio.AbstractEventLoop, entry: _LoopPool,
     try:
         yield
     finally:
-        if _pools.get(loop) is entry:
-            del _pools[loop]
-        await store.pool.close()
+        await _shut(loop, entry, store)
+
+
+async def _shut(loop: asyncio.AbstractEventLoop, entry: _LoopPool, store: AsyncStore) -> None:
+    """Forget this loop's pool and close it (again: a no-op)."""
+    if _pools.get(loop) is entry:
+        del _pools[loop]
+    pool = store.pool
+    # At the loop's end its tasks are cancelled, the pool's workers with them, and the pool's
+    # close() then raises CancelledError (it gathers them) before closing its idle
+    # connections, which would stay open until the process exits: close those first.
+    while not pool.closed and pool.get_stats().get("pool_available"):
+        try:
+            conn = await pool.getconn(timeout=0.1)
+        except Exception:  # noqa: BLE001 - none after all: the pool closes what is left
+            break
+        await conn.close()  # not given back: the pool would warn that it was closed
+    await pool.close()

@@ -51,7 +51,13 @@ def make_pool(url: str, max_size: int, timeout: float = 5.0, *,
     breaker = Breaker(url, name, autocommit=True, application_name=name)
 
     async def configure(conn: psycopg.AsyncConnection) -> None:
-        await aprepare_if_direct(conn)  # the pool may sit behind a pooler in transaction mode
+        try:
+            await aprepare_if_direct(conn)  # the pool may sit behind a pooler in transaction mode
+        except BaseException:
+            # Cancelled here (the loop's end), the pool forgets the connection without closing
+            # it: it would stay open until the process exits.
+            await conn.close()
+            raise
         breaker.succeeded()
         await _mark_used(conn)
 

@@ -4,6 +4,8 @@ caller's AsyncConnection transaction respected; one pool per event loop."""
 from __future__ import annotations
 
 import asyncio
+import gc
+import logging
 import threading
 import uuid
 from collections.abc import Awaitable, Callable
@@ -20,7 +22,7 @@ from bgjobs.core.astore import AsyncStore
 from bgjobs.core.errors import ConfigError
 from bgjobs.core.jobs import Attempt
 from bgjobs.core.store import Store
-from tests.conftest import doc_code, drain
+from tests.conftest import doc_code, drain, wait_for
 from tests.procs import free_port
 
 
@@ -258,6 +260,37 @@ def test_each_event_loop_gets_a_pool_of_its_own_closed_with_the_loop(db_url, mon
     assert len(stores) == 2 and stores[0] is not stores[1]
     assert all(s.pool.closed for s in stores)  # asyncio.run's end closed each loop's pool
     assert not bgjobs.aio._pools
+    wait_for(lambda: not aio_connections(db_url), message="the pools' connections to close")
+
+
+def test_a_loop_that_ends_while_its_pool_grows_ends_and_closes_every_connection(
+        db_url, monkeypatch, caplog):
+    # Seen: a pool worker cancelled by asyncio.run's end while it connected swallowed the
+    # cancellation and waited for work for ever, and asyncio.run with it; and the pool's
+    # idle connections stayed open until the process exited.
+    monkeypatch.setenv("DATABASE_URL", db_url)
+    # psycopg_pool logs the cut connection attempt with its exception, whose frames hold the
+    # half-made connection: pytest keeps log records, so it would keep that connection open.
+    caplog.set_level(logging.ERROR, logger="psycopg.pool")
+
+    async def busy() -> None:
+        await asyncio.gather(*(bgjobs.aio.get_job(uuid.uuid4()) for _ in range(16)))
+
+    for _ in range(3):
+        runner = threading.Thread(target=asyncio.run, args=(busy(),), daemon=True)
+        runner.start()
+        runner.join(timeout=20)
+        assert not runner.is_alive(), "asyncio.run did not end"
+    wait_for(lambda: not aio_connections(db_url), message="the pools' connections to close")
+
+
+def aio_connections(db_url: str) -> int:
+    """The pools' connections still open (a connection cut short while it was being made is
+    garbage, closed when collected)."""
+    gc.collect()
+    with psycopg.connect(db_url) as conn:
+        return conn.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = "
+                            "'bgjobs-aio' AND datname = current_database()").fetchone()[0]
 
 
 def test_close_closes_this_loops_pool_and_the_next_call_opens_another(db_url, monkeypatch):
