@@ -69,6 +69,7 @@ class BgJobs:
         self._events: types.SimpleNamespace | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._starting = asyncio.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def routes(self) -> list[BaseRoute]:
@@ -192,9 +193,14 @@ class BgJobs:
         return endpoint
 
     async def _started(self) -> types.SimpleNamespace:
-        """The streams' state, their LISTEN connection started on first use."""
-        if self._events is not None:
+        """The streams' state, their LISTEN connection started on first use (on this event
+        loop: an app served again on another loop, as tests do, starts anew)."""
+        loop = asyncio.get_running_loop()
+        if self._events is not None and self._loop is loop:
             return self._events
+        if self._loop is not loop:
+            self._events, self._tasks, self._loop = None, [], loop
+            self._starting = asyncio.Lock()
         async with self._starting:
             if self._events is None:
                 store = await bgjobs.aio.default_store()

@@ -192,3 +192,20 @@ def test_the_docs_fastapi_example_runs_as_written(db_url, monkeypatch, store: St
         c.post(f"/login/{bob.id}")
         assert c.get(f"/jobs/{report['job']}").status_code == 404
         c.portal.call(bgjobs.aio.close)
+
+
+def test_an_app_served_again_on_another_loop_streams_again(db_url, monkeypatch, store: Store):
+    # No lifespan: the streams start with the first one, on that client's loop.
+    monkeypatch.setenv("DATABASE_URL", db_url)
+    alice, _ = store.create_user("alice")
+    jobs = BgJobs(current_user_id=signed_in)
+    app = Starlette(routes=jobs.routes)
+    for n in range(2):
+        with TestClient(app) as c:
+            job = c.post("/jobs", json={"type": "noop"}, headers={"X-User": str(alice.id)}).json()
+            c.post(f"/jobs/{job['id']}/cancel", headers={"X-User": str(alice.id)})
+            ended = c.get(f"/jobs/events/{job['id']}", headers={"X-User": str(alice.id)})
+            assert events_of(ended.text)[-1]["status"] == "cancelled"
+            if n:  # the first loop ends with its streams' tasks still there
+                c.portal.call(jobs.close)
+            c.portal.call(bgjobs.aio.close)
