@@ -328,3 +328,19 @@ def test_the_docs_example_runs_as_written(db_url, monkeypatch, capsys):
     lines = capsys.readouterr().out.split("\n")
     assert lines[0].endswith(" pending") and lines[1:3] == ["pending", "cancelled"]
     assert not bgjobs.aio._pools  # asyncio.run's end closed the loop's pool
+
+
+def test_configure_points_new_pools_elsewhere(db_url, monkeypatch):
+    monkeypatch.setenv("DATABASE_URL", "postgresql://nobody@127.0.0.1:1/nothing")
+    with pytest.raises(ConfigError, match="not a Postgres connection URL"):
+        bgjobs.aio.configure("not a url")
+    bgjobs.aio.configure(db_url, pool_max=2)
+    try:
+        async def main() -> None:
+            store = await bgjobs.aio.default_store()
+            assert store.pool.max_size == 2
+            assert await bgjobs.aio.get_job(uuid.uuid4()) is None
+
+        asyncio.run(main())
+    finally:
+        bgjobs.aio.configure()
