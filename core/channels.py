@@ -52,6 +52,8 @@ def application_name(process: str, *, listen: bool = False, detail: str = "") ->
 API = application_name("api")
 FLASK = application_name("flask")
 ENQUEUE = application_name("enqueue")
+#: bgjobs.aio's pools (host code on an event loop)
+AIO = application_name("aio")
 WORKER = application_name("worker")
 WORKER_LISTEN = application_name("worker", listen=True)
 #: A supervisor limited to some types (--types) is never chosen to claim for the others.

@@ -24,6 +24,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from bgjobs.core.db import Pool, is_direct, is_outage, mark_used
 from bgjobs.core.errors import (
+    BgjobsError,
     Conflict,
     DatabaseError,
     DatabaseUnavailable,
@@ -129,16 +130,7 @@ class Store(Operations):
         Neither raises inside the caller's transaction: the insert is ON CONFLICT DO NOTHING,
         and only then a second statement reads the row that won.
         """
-        args = {
-            "job_type": new.job_type, "user_id": new.user_id,
-            "params": new.params_json if new.params_json is not None else Jsonb(new.params),
-            "priority": new.priority, "run_after": new.run_after,
-            "max_attempts": new.max_attempts, "idempotency_key": new.idempotency_key,
-            "exclusive_key": new.job_type if new.exclusive else None,
-            "depends_on": list(new.depends_on) if new.depends_on else None,
-            "run_if_dependency_fails": new.run_if_dependency_fails,
-            "workflow_id": new.workflow_id,
-        }
+        args = insert_job_args(new)
         with self.connection(conn) as c:
             # A clashing row committed after a statement began is invisible to it, so after
             # an empty answer from both, one more try (a new snapshot) sees it.
@@ -152,13 +144,7 @@ class Store(Operations):
                                         prepare=_prepare(c)).fetchone()
                 if clash is not None:
                     break
-            else:
-                raise Conflict("the job clashes with one being enqueued at this moment; retry")
-        job = Job(**{name: clash[name] for name in JOB_COLUMNS})
-        if clash["outcome"] == "exclusive":
-            raise Conflict(f"a {new.job_type} job is already pending or running for this user",
-                           job.id)
-        return Inserted(job, False)
+        return clashed(new, clash)
 
     def insert_jobs(self, job_type: str, params_list: Sequence[dict[str, Any]], *,
                     user_id: int | None = None, max_attempts: int = 3,
@@ -168,22 +154,12 @@ class Store(Operations):
         """Insert many jobs of one type in one statement; returns them in the order given."""
         if not params_list:
             return []
-        # One JSON array, not an array of jsonb values: one json.dumps instead of one per job,
-        # and nothing but the ids comes back (parsing 10,000 whole rows cost more than the
-        # insert itself, see docs/benchmarks.md).
-        args = {"job_type": job_type, "user_id": user_id, "max_attempts": max_attempts,
-                "params": json.dumps(params_list, separators=(",", ":")),
-                "depends_on": list(depends_on) if depends_on else None,
-                "run_if_dependency_fails": run_if_dependency_fails, "workflow_id": workflow_id}
+        args = insert_jobs_args(job_type, params_list, user_id, max_attempts, depends_on,
+                                run_if_dependency_fails, workflow_id)
         with self.connection(conn) as c:
             row = c.execute(q("insert_jobs"), args, prepare=_prepare(c)).fetchone()
-        assert row is not None
-        new = NewJob(job_type, {}, user_id, max_attempts=max_attempts, depends_on=depends_on,
-                     run_if_dependency_fails=run_if_dependency_fails)
-        ids = row[0]
-        fields = vars(_pending_job(new, ids[0], *row[1:]))
-        return [_job_like(fields, id=job_id, params=params)
-                for job_id, params in zip(ids, params_list, strict=True)]
+        return inserted_jobs(job_type, params_list, user_id, max_attempts, depends_on,
+                             run_if_dependency_fails, row)
 
     def get_job(self, job_id: UUID, user_id: int | None = None) -> Job:
         with self.connection() as c, c.cursor(row_factory=job_row) as cur:
@@ -222,10 +198,7 @@ class Store(Operations):
             counts = cur.execute(q("workflow_summary"), args).fetchone()
             with c.cursor(row_factory=job_row) as jobs_cur:
                 jobs = jobs_cur.execute(q("workflow_jobs"), args).fetchall()
-        if not counts or not counts["total"]:
-            raise NotFound(f"no workflow {workflow_id}")
-        failed = counts.pop("failed")
-        return Workflow(workflow_id, counts, failed, jobs[:limit], len(jobs) > limit)
+        return workflow_of(workflow_id, counts, jobs, limit)
 
     def cancel(self, job_id: UUID, user_id: int | None = None) -> Job:
         """Cancel a pending or running job; NotFound if missing or not theirs, Conflict if done."""
@@ -234,9 +207,7 @@ class Store(Operations):
             if job is not None:
                 return job
             owner = c.execute(q("job_owner"), {"id": job_id}).fetchone()
-        if owner is None or (user_id is not None and owner[0] != user_id):
-            raise NotFound(f"no job {job_id}")
-        raise Conflict(f"job {job_id} has already finished", job_id)
+        raise not_cancelled(job_id, user_id, owner)
 
     def requeue(self, job_id: UUID) -> Job:
         with self.connection() as c, c.cursor(row_factory=job_row) as cur:
@@ -467,6 +438,79 @@ class Store(Operations):
         """Jobs that finished in the last ``seconds``, by type and status, with run times."""
         with self.connection() as c, c.cursor(row_factory=dict_rows) as cur:
             return cur.execute(q("finished_recently"), {"seconds": seconds}).fetchall()
+
+
+# What the sync Store and the async one (core/astore.py) share: the arguments of a statement
+# and what its answer means. Pure: only the I/O differs between the two.
+
+
+def insert_job_args(new: NewJob) -> dict[str, Any]:
+    """The arguments of insert_job (and find_clashing_job) for ``new``."""
+    return {
+        "job_type": new.job_type, "user_id": new.user_id,
+        "params": new.params_json if new.params_json is not None else Jsonb(new.params),
+        "priority": new.priority, "run_after": new.run_after,
+        "max_attempts": new.max_attempts, "idempotency_key": new.idempotency_key,
+        "exclusive_key": new.job_type if new.exclusive else None,
+        "depends_on": list(new.depends_on) if new.depends_on else None,
+        "run_if_dependency_fails": new.run_if_dependency_fails,
+        "workflow_id": new.workflow_id,
+    }
+
+
+def clashed(new: NewJob, clash: dict[str, Any] | None) -> Inserted:
+    """What an insert that made no row means: an idempotency-key replay (the earlier job), or
+    Conflict (an exclusive type's job already there, or none found twice: a race)."""
+    if clash is None:
+        raise Conflict("the job clashes with one being enqueued at this moment; retry")
+    job = Job(**{name: clash[name] for name in JOB_COLUMNS})
+    if clash["outcome"] == "exclusive":
+        raise Conflict(f"a {new.job_type} job is already pending or running for this user",
+                       job.id)
+    return Inserted(job, False)
+
+
+def insert_jobs_args(job_type: str, params_list: Sequence[dict[str, Any]],
+                     user_id: int | None, max_attempts: int,
+                     depends_on: Sequence[UUID] | None, run_if_dependency_fails: bool,
+                     workflow_id: UUID | None) -> dict[str, Any]:
+    """The arguments of insert_jobs."""
+    # One JSON array, not an array of jsonb values: one json.dumps instead of one per job,
+    # and nothing but the ids comes back (parsing 10,000 whole rows cost more than the
+    # insert itself, see docs/benchmarks.md).
+    return {"job_type": job_type, "user_id": user_id, "max_attempts": max_attempts,
+            "params": json.dumps(params_list, separators=(",", ":")),
+            "depends_on": list(depends_on) if depends_on else None,
+            "run_if_dependency_fails": run_if_dependency_fails, "workflow_id": workflow_id}
+
+
+def inserted_jobs(job_type: str, params_list: Sequence[dict[str, Any]], user_id: int | None,
+                  max_attempts: int, depends_on: Sequence[UUID] | None,
+                  run_if_dependency_fails: bool, row: Sequence[Any] | None) -> list[Job]:
+    """The jobs insert_jobs made, in the order given, from its one row of ids."""
+    assert row is not None
+    new = NewJob(job_type, {}, user_id, max_attempts=max_attempts, depends_on=depends_on,
+                 run_if_dependency_fails=run_if_dependency_fails)
+    ids = row[0]
+    fields = vars(_pending_job(new, ids[0], *row[1:]))
+    return [_job_like(fields, id=job_id, params=params)
+            for job_id, params in zip(ids, params_list, strict=True)]
+
+
+def workflow_of(workflow_id: UUID, counts: dict[str, Any] | None, jobs: list[Job],
+                limit: int) -> Workflow:
+    """A Workflow from workflow_summary and workflow_jobs (read with ``limit`` + 1)."""
+    if not counts or not counts["total"]:
+        raise NotFound(f"no workflow {workflow_id}")
+    failed = counts.pop("failed")
+    return Workflow(workflow_id, counts, failed, jobs[:limit], len(jobs) > limit)
+
+
+def not_cancelled(job_id: UUID, user_id: int | None, owner: Sequence[Any] | None) -> BgjobsError:
+    """Why cancel_job changed nothing, from job_owner's row: NotFound or Conflict."""
+    if owner is None or (user_id is not None and owner[0] != user_id):
+        return NotFound(f"no job {job_id}")
+    return Conflict(f"job {job_id} has already finished", job_id)
 
 
 def _prepare(conn: psycopg.Connection) -> bool | None:

@@ -63,8 +63,8 @@ class SubscriptionStream(Response):
         self.status_code = 200
         self.raw_headers = list(self.HEADERS)  # no content-length: the body has no end yet
         self.background = None
-        self.broadcaster: Broadcaster = request.app.state.broadcaster
-        self.fanout: Fanout = request.app.state.fanout
+        self.broadcaster: Broadcaster = state(request).broadcaster
+        self.fanout: Fanout = state(request).fanout
         self.sub, self.content, self.ends_on_final = sub, content, ends_on_final
         # False: every state goes through this task (the workflow stream adds its summaries).
         self.direct = direct
@@ -99,14 +99,14 @@ class SubscriptionStream(Response):
 async def job_events(request: Request) -> Response:
     """One job: its state now, each change, the final state; then the stream ends."""
     _check_room(request)
-    user_id, credential = await _caller_id(request, request.path_params["job_id"])
+    user_id, credential = await _identify(request, request.path_params["job_id"])
     job_id = parse_job_id(request.path_params["job_id"])
     last_seen = _last_event_id(request)
-    broadcaster: Broadcaster = request.app.state.broadcaster
+    broadcaster: Broadcaster = state(request).broadcaster
     # Subscribe before reading the row: a change committed in between is not lost.
     sub = broadcaster.subscribe(job_ids=frozenset({job_id}), credential=credential)
     try:
-        job = await request.app.state.db.get_job(job_id, user_id)
+        job = await state(request).db.get_job(job_id, user_id)
     except BaseException:
         broadcaster.unsubscribe(sub)
         raise
@@ -147,8 +147,8 @@ async def _job_stream(sub: Subscription, first: Job | None) -> AsyncIterator[byt
 async def user_events(request: Request) -> Response:
     """Every change to any of the caller's jobs, new ones included, until the client leaves."""
     _check_room(request)
-    user_id, credential = await _caller_id(request, None)
-    broadcaster: Broadcaster = request.app.state.broadcaster
+    user_id, credential = await _identify(request, None)
+    broadcaster: Broadcaster = state(request).broadcaster
     sub = broadcaster.subscribe(user_id=user_id, credential=credential)
     return SubscriptionStream(request, sub, _user_stream(sub))
 
@@ -166,7 +166,7 @@ async def all_events(request: Request) -> Response:
     user = await _caller(request)
     if not user.is_admin:
         raise ApiError(403, "forbidden", "the all-jobs stream is for admins")
-    broadcaster: Broadcaster = request.app.state.broadcaster
+    broadcaster: Broadcaster = state(request).broadcaster
     sub = broadcaster.subscribe_all()
     return SubscriptionStream(request, sub, _user_stream(sub))
 
@@ -220,29 +220,47 @@ def encoded(job: State) -> bytes:
 
 
 async def healthz(request: Request) -> Response:
-    connected = request.app.state.broadcaster.connected
+    connected = state(request).broadcaster.connected
     return JSONResponse({"status": "ok" if connected else "degraded",
                          "listen_connected": connected}, 200 if connected else 503)
 
 
 async def stats(request: Request) -> Response:
-    auth.check_metrics_token(request.app.state.metrics_token, request.headers.get("authorization"))
-    return JSONResponse({"pid": os.getpid(), **request.app.state.broadcaster.stats(),
-                         **request.app.state.fanout.stats()})
+    auth.check_metrics_token(state(request).metrics_token, request.headers.get("authorization"))
+    return JSONResponse({"pid": os.getpid(), **state(request).broadcaster.stats(),
+                         **state(request).fanout.stats()})
 
 
 def _check_room(request: Request) -> None:
     """Refuse a new stream once this process holds BGJOBS_EVENTS_CONNECTIONS of them."""
-    cap = request.app.state.max_streams
-    if request.app.state.broadcaster.open_streams >= cap:
+    cap = state(request).max_streams
+    if state(request).broadcaster.open_streams >= cap:
         raise ApiError(503, "too_many_streams",
                        f"this events process already holds {cap} streams; retry shortly",
                        headers={"Retry-After": str(errors.RETRY_AFTER_SECONDS)})
 
 
+def state(request: Request) -> Any:
+    """The service's state: its app's, or what a host app mounting the streams put in the scope
+    (bgjobs.asgi), with ``identify`` then saying who the caller is."""
+    return request.scope.get(STATE_SCOPE_KEY) or request.app.state
+
+
+#: Where bgjobs.asgi puts the streams' state in the scope of a host app's request.
+STATE_SCOPE_KEY = "bgjobs.events"
+
+
+async def _identify(request: Request, raw_job_id: str | None) -> tuple[int, Credential | None]:
+    """The caller's user id and credential: the host app's (bgjobs.asgi), else ``_caller_id``."""
+    identify = getattr(state(request), "identify", None)
+    if identify is not None:
+        return await identify(request), None
+    return await _caller_id(request, raw_job_id)
+
+
 async def _caller(request: Request) -> User:
-    db: EventsDb = request.app.state.db
-    user = await db.authenticate(request.app.state.secret, request.headers.get("authorization"),
+    db: EventsDb = state(request).db
+    user = await db.authenticate(state(request).secret, request.headers.get("authorization"),
                                  request.cookies.get(SESSION_COOKIE))
     if user is None:
         raise errors.unauthorized(
@@ -258,7 +276,7 @@ async def _caller_id(request: Request, raw_job_id: str | None) -> tuple[int, Cre
     """
     token = request.query_params.get(stream_tokens.PARAM)
     if token is not None:
-        return stream_tokens.user_for(request.app.state.secret, token, raw_job_id), None
+        return stream_tokens.user_for(state(request).secret, token, raw_job_id), None
     user = await _caller(request)
     return user.id, Credential(user.id, user.token_id, user.session_id)
 

@@ -1,30 +1,23 @@
 """The events service's database reads, async, through the store's named queries.
 
 The API's Store is synchronous; the events service lives on one event loop and must not block
-it, so it reads the same rows with the same SQL over an AsyncConnectionPool.
+it, so it reads the same rows with the same SQL over an AsyncConnectionPool (core/apool.py,
+shared with bgjobs.aio).
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator, Iterable
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import Any
 from uuid import UUID
 
 import psycopg
 from psycopg.rows import dict_row
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from bgjobs.core import channels, replan
-from bgjobs.core.db import (
-    CONNECT_TIMEOUT,
-    IDLE_CHECK_SECONDS,
-    Breaker,
-    aprepare_if_direct,
-    waits,
-)
+from bgjobs.core import channels
+from bgjobs.core.apool import AsyncPool
+from bgjobs.core.apool import make_pool as make_pool
 from bgjobs.core.jobs import Job, User
 from bgjobs.core.queries import q
 from bgjobs.core.rows import job_row, lenient, record_row
@@ -32,70 +25,6 @@ from bgjobs.core.store import translate_errors
 from bgjobs.server import auth
 
 POOL_APPLICATION_NAME = channels.EVENTS
-
-
-class AsyncPool(AsyncConnectionPool):
-    """The async pool with a Breaker (bgjobs.core.db): known outages are answered at once."""
-
-    def __init__(self, *args: Any, breaker: Breaker, **kwargs: Any) -> None:
-        self.breaker = breaker
-        super().__init__(*args, **kwargs)
-
-    @asynccontextmanager
-    async def lend(self) -> AsyncIterator[psycopg.AsyncConnection]:
-        """Like ``connection()``, but DatabaseUnavailable at once while Postgres is down."""
-        for wait in waits(self.timeout, self.breaker):
-            with suppress(PoolTimeout):
-                conn = await self.getconn(timeout=wait)
-                break
-        else:
-            raise PoolTimeout(f"no connection after {self.timeout:.1f}s")
-        try:
-            async with conn:
-                yield conn
-        finally:
-            await self.putconn(conn)
-
-
-def make_pool(url: str, max_size: int, timeout: float = 5.0) -> AsyncPool:
-    """A lazily opened pool that outlives Postgres restarts (connections are checked)."""
-    breaker = Breaker(url, "bgjobs-events", autocommit=True,
-                      application_name=POOL_APPLICATION_NAME)
-
-    async def configure(conn: psycopg.AsyncConnection) -> None:
-        await aprepare_if_direct(conn)  # the pool may sit behind a pooler in transaction mode
-        breaker.succeeded()
-        await _mark_used(conn)
-
-    return AsyncPool(
-        url,
-        breaker=breaker,
-        min_size=1,
-        max_size=max_size,
-        name="bgjobs-events",
-        open=False,
-        timeout=timeout,
-        reconnect_timeout=0,  # give up a failed reconnection and open the breaker
-        reconnect_failed=lambda _pool: breaker.failed("cannot connect to Postgres"),
-        configure=configure,
-        # Check only a connection that sat idle (after a Postgres restart it would fail the
-        # read): checking every one cost each row read a second round trip, and on a loop busy
-        # sending to a thousand streams every round trip waits for a whole round of sends.
-        check=_check_if_idle,
-        kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT,
-                "application_name": POOL_APPLICATION_NAME, "cursor_factory": replan.AsyncCursor,
-                "prepare_threshold": None},
-    )
-
-
-async def _mark_used(conn: psycopg.AsyncConnection) -> None:
-    conn._bgjobs_idle_since = time.monotonic()  # type: ignore[attr-defined]
-
-
-async def _check_if_idle(conn: psycopg.AsyncConnection) -> None:
-    if time.monotonic() - getattr(conn, "_bgjobs_idle_since", 0.0) > IDLE_CHECK_SECONDS:
-        await AsyncConnectionPool.check_connection(conn)
-    await _mark_used(conn)
 
 
 class EventsDb:

@@ -92,17 +92,43 @@ def submit(
     store: Store | None = None,
 ) -> Enqueued:
     """``enqueue``, also telling whether the job is new or an idempotency-key replay."""
+    new = prepare(job_type, params, user_id=user_id, priority=priority, run_after=run_after,
+                  idempotency_key=idempotency_key, after=after,
+                  run_if_dependency_fails=run_if_dependency_fails, workflow_id=workflow_id)
+    return enqueued(new, (store or default_store()).insert_job(new, conn=conn))
+
+
+def prepare(
+    job_type: str,
+    params: dict[str, Any] | None = None,
+    *,
+    user_id: int | None = None,
+    priority: int = 0,
+    run_after: datetime | None = None,
+    idempotency_key: str | None = None,
+    after: Sequence[Job | UUID | str] | None = None,
+    run_if_dependency_fails: bool = False,
+    workflow_id: UUID | str | None = None,
+) -> NewJob:
+    """The job to insert, checked (no I/O: the sync path and bgjobs.aio share it).
+
+    Raises UnknownTask, InvalidParams or InvalidRequest (see ``enqueue``).
+    """
     task = registry.get(job_type)
     checked = task.validate(params)
     params_json = _storable(checked)
     _check_priority(priority)
     run_after = _check_run_after(run_after)
     check_idempotency_key(idempotency_key)
-    new = NewJob(task.name, checked, user_id, priority, run_after, task.max_attempts,
-                 idempotency_key, task.exclusive, dependency_ids(after),
-                 run_if_dependency_fails, _workflow_id(workflow_id), params_json)
-    job, created = (store or default_store()).insert_job(new, conn=conn)
-    if not created and (job.job_type != task.name or job.params != checked):
+    return NewJob(task.name, checked, user_id, priority, run_after, task.max_attempts,
+                  idempotency_key, task.exclusive, dependency_ids(after),
+                  run_if_dependency_fails, _workflow_id(workflow_id), params_json)
+
+
+def enqueued(new: NewJob, inserted: tuple[Job, bool]) -> Enqueued:
+    """What inserting ``new`` made; Conflict if an idempotency-key replay names another job."""
+    job, created = inserted
+    if not created and (job.job_type != new.job_type or job.params != new.params):
         raise Conflict("the idempotency key was already used for a different job", job.id)
     return Enqueued(job, created)
 
@@ -122,6 +148,49 @@ def enqueue_many(
 
     With ``after``, every one of them waits for those jobs (a fan-out; see ``enqueue``).
     """
+    batch = prepare_many(job_type, params_list, user_id=user_id, after=after,
+                         run_if_dependency_fails=run_if_dependency_fails,
+                         workflow_id=workflow_id)
+    if batch.one is not None:
+        return [enqueued(batch.one, (store or default_store()).insert_job(batch.one,
+                                                                          conn=conn)).job]
+    if not batch.params_list:
+        return []
+    return (store or default_store()).insert_jobs(batch.job_type, batch.params_list,
+                                                  conn=conn, **batch.options())
+
+
+class Batch(NamedTuple):
+    """Many jobs of one type to insert, checked (see ``prepare_many``)."""
+
+    job_type: str
+    params_list: list[dict[str, Any]]
+    user_id: int | None
+    max_attempts: int
+    depends_on: list[UUID] | None
+    run_if_dependency_fails: bool
+    workflow_id: UUID | None
+    #: An exclusive type's one job, inserted as ``enqueue`` inserts it (None: the batch).
+    one: NewJob | None = None
+
+    def options(self) -> dict[str, Any]:
+        """The keyword arguments of ``insert_jobs`` but the type, the params and ``conn``."""
+        return {"user_id": self.user_id, "max_attempts": self.max_attempts,
+                "depends_on": self.depends_on,
+                "run_if_dependency_fails": self.run_if_dependency_fails,
+                "workflow_id": self.workflow_id}
+
+
+def prepare_many(
+    job_type: str,
+    params_list: Sequence[dict[str, Any] | None],
+    *,
+    user_id: int | None = None,
+    after: Sequence[Job | UUID | str] | None = None,
+    run_if_dependency_fails: bool = False,
+    workflow_id: UUID | str | None = None,
+) -> Batch:
+    """``enqueue_many``'s jobs, checked (no I/O: the sync path and bgjobs.aio share it)."""
     task = registry.get(job_type)
     if task.exclusive and len(params_list) > 1:
         raise InvalidRequest(f"{task.name} is exclusive (one pending or running job per user): "
@@ -138,17 +207,13 @@ def enqueue_many(
                 _storable(params)
             except InvalidParams as exc:
                 raise InvalidParams(f"params_list[{n}]: {exc}") from None
-    if not checked:
-        return []
     depends_on, workflow = dependency_ids(after), _workflow_id(workflow_id)
-    if task.exclusive:
-        return [submit(task.name, checked[0], user_id=user_id, after=depends_on,
-                       run_if_dependency_fails=run_if_dependency_fails, workflow_id=workflow,
-                       conn=conn, store=store).job]
-    return (store or default_store()).insert_jobs(
-        task.name, checked, user_id=user_id, max_attempts=task.max_attempts,
-        depends_on=depends_on, run_if_dependency_fails=run_if_dependency_fails,
-        workflow_id=workflow, conn=conn)
+    one = None
+    if task.exclusive and checked:
+        one = prepare(task.name, checked[0], user_id=user_id, after=depends_on,
+                      run_if_dependency_fails=run_if_dependency_fails, workflow_id=workflow)
+    return Batch(task.name, checked, user_id, task.max_attempts, depends_on,
+                 run_if_dependency_fails, workflow, one)
 
 
 def get_job(job_id: UUID | str, *, user_id: int | None = None,

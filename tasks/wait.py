@@ -45,12 +45,12 @@ def wait(job_id: UUID | str, timeout: float | None = None, *, user_id: int | Non
     LISTENs on BGJOBS_DIRECT_URL when that is set, else on the store's database).
     """
     job_id = parse_job_id(job_id)
-    deadline = _deadline(timeout)
+    deadline = deadline_of(timeout)
     store = store or default_store()
     with _listening(store) as conn:
         job = store.get_job(job_id, user_id)  # after LISTEN: nothing falls in between
         while job.status not in FINISHED:
-            left = _left(deadline)
+            left = left_of(deadline)
             if left is not None and left <= 0:
                 raise WaitTimeout(f"job {job_id} is still {job.status} after {timeout}s", job)
             if _finished_news(conn, job_id, left):
@@ -66,13 +66,13 @@ def wait_workflow(workflow_id: UUID | str, timeout: float | None = None, *,
     jobs added to the workflow after the call began.
     """
     workflow_id = parse_job_id(workflow_id)
-    deadline = _deadline(timeout)
+    deadline = deadline_of(timeout)
     store = store or default_store()
     with _listening(store) as conn:
         workflow = store.get_workflow(workflow_id, user_id)
         reread_at = time.monotonic() + REREAD_SECONDS
         while not workflow.finished:
-            left = _left(deadline)
+            left = left_of(deadline)
             if left is not None and left <= 0:
                 raise WaitTimeout(f"workflow {workflow_id} is not finished after {timeout}s",
                                   None, workflow)
@@ -89,13 +89,13 @@ def wait_workflow(workflow_id: UUID | str, timeout: float | None = None, *,
 REREAD_SECONDS = 1.0
 
 
-def _deadline(timeout: float | None) -> float | None:
+def deadline_of(timeout: float | None) -> float | None:
     if timeout is not None and not timeout >= 0:
         raise ValueError(f"timeout must be a number of seconds >= 0, got {timeout!r}")
     return None if timeout is None else time.monotonic() + timeout
 
 
-def _left(deadline: float | None) -> float | None:
+def left_of(deadline: float | None) -> float | None:
     return None if deadline is None else deadline - time.monotonic()
 
 
@@ -111,21 +111,9 @@ def _listening(store: Store) -> Iterator[psycopg.Connection]:
 
 
 def _finished_news(conn: psycopg.Connection, job_id: UUID, timeout: float | None) -> bool:
-    """Sleep until notifications arrive (or ``timeout``); True if one may mean it finished."""
-    for note in conn.notifies(timeout=timeout, stop_after=1):
-        payload = channels.parse_progress(note.payload)
-        if payload is None:
-            continue
-        if "ids" in payload:
-            # One of many jobs whose status a statement changed (010): read it.
-            if job_id in payload["ids"]:  # type: ignore[typeddict-item]
-                return True
-            continue
-        if payload["id"] != job_id:  # type: ignore[typeddict-item]
-            continue
-        # A payload past Postgres' size limit carries the id alone: read the row.
-        return payload.get("status") in FINISHED or "status" not in payload
-    return False
+    """Sleep until a notification arrives (or ``timeout``); True if it may mean it finished."""
+    return any(may_have_finished(note.payload, job_id)
+               for note in conn.notifies(timeout=timeout, stop_after=1))
 
 
 def _news_about(conn: psycopg.Connection, ids: set[UUID], timeout: float) -> bool:
@@ -133,12 +121,33 @@ def _news_about(conn: psycopg.Connection, ids: set[UUID], timeout: float) -> boo
     end = time.monotonic() + timeout
     while (left := end - time.monotonic()) > 0:
         for note in conn.notifies(timeout=left, stop_after=1):
-            payload = channels.parse_progress(note.payload)
-            if payload is None:
-                continue
-            if "ids" in payload:
-                if ids.intersection(payload["ids"]):  # type: ignore[typeddict-item]
-                    return True
-            elif payload["id"] in ids:  # type: ignore[typeddict-item]
+            if names_any(note.payload, ids):
                 return True
     return False
+
+
+# What a progress notification means to a waiter (shared with bgjobs.aio: no I/O).
+
+
+def may_have_finished(raw: str, job_id: UUID) -> bool:
+    """Whether this background_jobs_progress payload may mean ``job_id`` finished: read it."""
+    payload = channels.parse_progress(raw)
+    if payload is None:
+        return False
+    if "ids" in payload:
+        # One of many jobs whose status a statement changed (010): read it.
+        return job_id in payload["ids"]  # type: ignore[typeddict-item]
+    if payload["id"] != job_id:  # type: ignore[typeddict-item]
+        return False
+    # A payload past Postgres' size limit carries the id alone: read the row.
+    return payload.get("status") in FINISHED or "status" not in payload
+
+
+def names_any(raw: str, ids: set[UUID]) -> bool:
+    """Whether this background_jobs_progress payload names one of ``ids``."""
+    payload = channels.parse_progress(raw)
+    if payload is None:
+        return False
+    if "ids" in payload:
+        return bool(ids.intersection(payload["ids"]))  # type: ignore[typeddict-item]
+    return payload["id"] in ids  # type: ignore[typeddict-item]

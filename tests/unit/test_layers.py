@@ -15,7 +15,7 @@ ALLOWED = {
     "tasks": {"core", "tasks"},
     "server": {"core", "tasks", "server"},
     "worker": {"core", "tasks", "worker"},
-    "bgjobs": {"core", "tasks", "server", "worker", "cli", "flask", ""},
+    "bgjobs": {"core", "tasks", "server", "worker", "cli", "flask", "aio", "asgi", ""},
 }
 #: what the checkout's folders are called once installed; nothing may import them by folder
 FOLDERS = {"core", "tasks", "server", "worker", "sql"}
