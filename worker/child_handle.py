@@ -5,6 +5,7 @@ The child's own side is worker/child_main.py.
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import socket
@@ -44,6 +45,8 @@ class ChildProcess:
         #: job ids handed over and not yet reported back, oldest (the running one) first;
         #: with their types in an IO process (all running)
         self.jobs: dict[UUID, str | None] = {}
+        #: in an IO process, how many jobs of each type it runs
+        self.running: collections.Counter[str] = collections.Counter()
         self.ready = False
 
     def fileno(self) -> int:

@@ -63,7 +63,7 @@ class Fleet:
 
     def io_capacity(self, job_type: str) -> dict[ChildProcess, int]:
         """How many more jobs of a concurrent type each IO process may run now."""
-        free = {c: c.io[job_type] - sum(1 for t in c.jobs.values() if t == job_type)
+        free = {c: c.io[job_type] - c.running[job_type]
                 for c in self.children.values() if c.ready and job_type in c.io}
         return {c: n for c, n in free.items() if n > 0}
 
@@ -84,7 +84,11 @@ class Fleet:
             r = Running(Attempt(job.id, worker_id, job.attempt), job.job_type,
                         job.max_attempts, job.version, child, now)
             self.running[job.id] = r
-            child.jobs[job.id] = job.job_type if child.io else None
+            if child.io:
+                child.jobs[job.id] = job.job_type
+                child.running[job.job_type] += 1
+            else:
+                child.jobs[job.id] = None
             specs[child].append(protocol.JobSpec(job.id, job.job_type, job.params, job.attempt,
                                                  job.dependencies, worker_id))
             log.info("claimed %s for process %s", r.describe(), child.pid)
@@ -164,7 +168,8 @@ class Fleet:
 
     def _finish(self, child: ChildProcess, job_id: UUID,
                 duration: float | None) -> Running | None:
-        child.jobs.pop(job_id, None)
+        if (job_type := child.jobs.pop(job_id, None)) is not None:
+            child.running[job_type] -= 1
         r = self.running.pop(job_id, None)
         if r is not None and duration is not None and not child.io:  # sizes process batches
             self.avg_duration = 0.9 * self.avg_duration + 0.1 * duration

@@ -85,13 +85,13 @@ class IoChild:
                 self.specs[job] = spec
                 self.running[spec.job_id] = job
         elif isinstance(msg, protocol.Cancel):
-            job = self.running.get(msg.job_id)
-            if job is not None:
+            running = self.running.get(msg.job_id)
+            if running is not None:
                 self.cancelled.add(msg.job_id)
-                task = self.tasks.get(self.specs[job].job_type)
+                task = self.tasks.get(self.specs[running].job_type)
                 # A thread cannot be interrupted: a plain handler stops at its next progress().
                 if task is None or inspect.iscoroutinefunction(task.handler):
-                    job.cancel()
+                    running.cancel()
         elif isinstance(msg, protocol.Drop):
             self.send(protocol.Dropped([]))  # every job it holds has started
         else:
