@@ -279,7 +279,8 @@ class Supervisor:
             channel, payload, sender = Note(*note)
             if channel == NEW:
                 if self.wakeups.wake(payload, sender, self.types, time.monotonic()):
-                    self.claimer.woken(payload.removeprefix(EVERYONE))
+                    self.claimer.woken(payload.removeprefix(EVERYONE),
+                                       payload.startswith(EVERYONE))
                 continue
             taken = parse_taken_back(payload)
             r = self.fleet.running.get(UUID(taken["id"])) if taken else None
@@ -302,7 +303,7 @@ class Supervisor:
         self.listening = True
         self.listen_state.ok(now)
         # Notifications sent while we were not listening are lost: re-read the table.
-        self.wake = self.wakeups.sweep = True
+        self.claimer.sweep()
         self.lease.soon()
         log.info("listening for jobs (%s)", ", ".join(self.settings.types or ("all types",)))
 

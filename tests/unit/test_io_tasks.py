@@ -66,3 +66,71 @@ def test_bad_io_processes_says_why():
 
     with pytest.raises(argparse.ArgumentTypeError, match="must be 0 or more"):
         whole_number("-1")
+
+
+class QueueStore:
+    """Pending jobs by type; claims take from them (the claim statement's effect, no SQL)."""
+
+    def __init__(self, pending: dict[str, int]) -> None:
+        self.pending = pending
+        self.claims: list[tuple[tuple[str, ...], int, int]] = []
+
+    def claim_specs(self, worker_id: str, types: Any, *, limit: int,
+                    lease_seconds: int) -> list[Any]:
+        got = []
+        for t in types:
+            n = min(limit - len(got), self.pending.get(t, 0))
+            self.pending[t] = self.pending.get(t, 0) - n
+            got += [t] * n
+        self.claims.append((tuple(types), limit, len(got)))
+        return got
+
+    def next_run_after(self, types: Any) -> None:
+        return None
+
+    def limited_types(self) -> dict[str, Any]:
+        return {}
+
+
+class IoFleet:
+    """One process slot (free) and an IO process that runs two 'io' jobs at once."""
+
+    io_types = {"io": 2}
+    running: dict[object, object] = {}
+
+    def __init__(self) -> None:
+        self.io_free = 2
+
+    def capacity(self) -> dict[str, int]:
+        return {"proc": 1}
+
+    def io_capacity(self, job_type: str) -> dict[str, int]:
+        return {"io": self.io_free} if self.io_free else {}
+
+    def hand_out(self, jobs: list[Any], capacity: dict[str, int], worker_id: str) -> None:
+        if "io" in capacity:
+            self.io_free -= len(jobs)
+
+
+def test_an_empty_claim_for_the_process_types_never_stops_io_refills():
+    from bgjobs.worker.duties.claiming import Claimer
+    from bgjobs.worker.wakeups import Wakeups
+
+    store, fleet = QueueStore({"io": 7}), IoFleet()
+    claimer = Claimer(store, fleet, Wakeups(True), "w",  # type: ignore[arg-type]
+                      lambda: ("cpu", "io"), lambda: 0, poll_interval=5.0, lease=30,
+                      backlog_limit=100)
+    claimer.run(0.0)  # the start: both claim; the process types' claim comes back empty
+    assert store.claims == [(("cpu",), 1, 0), (("io",), 2, 2)]
+    claimer.run(4.0)  # no room for io yet: nothing claimed, no busy loop
+    assert len(store.claims) == 2 and claimer.wake_at(4.0) == 5.0
+    claimer.run(5.0)  # the poll: the process types' claim is empty again, io still full
+    assert store.claims[2:] == [(("cpu",), 1, 0)]
+    for t in (5.1, 5.2, 5.3):  # each time both io slots free up, refilled without a wake-up
+        fleet.io_free = 2
+        assert claimer.wake_at(t) == t
+        claimer.run(t)
+    assert store.claims[3:] == [(("io",), 2, 2), (("io",), 2, 2), (("io",), 2, 1)]
+    assert store.pending["io"] == 0
+    fleet.io_free = 2
+    assert claimer.wake_at(5.4) == 10.0  # the short claim ended the refills: sleep to the poll

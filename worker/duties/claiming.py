@@ -8,8 +8,9 @@ are relayed to the idle supervisors (see worker/wakeups.py).
 
 Jobs of a concurrent type (an IO process runs many at once: see worker/io_child.py) are claimed
 apart, one statement per such type with room for it, so a process never holds more of a type
-than its concurrency; each such type keeps its own ``wake`` and ``more``. Without concurrent
-types there is one group, the process-per-job children, and one claim statement.
+than its concurrency; each such type keeps its own ``wake``, ``more`` and ``sweep`` (so an empty
+claim for the other types never stops its refills). Without concurrent types there is one
+group, the process-per-job children, and one claim statement.
 """
 
 from __future__ import annotations
@@ -32,7 +33,10 @@ class Group:
 
     wake: bool = True  # claim at start: jobs may be waiting
     more: bool = False  # the last claim was full: claim again as soon as there is room
-    #: woken while it had no room: several jobs may have come meanwhile (IO types only)
+    #: IO types only: many may be waiting (a '*' wake-up, a poll, a start) until a claim of
+    #: the type comes back short (the process group uses Wakeups.sweep, as it always did)...
+    sweep: bool = True
+    #: ...or it was woken while it had no room: several jobs may have come meanwhile
     missed: bool = False
 
 
@@ -70,9 +74,17 @@ class Claimer(Duty):
         for group in (self.procs, *self.io.values()):
             group.wake = value
 
-    def woken(self, job_type: str) -> None:
-        """A notification of a job of ``job_type`` that is ours to claim."""
-        self._group(job_type).wake = True
+    def woken(self, job_type: str, many: bool = False) -> None:
+        """A notification of a job (``many``: of jobs) of ``job_type`` that is ours to claim."""
+        group = self._group(job_type)
+        group.wake = True
+        group.sweep |= many
+
+    def sweep(self) -> None:
+        """Many jobs of any type may be waiting (a poll, a reconnect): claim while claims fill."""
+        self.wake = self.wakeups.sweep = True
+        for group in self.io.values():
+            group.sweep = True
 
     def _group(self, job_type: str) -> Group:
         if job_type in self.fleet.io_types:
@@ -126,12 +138,12 @@ class Claimer(Duty):
     def run(self, now: float) -> None:
         if now >= self.next_at or not self.limits_read:
             self.next_at = now + self.interval
-            self.wake = self.wakeups.sweep = True
+            self.sweep()
             self.limited = self.store.limited_types()  # a DBA may have changed them
             self.limits_read = True
         if self.next_due is not None and now >= self.next_due:
-            self.next_due, self.wake = None, True
-            self.wakeups.sweep = True
+            self.next_due = None
+            self.sweep()
         if self._wanted():
             self.run_once(now)
 
@@ -158,7 +170,11 @@ class Claimer(Duty):
             # claim of the one job that fell to a one-process supervisor says nothing of others,
             # and the claim after it would be empty. An IO type woken while it was full may
             # have several waiting.
-            group.more = full and (sweep or group.missed)
+            if group is self.procs:
+                group.more = full and sweep
+            else:
+                group.more = full and (group.sweep or group.missed)
+                group.sweep &= full
             group.missed = False
             claims.append((group, full))
             if jobs:
@@ -168,7 +184,8 @@ class Claimer(Duty):
                         now)
         if not claims:
             return
-        self.wakeups.claimed(any(full for _, full in claims))
+        # Wakeups.sweep is the process group's: only its claim may clear it.
+        self.wakeups.claimed(next((full for g, full in claims if g is self.procs), True))
         if not any(group.more for group, _ in claims):
             self._schedule_next_due()
             self._schedule_rate_refill(now)
