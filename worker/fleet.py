@@ -131,6 +131,11 @@ class Fleet:
             r = self.running.get(msg.job_id)
             if r is not None:
                 self.outbox.report(r, msg.state)
+        elif isinstance(msg, protocol.ProgressMany):
+            for job_id, state in msg.updates:
+                r = self.running.get(job_id)
+                if r is not None:
+                    self.outbox.report(r, state)
         elif isinstance(msg, protocol.Done):
             for done in msg.finished:
                 r = self._finish(child, done.job_id, done.duration)

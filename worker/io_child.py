@@ -55,6 +55,10 @@ class IoChild:
         self.specs: dict[asyncio.Task[None], protocol.JobSpec] = {}
         self.running: dict[UUID, asyncio.Task[None]] = {}
         self.outbox: list[Completion] = []
+        #: progress to send with the next flush, by job: hundreds of jobs' reports in one
+        #: message, and a job that finishes first sends its last one with its result
+        self.progress: dict[UUID, dict[str, Any]] = {}
+        self.loop_thread = threading.get_ident()  # made on the thread that runs the loop
         self.flush_handle: asyncio.TimerHandle | None = None
         threads = sum(t.io_concurrency or 0 for t in tasks.values()
                       if not inspect.iscoroutinefunction(t.handler))
@@ -105,7 +109,10 @@ class IoChild:
 
         def send_progress(state: dict[str, Any]) -> None:
             _check_storable(state, "progress")
-            self.send(protocol.Progress(job_id, state))
+            if threading.get_ident() == self.loop_thread:
+                self.report(job_id, state)
+            else:  # a plain handler, in its thread
+                self.loop.call_soon_threadsafe(self.report, job_id, state)
 
         throttle = ProgressThrottle(send_progress)
         start = time.perf_counter()
@@ -121,16 +128,16 @@ class IoChild:
             _check_storable(result, "result")
         except (JobCancelled, asyncio.CancelledError) as exc:
             if job_id in self.cancelled:
+                self.progress.pop(job_id, None)
                 self.send(protocol.Cancelled(job_id, time.perf_counter() - start))
             else:  # a CancelledError of the handler's own making
                 self.fail(spec, task, exc, start, throttle)
         except Exception as exc:  # noqa: BLE001 - any handler error ends the attempt, recorded
             self.fail(spec, task, exc, start, throttle)
         else:
-            self.outbox.append(Completion(spec.fence(), result, throttle.unsent(),
+            self.outbox.append(Completion(spec.fence(), result, self.last_progress(spec, throttle),
                                           time.perf_counter() - start))
-            if self.flush_handle is None:
-                self.flush_handle = self.loop.call_later(FLUSH_INTERVAL, self.flush)
+            self.flush_soon()
         finally:
             self.cancelled.discard(job_id)
             job = self.running.pop(job_id, None)
@@ -143,14 +150,35 @@ class IoChild:
                      and task.retryable(exc))
         delay = task.delay_before_retry(spec.attempt) if task else 0.0
         error = {"error": type(exc).__name__, "message": _clean(str(exc))}
+        progress = self.last_progress(spec, throttle)
         self.flush()  # earlier jobs' results first, so the log reads in order
         self.send(Failure(spec.fence(), error, retryable, delay, traceback.format_exc(),
-                          time.perf_counter() - start, throttle.unsent()))
+                          time.perf_counter() - start, progress))
+
+    def last_progress(self, spec: protocol.JobSpec,
+                      throttle: ProgressThrottle) -> dict[str, Any] | None:
+        """The progress to write with a job's outcome: its latest not sent yet, if any."""
+        buffered = self.progress.pop(spec.job_id, None)
+        unsent = throttle.unsent()
+        return unsent if unsent is not None else buffered
+
+    def report(self, job_id: UUID, state: dict[str, Any]) -> None:
+        if job_id in self.running:
+            self.progress[job_id] = state
+            self.flush_soon()
+
+    def flush_soon(self) -> None:
+        if self.flush_handle is None:
+            self.flush_handle = self.loop.call_later(FLUSH_INTERVAL, self.flush)
 
     def flush(self) -> None:
         if self.flush_handle is not None:
             self.flush_handle.cancel()
             self.flush_handle = None
+        if self.progress:
+            updates = [protocol.Progress(i, s) for i, s in self.progress.items()]
+            self.progress.clear()
+            self.send(protocol.ProgressMany(updates))
         if self.outbox:
             batch, self.outbox = self.outbox, []
             self.send(protocol.Done(batch))
