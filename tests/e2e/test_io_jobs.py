@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -158,3 +160,29 @@ def test_io_processes_zero_runs_async_tasks_a_process_per_job(db_url, store, sta
     job_id = add_job(store, "io_sleep", {"seconds": 0.0}).id
     done = wait_job(store, job_id, lambda j: j.status == "complete", "complete", worker)
     assert done.result["pid"] in children_of(worker.pid)
+
+
+def test_a_crashed_io_process_fails_its_jobs_and_they_retry_in_a_new_one(db_url, store,
+                                                                          start_worker):
+    worker = start_worker(db_url)
+    ids = insert_many(db_url, "io_wait", 4, '{"seconds": 60.0}')
+    pid = {wait_job(store, i, running_with_pid, "running", worker).progress["pid"] for i in ids}
+    assert len(pid) == 1
+    os.kill(pid.pop(), signal.SIGKILL)
+    wait_until(lambda: "running 4 jobs: each fails (retryable)" in worker.output(), 10,
+               "the crash logged", worker)
+    for i in ids:
+        again = wait_job(store, i, lambda j: running_with_pid(j) and j.attempts == 2,
+                         "retried", worker)
+        assert again.max_attempts == 3 and again.result["error"] == "WorkerCrashed"
+
+
+def test_shutdown_lets_running_io_jobs_finish(db_url, store, start_worker):
+    worker = start_worker(db_url)
+    ids = insert_many(db_url, "io_wait", 3, '{"seconds": 1.0}')
+    for i in ids:
+        wait_job(store, i, running_with_pid, "running", worker)
+    worker.signal(signal.SIGTERM)
+    wait_until(lambda: not worker.alive(), 20, "the worker stopped", worker)
+    assert worker.popen.returncode == 0
+    assert {store.get_job(i).status for i in ids} == {"complete"}
