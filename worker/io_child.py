@@ -67,6 +67,7 @@ class IoChild:
         #: the job seen holding the loop while the beat was late (None: not seen)
         self.blocker: protocol.JobSpec | None = None
         self.seen = False
+        self.warned = False  # said that the loop is still blocked
 
     def send(self, msg: protocol.FromChild) -> None:
         with self.send_lock:
@@ -197,20 +198,30 @@ class IoChild:
                         "job(s) of process %s waited: await instead, or declare the task "
                         "with a plain def", what, late, self.block_threshold,
                         max(0, len(self.running) - (spec is not None)), os.getpid())
-        self.blocker, self.seen = None, False
+        self.blocker, self.seen, self.warned = None, False, False
         self.beat_at = now + self.block_threshold / 2
         self.loop.call_at(self.loop.time() + self.block_threshold / 2, self.beat)
 
     def watch(self) -> None:
-        """A thread: while the beat is late, note which task holds the loop."""
+        """A thread: while the beat is late, note which task holds the loop; say so at once
+        if it goes on (a CPU loop in an async handler may never end)."""
         interval = max(0.005, self.block_threshold / 4)
+        long = max(1.0, 10 * self.block_threshold)
         while True:
             time.sleep(interval)
+            late = time.monotonic() - self.beat_at
             # The first look in a late beat: later ones may see the jobs that ran after it.
-            if time.monotonic() - self.beat_at > interval and not self.seen:
+            if late > interval and not self.seen:
                 task = asyncio.current_task(self.loop)
                 self.blocker = self.specs.get(task) if task is not None else None
                 self.seen = True
+            if late > long and self.seen and not self.warned:
+                self.warned = True
+                spec = self.blocker
+                log.warning("%s has blocked the event loop for %.1fs so far; the other jobs of "
+                            "process %s wait", f"job {spec.job_id} ({spec.job_type}, attempt "
+                            f"{spec.attempt})" if spec else "something other than a job",
+                            late, os.getpid())
 
 
 async def serve(child: IoChild) -> None:
