@@ -70,8 +70,11 @@ class IoChild:
         self.warned = False  # said that the loop is still blocked
 
     def send(self, msg: protocol.FromChild) -> None:
-        with self.send_lock:
-            self.conn.send(msg)
+        try:
+            with self.send_lock:
+                self.conn.send(msg)
+        except OSError:  # the supervisor is gone (or closed us, stopping): nobody to tell
+            os._exit(0)
 
     # Messages from the supervisor, read by a thread and handled on the loop -----------------
 

@@ -114,7 +114,7 @@ def test_cancelling_one_job_leaves_its_siblings_running(db_url, store, start_wor
 
 def test_a_handler_ignoring_cancel_is_killed_and_its_siblings_go_back(db_url, store,
                                                                       start_worker):
-    worker = start_worker(db_url, "--cancel-grace", "1s")
+    worker = start_worker(db_url, "--cancel-grace", "1s", "--shutdown-grace", "1s")
     stubborn = add_job(store, "io_stubborn", {}).id
     siblings = insert_many(db_url, "io_wait", 3, '{"seconds": 60.0}')
     first = wait_job(store, stubborn, running_with_pid, "running", worker)
@@ -126,8 +126,9 @@ def test_a_handler_ignoring_cancel_is_killed_and_its_siblings_go_back(db_url, st
                in worker.output(), 15, "the stuck process killed", worker)
     assert store.get_job(stubborn).status == "cancelled"
     for i in siblings:
-        assert re.search(f"handed job {i} .* back to pending \\(its process was killed",
-                         worker.output())
+        wait_until(lambda i=i: re.search(f"handed job {i} .* back to pending \\(its process "
+                                         "was killed", worker.output()), 10, "handed back",
+                   worker)
         # Claimed again by the new IO process, with the attempts it had left.
         again = wait_job(store, i, lambda j: running_with_pid(j) and
                          j.progress["pid"] != first.progress["pid"], "running again", worker)
@@ -167,7 +168,7 @@ def test_io_processes_zero_runs_async_tasks_a_process_per_job(db_url, store, sta
 
 def test_a_crashed_io_process_fails_its_jobs_and_they_retry_in_a_new_one(db_url, store,
                                                                           start_worker):
-    worker = start_worker(db_url)
+    worker = start_worker(db_url, "--shutdown-grace", "1s")
     ids = insert_many(db_url, "io_wait", 4, '{"seconds": 60.0}')
     pid = {wait_job(store, i, running_with_pid, "running", worker).progress["pid"] for i in ids}
     assert len(pid) == 1
