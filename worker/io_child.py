@@ -59,7 +59,8 @@ class IoChild:
         #: message, and a job that finishes first sends its last one with its result
         self.progress: dict[UUID, dict[str, Any]] = {}
         self.loop_thread = threading.get_ident()  # made on the thread that runs the loop
-        self.flush_handle: asyncio.TimerHandle | None = None
+        self.flush_handle: asyncio.Handle | None = None
+        self.last_flush = 0.0
         threads = sum(t.io_concurrency or 0 for t in tasks.values()
                       if not inspect.iscoroutinefunction(t.handler))
         self.threads = ThreadPoolExecutor(max(1, threads), thread_name_prefix="job")
@@ -172,10 +173,15 @@ class IoChild:
             self.flush_soon()
 
     def flush_soon(self) -> None:
+        """Flush after the jobs due on this turn of the loop (a wave of them finishing at once
+        goes in one message), and at most every FLUSH_INTERVAL."""
         if self.flush_handle is None:
-            self.flush_handle = self.loop.call_later(FLUSH_INTERVAL, self.flush)
+            wait = self.last_flush + FLUSH_INTERVAL - time.monotonic()
+            self.flush_handle = (self.loop.call_later(wait, self.flush) if wait > 0
+                                 else self.loop.call_soon(self.flush))
 
     def flush(self) -> None:
+        self.last_flush = time.monotonic()
         if self.flush_handle is not None:
             self.flush_handle.cancel()
             self.flush_handle = None

@@ -26,6 +26,9 @@ from bgjobs.worker.duties import Duty
 from bgjobs.worker.fleet import Fleet
 from bgjobs.worker.wakeups import Wakeups
 
+#: Most jobs of a concurrent type one claim takes (it claims again at once while they fill).
+IO_CLAIM_SLICE = 100
+
 
 @dataclass
 class Group:
@@ -162,6 +165,10 @@ class Claimer(Duty):
                 continue
             capacity = free()
             limit = sum(capacity.values())
+            if group is not self.procs:
+                # Hundreds of free IO slots are filled a slice at a time: the first jobs start
+                # while the next slice is claimed, instead of all waiting for one long claim.
+                limit = min(limit, IO_CLAIM_SLICE)
             jobs = self.store.claim_specs(self.worker_id, types, limit=limit,
                                           lease_seconds=self.lease)
             group.wake = False
