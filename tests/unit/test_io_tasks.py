@@ -134,3 +134,23 @@ def test_an_empty_claim_for_the_process_types_never_stops_io_refills():
     assert store.pending["io"] == 0
     fleet.io_free = 2
     assert claimer.wake_at(5.4) == 10.0  # the short claim ended the refills: sleep to the poll
+
+
+def test_io_claims_in_slices_go_on_while_there_is_room(monkeypatch):
+    from bgjobs.worker.duties import claiming
+    from bgjobs.worker.wakeups import Wakeups
+
+    monkeypatch.setattr(claiming, "IO_CLAIM_SLICE", 1)
+    store, fleet = QueueStore({"io": 5}), IoFleet()
+    claimer = claiming.Claimer(store, fleet, Wakeups(True), "w",  # type: ignore[arg-type]
+                               lambda: ("cpu", "io"), lambda: 0, poll_interval=5.0, lease=30,
+                               backlog_limit=100)
+    claimer.limits_read, claimer.next_at = True, 5.0
+    claimer.procs.wake = False
+    claimer.woken("io")  # one job's notification: no sweep
+    claimer.io["io"].sweep = False
+    claimer.run(0.0)
+    assert store.claims == [(("io",), 1, 1)] and claimer.wake_at(0.0) == 0.0
+    claimer.run(0.0)  # the second slice fills the process, with no notification
+    assert store.claims[1:] == [(("io",), 1, 1)] and store.pending["io"] == 3
+    assert claimer.wake_at(0.0) == 5.0  # full now: nothing until a slot frees (or the poll)

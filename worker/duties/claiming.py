@@ -164,7 +164,7 @@ class Claimer(Duty):
                 group.missed |= group.wake and group is not self.procs
                 continue
             capacity = free()
-            limit = sum(capacity.values())
+            limit = room = sum(capacity.values())
             if group is not self.procs:
                 # Hundreds of free IO slots are filled a slice at a time: the first jobs start
                 # while the next slice is claimed, instead of all waiting for one long claim.
@@ -180,7 +180,8 @@ class Claimer(Duty):
             if group is self.procs:
                 group.more = full and sweep
             else:
-                group.more = full and (group.sweep or group.missed)
+                # A full slice with room left says nothing of what waits: look again.
+                group.more = full and (limit < room or group.sweep or group.missed)
                 group.sweep &= full
             group.missed = False
             claims.append((group, full))
