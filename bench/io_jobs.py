@@ -8,6 +8,11 @@ CONCURRENCY / 5 (it must be at most half of it; a fifth refills sooner). Each fi
 median time from the commit of one INSERT of all N jobs until none is left, the two queues
 up side by side and interleaved run by run, after one warm-up run each. The floor is
 N x 0.1 s / CONCURRENCY.
+
+Then, bgjobs alone: 10,000 jobs (``bench_io_hold``, concurrency 10,000) awaiting 3 s, all in
+flight at once in the IO process: its memory per waiting job (resident size at the peak less
+idle), and the database's committed transactions per job (pg_stat_database, read after an 11 s
+pause, since idle backends report their counts that late; the bench's own reads subtracted).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -54,6 +60,68 @@ def _drain(c: psycopg.Connection, insert: str, left: str, jobs: int) -> float:
             raise RuntimeError(f"not drained in time: {left}")
         time.sleep(0.005)
     return time.perf_counter() - start
+
+
+def _rss(pid: int) -> int:
+    """Resident bytes of a process."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def _commits(c: psycopg.Connection) -> int:
+    return int(c.execute("SELECT xact_commit FROM pg_stat_database "
+                         "WHERE datname = current_database()").fetchone()[0])  # type: ignore[index]
+
+
+def in_flight(url: str, jobs: int) -> dict[str, Any]:
+    """Memory and transactions per job with ``jobs`` awaiting at once in one IO process."""
+    from tests.procs import children_of
+
+    env = {**os.environ, "DATABASE_URL": url, "BGJOBS_TASK_MODULES": "bench.io_tasks",
+           "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([BGJOBS, "worker", "--concurrency", "1", "--log-level", "warning"],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(4.0)
+        io = next(p for p in children_of(proc.pid)
+                  if b"io_child" in Path(f"/proc/{p}/cmdline").read_bytes())
+        idle = {"io_process": _rss(io), "supervisor": _rss(proc.pid)}
+        with psycopg.connect(url, autocommit=True) as c:
+            before, reads = _commits(c), 1
+            c.execute("INSERT INTO background_jobs (job_type, params) SELECT 'bench_io_hold', "
+                      "'{\"seconds\": 3.0}' FROM generate_series(1, %s)", [jobs])
+            peak = dict(idle)
+            most = 0
+            start = time.perf_counter()
+            while True:
+                running, left = c.execute(
+                    "SELECT count(*) FILTER (WHERE status = 'running'), "
+                    "count(*) FILTER (WHERE status <> 'complete') FROM background_jobs"
+                ).fetchone()  # type: ignore[misc]
+                reads += 1
+                most = max(most, running)
+                peak = {"io_process": max(peak["io_process"], _rss(io)),
+                        "supervisor": max(peak["supervisor"], _rss(proc.pid))}
+                if not left or time.perf_counter() - start > 120:
+                    break
+                time.sleep(0.1)
+            took = time.perf_counter() - start
+            time.sleep(11.0)
+            commits = _commits(c) - before - reads - 1  # less the INSERT and our own reads
+            c.execute("TRUNCATE background_jobs")
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    return {
+        "jobs": jobs, "most_running_at_once": most, "seconds": round(took, 2),
+        "rss_idle_mb": {k: round(v / 2**20, 1) for k, v in idle.items()},
+        "rss_peak_mb": {k: round(v / 2**20, 1) for k, v in peak.items()},
+        "kb_per_waiting_job": {k: round((peak[k] - idle[k]) / jobs / 1024, 1) for k in idle},
+        "transactions_per_job": round(commits / jobs, 3),
+    }
 
 
 def run(url: str, runs: int = 3, quick: bool = False) -> dict[str, Any]:
@@ -92,4 +160,5 @@ def run(url: str, runs: int = 3, quick: bool = False) -> dict[str, Any]:
         "bgjobs_jobs_without_final_progress": progress_missing,
         "runs_s": {k: [round(v, 3) for v in vs] for k, vs in times.items()},
         "warm_up_s": warm_up,
+        "in_flight": in_flight(url, 2000 if quick else 10_000),
     }

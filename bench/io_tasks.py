@@ -22,3 +22,12 @@ async def bench_io_sleep(ctx: Any) -> None:
     ctx.progress(0, 1, stage="waiting")
     await asyncio.sleep(ctx.params["seconds"])
     ctx.progress(1, 1, stage="done")
+
+
+@task("bench_io_hold", concurrency=10_000,
+      params={"seconds": Param(float, default=3.0, min=0.0, max=600.0)})
+async def bench_io_hold(ctx: Any) -> None:
+    """Await ``seconds`` with progress before and after: thousands in flight at once."""
+    ctx.progress(0, 1, stage="waiting")
+    await asyncio.sleep(ctx.params["seconds"])
+    ctx.progress(1, 1, stage="done")
