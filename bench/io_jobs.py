@@ -4,7 +4,9 @@ each, the same number of jobs in flight (bench/io_tasks.py's CONCURRENCY).
 bgjobs: ``bgjobs worker --concurrency 1`` with the async type ``bench_io_sleep``, which runs in
 its IO process; every job reports progress before and after its wait. pgqueuer: one process of
 bench/pgq_io_consumer.py, asyncpg, ``max_concurrent_tasks`` = CONCURRENCY and ``batch_size`` =
-CONCURRENCY / 5 (it must be at most half of it; a fifth refills sooner). Each figure is the
+CONCURRENCY / 5 (it must be at most half of it; a fifth refills sooner). procrastinate: one
+worker process (bench/procrastinate_io_worker.py, psycopg, LISTEN/NOTIFY) with
+``concurrency`` = CONCURRENCY; it fetches one job per statement. Each figure is the
 median time from the commit of one INSERT of all N jobs until none is left, the two queues
 up side by side and interleaved run by run, after one warm-up run each. The floor is
 N x 0.1 s / CONCURRENCY.
@@ -37,6 +39,7 @@ from tests.procs import BGJOBS, ROOT
 PGQ_BATCH = CONCURRENCY // 5
 BG_LEFT = "SELECT count(*) FROM background_jobs WHERE status <> 'complete'"
 PGQ_LEFT = "SELECT count(*) FROM pgqueuer"
+PRO_LEFT = "SELECT count(*) FROM procrastinate_jobs WHERE status <> 'succeeded'"
 
 
 @contextmanager
@@ -136,11 +139,16 @@ def run(url: str, runs: int = 3, quick: bool = False) -> dict[str, Any]:
                  "SELECT 'bench_io_sleep' FROM generate_series(1, %s)")
     pgq_insert = ("INSERT INTO pgqueuer (priority, entrypoint, payload, status) "
                   "SELECT 0, 'io_sleep', NULL, 'queued' FROM generate_series(1, %s)")
-    times: dict[str, list[float]] = {"bgjobs": [], "pgqueuer": []}
+    pro_argv = [sys.executable, "-m", "bench.procrastinate_io_worker", url, str(CONCURRENCY)]
+    subprocess.run([sys.executable, "-m", "bench.procrastinate_io_worker", "--schema", url],
+                   cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pro_insert = ("INSERT INTO procrastinate_jobs (queue_name, task_name, args) "
+                  "SELECT 'default', 'io_sleep', '{}' FROM generate_series(1, %s)")
+    times: dict[str, list[float]] = {"bgjobs": [], "pgqueuer": [], "procrastinate": []}
     progress_missing = 0
     # Both stay up (idle, each on its own table) so that runs interleave after one warm-up.
     with psycopg.connect(url, autocommit=True) as c, _process(bg_argv, env), \
-            _process(pgq_argv):
+            _process(pgq_argv), _process(pro_argv):
         for _ in range(runs + 1):
             times["bgjobs"].append(_drain(c, bg_insert, BG_LEFT, jobs))
             progress_missing += c.execute(
@@ -149,14 +157,19 @@ def run(url: str, runs: int = 3, quick: bool = False) -> dict[str, Any]:
             c.execute("TRUNCATE background_jobs")
             times["pgqueuer"].append(_drain(c, pgq_insert, PGQ_LEFT, jobs))
             c.execute("TRUNCATE pgqueuer, pgqueuer_log")
+            times["procrastinate"].append(_drain(c, pro_insert, PRO_LEFT, jobs))
+            c.execute("TRUNCATE procrastinate_jobs CASCADE")
     warm_up = {k: round(v.pop(0), 3) for k, v in times.items()}
     bg, pgq = statistics.median(times["bgjobs"]), statistics.median(times["pgqueuer"])
+    pro = statistics.median(times["procrastinate"])
     return {
         "versions": versions(), "jobs": jobs, "await_s": 0.1, "concurrency": CONCURRENCY,
         "pgqueuer_batch_size": PGQ_BATCH, "floor_s": round(jobs * 0.1 / CONCURRENCY, 3),
         "bgjobs_s": round(bg, 3), "pgqueuer_s": round(pgq, 3),
         "bgjobs_jobs_per_s": round(jobs / bg), "pgqueuer_jobs_per_s": round(jobs / pgq),
         "bgjobs_vs_pgqueuer": round(pgq / bg, 2),
+        "procrastinate_s": round(pro, 3), "procrastinate_jobs_per_s": round(jobs / pro),
+        "bgjobs_vs_procrastinate": round(pro / bg, 2),
         "bgjobs_jobs_without_final_progress": progress_missing,
         "runs_s": {k: [round(v, 3) for v in vs] for k, vs in times.items()},
         "warm_up_s": warm_up,
