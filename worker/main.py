@@ -57,7 +57,8 @@ def parser(default_log_level: str = "INFO") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="bgjobs worker",
         description="Run a worker supervisor and its processes: one LISTEN connection for the "
-                    "machine, N processes each running one job at a time. SIGTERM or Ctrl-C "
+                    "machine, N processes each running one job at a time, and IO processes "
+                    "running many jobs of the concurrent types at once. SIGTERM or Ctrl-C "
                     "stops gracefully; a second signal stops at once. DATABASE_URL picks the "
                     "database (unset: the embedded cluster, which must be running). Runs the "
                     "built-in job types and those registered by BGJOBS_TASK_MODULES "
@@ -65,8 +66,8 @@ def parser(default_log_level: str = "INFO") -> argparse.ArgumentParser:
                     "from your app's folder, or set PYTHONPATH).",
     )
     p.add_argument("--concurrency", type=positive_int, default=os.cpu_count() or 1,
-                   help="worker processes, each running one job at a time "
-                        "(default: CPUs, %(default)s)")
+                   help="worker processes, each running one job at a time (the types that "
+                        "are not concurrent; default: CPUs, %(default)s)")
     p.add_argument("--types", default="",
                    help="comma-separated job types to run (default: every registered type)")
     p.add_argument("--lease", type=duration, default=30.0,
