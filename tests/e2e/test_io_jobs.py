@@ -25,8 +25,8 @@ StartWorker = Callable[..., Proc]
 def start_worker(tmp_path: Path) -> Iterator[StartWorker]:
     procs: list[Proc] = []
 
-    def start(url: str, *args: str) -> Proc:
-        env = {**url_env(url), "BGJOBS_TASK_MODULES": "tests.io_task_fixtures"}
+    def start(url: str, *args: str, modules: str = "tests.io_task_fixtures") -> Proc:
+        env = {**url_env(url), "BGJOBS_TASK_MODULES": modules}
         proc = Proc([BGJOBS, "worker", "--concurrency", "1", *args], env=env,
                     log_path=tmp_path / f"worker{len(procs)}.log")
         procs.append(proc)
@@ -190,3 +190,15 @@ def test_shutdown_lets_running_io_jobs_finish(db_url, store, start_worker):
     wait_until(lambda: not worker.alive(), 20, "the worker stopped", worker)
     assert worker.popen.returncode == 0
     assert {store.get_job(i).status for i in ids} == {"complete"}
+
+
+def test_without_concurrent_types_nothing_changes(db_url, store, start_worker):
+    """Strictly opt-in: the test types of tests/task_fixtures.py start no IO process."""
+    worker = start_worker(db_url, "--concurrency", "2", modules="tests.task_fixtures")
+    assert "IO processes" not in worker.output()
+    kids = children_of(worker.pid)
+    assert len(kids) == 2
+    assert not any(b"io_child" in Path(f"/proc/{k}/cmdline").read_bytes() for k in kids)
+    job_id = add_job(store, "slow", {"seconds": 0.0}).id
+    done = wait_job(store, job_id, lambda j: j.status == "complete", "complete", worker)
+    assert done.result["pid"] in kids
