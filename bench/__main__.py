@@ -6,7 +6,8 @@ because these machines are shared and noisy: pgqueuer side by side (bench/peers.
 progress at scale (bench/events_load.py), many supervisors (bench/supervisors.py), progress
 traffic against pgbench (bench/progress.py), the API under CPU-bound jobs
 (bench/api_heavy.py), enqueues behind a migration waiting for a lock (bench/migrate_stall.py),
-enqueue and drain through PgBouncer (bench/poolers.py), workflows (bench/workflows.py), and the
+enqueue and drain through PgBouncer (bench/poolers.py), workflows (bench/workflows.py),
+IO-bound jobs awaiting 100 ms by the thousand beside pgqueuer (bench/io_jobs.py), and the
 older sections: store, enqueue, workers, api. Prints a table,
 writes every figure with versions and machine facts to bench/results/ (git-ignored).
 `python -m bench --only events --quick` runs one section, smaller. See docs/benchmarks.md.
@@ -93,13 +94,14 @@ SECTIONS: dict[str, str] = {
     "seed_app": "bench.seed_app",
     "workflows": "bench.workflows",
     "migrate_stall": "bench.migrate_stall",
+    "io": "bench.io_jobs",
 }
 QUICK = {  # the older sections' sizes for --quick
     "enqueue": {"jobs": 300, "batch": 2000},
     "workers": {"jobs": 3000},
 }
 NEW_STYLE = {"peers", "events", "supervisors", "progress", "api_heavy", "workflows",
-             "migrate_stall", "poolers"}
+             "migrate_stall", "poolers", "io"}
 
 
 def main() -> None:

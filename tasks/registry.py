@@ -7,6 +7,7 @@ A host app registers its own types the same way, in a module named by BGJOBS_TAS
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
 import os
 import random
@@ -31,6 +32,9 @@ log = logging.getLogger(__name__)
 
 #: Seconds before a job's first retry, unless its task says otherwise.
 DEFAULT_RETRY_DELAY = 2.0
+#: Jobs of an ``async def`` task one IO process runs at once, unless it says otherwise.
+DEFAULT_CONCURRENCY = 100
+MAX_CONCURRENCY = 10_000
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,15 @@ class Task:
     cron: str | None = None
     #: The time zone ``cron`` is read in (None: BGJOBS_TIMEZONE, default UTC).
     timezone: str | None = None
+    #: Jobs of the type one IO process runs at once (None: one per process, unless async).
+    concurrency: int | None = None
+
+    @property
+    def io_concurrency(self) -> int | None:
+        """How many of its jobs share an IO process (None: a process per job, as by default)."""
+        if self.concurrency is None and inspect.iscoroutinefunction(self.handler):
+            return DEFAULT_CONCURRENCY
+        return self.concurrency
 
     def retryable(self, exc: BaseException) -> bool:
         """Whether a failed attempt with ``exc`` may be retried."""
@@ -149,11 +162,13 @@ def task(
     starts_per_second: float | None = None,
     cron: str | None = None,
     timezone: str | None = None,
+    concurrency: int | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register ``handler(ctx)`` as job type ``name``; its return value becomes the result.
 
     ``max_running`` and ``starts_per_second`` limit the type across all workers; ``cron``
-    enqueues one job of it at each tick (see docs/tasks.md).
+    enqueues one job of it at each tick; ``concurrency`` (or an ``async def`` handler) runs up
+    to that many of its jobs at once in one IO process (see docs/tasks.md).
     """
     if not name or len(name) > 50:
         raise BadDeclaration("a task name is 1 to 50 characters (background_jobs.job_type)")
@@ -165,6 +180,11 @@ def task(
             or not 0 < starts_per_second < float("inf")):
         raise BadDeclaration(f"starts_per_second must be a number above 0, "
                              f"got {starts_per_second!r}")
+    if concurrency is not None and (type(concurrency) is not int
+                                    or not 1 <= concurrency <= MAX_CONCURRENCY):
+        raise BadDeclaration(f"task {name!r}: concurrency (its jobs one process runs at once) "
+                             f"must be a whole number from 1 to {MAX_CONCURRENCY}, "
+                             f"got {concurrency!r}")
     if cron is not None:
         from bgjobs.tasks.schedules import check_cron  # only when used
 
@@ -185,7 +205,7 @@ def task(
                             doc[0] if doc else "", open_params, retry_delay,
                             tuple(non_retryable), max_running,
                             float(starts_per_second) if starts_per_second else None, cron,
-                            timezone)
+                            timezone, concurrency)
         return handler
 
     return register

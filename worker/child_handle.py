@@ -5,6 +5,7 @@ The child's own side is worker/child_main.py.
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import socket
@@ -19,23 +20,33 @@ log = logging.getLogger(__name__)
 
 
 class ChildProcess:
-    """A ``python -m bgjobs.worker.child_main`` process and the jobs handed to it, in order."""
+    """A ``python -m bgjobs.worker.child_main`` process and the jobs handed to it, in order.
 
-    def __init__(self, slot: int, log_level: str) -> None:
+    With ``io`` (type -> concurrency), a ``bgjobs.worker.io_child`` process instead, which runs
+    up to that many jobs of each of those types at once.
+    """
+
+    def __init__(self, slot: int, log_level: str, io: dict[str, int] | None = None,
+                 block_threshold: float = 0.1) -> None:
         self.slot = slot
+        self.io = io or {}
+        module, extra = (("io_child", [str(block_threshold)]) if io else ("child_main", []))
         ours, theirs = socket.socketpair()
         try:
             self.popen = subprocess.Popen(
-                [sys.executable, "-m", "bgjobs.worker.child_main", str(theirs.fileno()),
-                 str(os.getpid()), log_level],
+                [sys.executable, "-m", f"bgjobs.worker.{module}", str(theirs.fileno()),
+                 str(os.getpid()), log_level, *extra],
                 pass_fds=(theirs.fileno(),),
             )
         finally:
             theirs.close()
         self.conn = Connection(ours.detach())
         self.pid = self.popen.pid
-        #: job ids handed over and not yet reported back, oldest (the running one) first
-        self.jobs: dict[UUID, None] = {}
+        #: job ids handed over and not yet reported back, oldest (the running one) first;
+        #: with their types in an IO process (all running)
+        self.jobs: dict[UUID, str | None] = {}
+        #: in an IO process, how many jobs of each type it runs
+        self.running: collections.Counter[str] = collections.Counter()
         self.ready = False
 
     def fileno(self) -> int:

@@ -9,8 +9,10 @@ while the handler runs, so a cancellation reaches even a handler busy in a CPU l
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import ctypes
+import inspect
 import logging
 import os
 import signal
@@ -125,6 +127,8 @@ class Child:
             ctx = JobContext(job_id, job.job_type, task.validate(job.params), job.attempt,
                              throttle, self.cancelled, job.dependencies)
             result = task.handler(ctx)
+            if inspect.iscoroutine(result):  # an async task run a process per job
+                result = asyncio.run(result)
             _check_storable(result, "result")
         except JobCancelled:
             self.send(protocol.Cancelled(job_id, time.perf_counter() - start))

@@ -4,6 +4,11 @@ Outcomes go to the outbox, which the supervisor flushes in batches; nothing here
 database. A child that dies unexpectedly fails its running job (retryable) and hands back the
 ones it had not started; a child killed on purpose (a cancelled handler that would not stop,
 shutdown) hands back its unstarted jobs.
+
+IO processes (worker/io_child.py; slots after the process-per-job ones) run every job of the
+concurrent types they are handed at once, up to each type's concurrency: all of an IO
+process's jobs are running, so its death fails them all (retryable), and killing it on
+purpose hands back all but the one it was killed for.
 """
 
 from __future__ import annotations
@@ -28,11 +33,17 @@ BATCH_SECONDS = 0.05
 
 class Fleet:
     def __init__(self, selector: selectors.BaseSelector, outbox: Outbox, size: int,
-                 cancel_grace: float, max_batch: int, log_level: str) -> None:
+                 cancel_grace: float, max_batch: int, log_level: str,
+                 io_types: dict[str, int] | None = None, io_processes: int = 0,
+                 block_threshold: float = 0.1) -> None:
         self.selector = selector
         self.outbox = outbox
         self.log_level = log_level
-        self.size = size
+        #: concurrent types (type -> jobs one IO process runs at once); {}: no IO processes
+        self.io_types = dict(io_types or {}) if io_processes else {}
+        self.procs = size  # slots 0..size-1: a process per job; the IO processes after them
+        self.size = size + (io_processes if self.io_types else 0)
+        self.block_threshold = block_threshold
         self.cancel_grace = cancel_grace
         self.max_batch = max_batch
         self.children: dict[int, ChildProcess] = {}
@@ -48,7 +59,13 @@ class Fleet:
         """How many jobs each child may take now: none while it still has half a batch."""
         batch = max(1, min(self.max_batch, int(BATCH_SECONDS / self.avg_duration)))
         return {c: batch - len(c.jobs) for c in self.children.values()
-                if c.ready and len(c.jobs) <= batch // 2}
+                if c.ready and len(c.jobs) <= batch // 2 and not c.io}
+
+    def io_capacity(self, job_type: str) -> dict[ChildProcess, int]:
+        """How many more jobs of a concurrent type each IO process may run now."""
+        free = {c: c.io[job_type] - c.running[job_type]
+                for c in self.children.values() if c.ready and job_type in c.io}
+        return {c: n for c, n in free.items() if n > 0}
 
     def hand_out(self, jobs: list[Claimed], capacity: dict[ChildProcess, int],
                  worker_id: str) -> None:
@@ -67,7 +84,11 @@ class Fleet:
             r = Running(Attempt(job.id, worker_id, job.attempt), job.job_type,
                         job.max_attempts, job.version, child, now)
             self.running[job.id] = r
-            child.jobs[job.id] = None
+            if child.io:
+                child.jobs[job.id] = job.job_type
+                child.running[job.job_type] += 1
+            else:
+                child.jobs[job.id] = None
             specs[child].append(protocol.JobSpec(job.id, job.job_type, job.params, job.attempt,
                                                  job.dependencies, worker_id))
             log.info("claimed %s for process %s", r.describe(), child.pid)
@@ -78,7 +99,8 @@ class Fleet:
     # Children ---------------------------------------------------------------------------------
 
     def spawn(self, slot: int) -> None:
-        child = ChildProcess(slot, self.log_level)
+        io = self.io_types if slot >= self.procs else None
+        child = ChildProcess(slot, self.log_level, io, self.block_threshold)
         self.children[slot] = child
         self.selector.register(child.conn, selectors.EVENT_READ, lambda: self._on_child(child))
 
@@ -109,6 +131,11 @@ class Fleet:
             r = self.running.get(msg.job_id)
             if r is not None:
                 self.outbox.report(r, msg.state)
+        elif isinstance(msg, protocol.ProgressMany):
+            for job_id, state in msg.updates:
+                r = self.running.get(job_id)
+                if r is not None:
+                    self.outbox.report(r, state)
         elif isinstance(msg, protocol.Done):
             for done in msg.finished:
                 r = self._finish(child, done.job_id, done.duration)
@@ -146,9 +173,10 @@ class Fleet:
 
     def _finish(self, child: ChildProcess, job_id: UUID,
                 duration: float | None) -> Running | None:
-        child.jobs.pop(job_id, None)
+        if (job_type := child.jobs.pop(job_id, None)) is not None:
+            child.running[job_type] -= 1
         r = self.running.pop(job_id, None)
-        if r is not None and duration is not None:
+        if r is not None and duration is not None and not child.io:  # sizes process batches
             self.avg_duration = 0.9 * self.avg_duration + 0.1 * duration
         return r
 
@@ -159,12 +187,13 @@ class Fleet:
     def _died(self, child: ChildProcess) -> None:
         self._drop(child)
         code = child.popen.returncode
-        log.error("worker process %s exited unexpectedly (code %s)", child.pid, code)
+        log.error("worker process %s exited unexpectedly (code %s)%s", child.pid, code,
+                  f" running {len(child.jobs)} jobs: each fails (retryable)" if child.io else "")
         for n, job_id in enumerate(list(child.jobs)):
             r = self._finish(child, job_id, None)
             if r is None or r.cancel_deadline is not None:
                 continue
-            if n == 0:  # the one it was running
+            if n == 0 or child.io:  # the one it was running (an IO process runs them all)
                 error = {"error": "WorkerCrashed",
                          "message": f"the worker process running it exited with code {code}"}
                 self.outbox.failed.append(

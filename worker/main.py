@@ -43,11 +43,22 @@ def positive_int(text: str) -> int:
     return value
 
 
+def whole_number(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return value
+
+
 def parser(default_log_level: str = "INFO") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="bgjobs worker",
         description="Run a worker supervisor and its processes: one LISTEN connection for the "
-                    "machine, N processes each running one job at a time. SIGTERM or Ctrl-C "
+                    "machine, N processes each running one job at a time, and IO processes "
+                    "running many jobs of the concurrent types at once. SIGTERM or Ctrl-C "
                     "stops gracefully; a second signal stops at once. DATABASE_URL picks the "
                     "database (unset: the embedded cluster, which must be running). Runs the "
                     "built-in job types and those registered by BGJOBS_TASK_MODULES "
@@ -55,8 +66,8 @@ def parser(default_log_level: str = "INFO") -> argparse.ArgumentParser:
                     "from your app's folder, or set PYTHONPATH).",
     )
     p.add_argument("--concurrency", type=positive_int, default=os.cpu_count() or 1,
-                   help="worker processes, each running one job at a time "
-                        "(default: CPUs, %(default)s)")
+                   help="worker processes, each running one job at a time (the types that "
+                        "are not concurrent; default: CPUs, %(default)s)")
     p.add_argument("--types", default="",
                    help="comma-separated job types to run (default: every registered type)")
     p.add_argument("--lease", type=duration, default=30.0,
@@ -73,6 +84,14 @@ def parser(default_log_level: str = "INFO") -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=positive_int, default=100,
                    help="most jobs handed to one process at once when jobs are very short "
                         "(default 100)")
+    p.add_argument("--io-processes", type=whole_number, default=None,
+                   help="processes for the concurrent job types (async def handlers, or "
+                        "declared with concurrency=), each running many of their jobs at once "
+                        "(default: 1 if this worker runs such types, else none; 0: run them a "
+                        "process per job like the others)")
+    p.add_argument("--block-threshold", type=duration, default=0.1,
+                   help="log a job whose handler holds an IO process's event loop this long "
+                        "without awaiting (default 100ms)")
     p.add_argument("--log-level", type=str.upper, default=default_log_level,
                    choices=config_mod.LOG_LEVELS,
                    help="default BGJOBS_LOG_LEVEL, else INFO (now %(default)s)")
@@ -120,6 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         poll_interval=args.poll_interval, cancel_grace=args.cancel_grace,
         shutdown_grace=args.shutdown_grace, max_batch=args.max_batch,
         log_level=args.log_level, timezone=cfg.timezone, keep=retention(cfg),
-        purge_interval=cfg.purge_interval,
+        purge_interval=cfg.purge_interval, io_processes=args.io_processes,
+        block_threshold=max(0.005, args.block_threshold),
     )
     return Supervisor(url, settings, listen_url).run()

@@ -1,7 +1,7 @@
 """Messages between a supervisor and its child processes: small pickled named tuples.
 
 Supervisor -> child: Jobs, Cancel, Drop.
-Child -> supervisor: Hello, Progress, Done, Failed, Cancelled, Dropped.
+Child -> supervisor: Hello, Progress (or ProgressMany), Done, Failed, Cancelled, Dropped.
 A completion and a failure travel as the outcome types the store writes (core/jobs.py):
 the child makes them once, fenced on the attempt its JobSpec names. Progress travels as the
 handler's report; the supervisor keeps the latest per job and writes that. Job ids are UUIDs.
@@ -66,6 +66,12 @@ class Progress(NamedTuple):
     state: dict[str, Any]
 
 
+class ProgressMany(NamedTuple):
+    """Progress of many jobs at once (an IO process's reports, sent in batches)."""
+
+    updates: list[Progress]
+
+
 class Done(NamedTuple):
     """Jobs that completed since the last report (sent in batches)."""
 
@@ -90,4 +96,4 @@ class Dropped(NamedTuple):
 
 
 ToChild = Jobs | Cancel | Drop
-FromChild = Hello | Progress | Done | Failure | Cancelled | Dropped
+FromChild = Hello | Progress | ProgressMany | Done | Failure | Cancelled | Dropped

@@ -21,6 +21,7 @@ from typing import Any, cast
 from uuid import UUID
 
 from bgjobs.core.channels import (
+    EVERYONE,
     NEW,
     WORKER_LISTEN,
     WORKER_LISTEN_TYPED,
@@ -68,6 +69,16 @@ class Settings:
     keep: Retention = Retention()
     #: Seconds between looks for finished jobs past their retention (BGJOBS_PURGE_INTERVAL).
     purge_interval: float = PURGE_INTERVAL
+    #: IO processes for the concurrent types (None: one if there are such types, else none).
+    io_processes: int | None = None
+    #: A job that holds an IO process's event loop this long is logged (seconds).
+    block_threshold: float = 0.1
+
+    def io_types(self) -> dict[str, int]:
+        """The concurrent types this worker runs (type -> jobs per IO process), if any."""
+        tasks = registry.load_tasks()
+        return {t.name: n for t in tasks.values()
+                if (n := t.io_concurrency) is not None and (not self.types or t.name in self.types)}
 
     @property
     def heartbeat_interval(self) -> float:
@@ -93,8 +104,16 @@ class Supervisor:
         self.outbox = Outbox()
         self.writer = Writer(url)
         self.selector = selectors.DefaultSelector()
-        self.fleet = Fleet(self.selector, self.outbox, settings.concurrency,
-                           settings.cancel_grace, settings.max_batch, settings.log_level)
+        # Strictly opt-in: with no concurrent type there is no IO process, and one claim.
+        io_types = settings.io_types() if settings.io_processes != 0 else {}
+        io_processes = (1 if settings.io_processes is None else settings.io_processes) \
+            if io_types else 0
+        ours = settings.types or tuple(registry.load_tasks())
+        procs = settings.concurrency if set(ours) - set(io_types) else 0
+        self.fleet = Fleet(self.selector, self.outbox, procs,
+                           settings.cancel_grace, settings.max_batch, settings.log_level,
+                           io_types, io_processes, settings.block_threshold)
+        io_room = 2 * io_processes * sum(io_types.values())
         self.db_state = Backoff("database connection")
         self.write_state = Backoff("database connection for results")
         self.listen_state = Backoff("LISTEN connection")
@@ -121,7 +140,7 @@ class Supervisor:
             self.store, self.fleet, self.wakeups, self.worker_id, lambda: self.types,
             lambda: len(self.outbox) + self.writer.backlog(),
             poll_interval=settings.poll_interval, lease=settings.lease,
-            backlog_limit=2 * settings.concurrency * settings.max_batch)
+            backlog_limit=2 * settings.concurrency * settings.max_batch + io_room)
         #: after the registry sync, in this order (the claim last: it sees the reaped jobs)
         self.database_duties: list[Duty] = [self.worker_beat, self.schedules, self.purger,
                                             self.reaper, self.claimer]
@@ -150,9 +169,13 @@ class Supervisor:
         self.selector.register(wake_r, selectors.EVENT_READ, lambda: _drain_socket(wake_r))
         self.selector.register(self.writer.wake_r, selectors.EVENT_READ, self._on_written)
         log.info("worker %s starting %d processes (lease %ss, poll %ss)", self.worker_id,
-                 self.settings.concurrency, self.settings.lease, self.settings.poll_interval)
+                 self.fleet.size, self.settings.lease, self.settings.poll_interval)
+        if self.fleet.io_types:
+            log.info("%d of them IO processes, each running at once up to %s",
+                     self.fleet.size - self.fleet.procs,
+                     ", ".join(f"{n} {t}" for t, n in sorted(self.fleet.io_types.items())))
         try:
-            for slot in range(self.settings.concurrency):
+            for slot in range(self.fleet.size):
                 self.fleet.spawn(slot)
             while not self._finished():
                 self._tick()
@@ -236,7 +259,8 @@ class Supervisor:
                 # A finished job of a limited type frees a slot that no notification announces.
                 if self.claimer.limited:
                     finished = [r for r, _ in batch.done] + [r for r, _ in batch.failed]
-                    self.wake |= any(r.job_type in self.claimer.limited for r in finished)
+                    if any(r.job_type in self.claimer.limited for r in finished):
+                        self.wake = True
                 continue
             self.outbox.put_back(batch)
             if not isinstance(error, DatabaseUnavailable):
@@ -255,7 +279,8 @@ class Supervisor:
             channel, payload, sender = Note(*note)
             if channel == NEW:
                 if self.wakeups.wake(payload, sender, self.types, time.monotonic()):
-                    self.wake = True
+                    self.claimer.woken(payload.removeprefix(EVERYONE),
+                                       payload.startswith(EVERYONE))
                 continue
             taken = parse_taken_back(payload)
             r = self.fleet.running.get(UUID(taken["id"])) if taken else None
@@ -278,7 +303,7 @@ class Supervisor:
         self.listening = True
         self.listen_state.ok(now)
         # Notifications sent while we were not listening are lost: re-read the table.
-        self.wake = self.wakeups.sweep = True
+        self.claimer.sweep()
         self.lease.soon()
         log.info("listening for jobs (%s)", ", ".join(self.settings.types or ("all types",)))
 

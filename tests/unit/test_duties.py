@@ -92,6 +92,7 @@ class BrokenStore:
 
 class OneSlot:
     running: dict[object, object] = {}
+    io_types: dict[str, int] = {}
 
     def capacity(self) -> dict[str, int]:
         return {"child": 1}

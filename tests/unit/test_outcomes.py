@@ -25,6 +25,7 @@ class FakeConn:
 
 class FakeChild:
     pid = 4242
+    io: dict[str, int] = {}  # a process-per-job child
 
     def __init__(self) -> None:
         self.jobs: dict[uuid.UUID, None] = {}

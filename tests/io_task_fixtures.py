@@ -1,0 +1,65 @@
+"""Concurrent job types for tests only (BGJOBS_TASK_MODULES=tests.io_task_fixtures): a worker
+that loads them starts an IO process, so they live apart from tests/task_fixtures.py."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from typing import Any
+
+from bgjobs.tasks.registry import Param, task
+
+
+@task("io_sleep", concurrency=200, params={"seconds": Param(float, default=0.1)})
+async def io_sleep(ctx: Any) -> Any:
+    """Await a sleep, as on a partner API; the result says when it ran, and where."""
+    start = time.time()
+    ctx.progress(0, 1, stage="waiting")
+    await asyncio.sleep(ctx.params["seconds"])
+    ctx.progress(1, 1, stage="done")
+    return {"pid": os.getpid(), "start": start, "end": time.time()}
+
+
+@task("io_wait", concurrency=50, params={"seconds": Param(float, default=5.0)})
+async def io_wait(ctx: Any) -> Any:
+    """Await in small steps, reporting progress (with its process) each step."""
+    steps = max(1, int(ctx.params["seconds"] / 0.05))
+    for i in range(steps):
+        ctx.progress(i, steps, pid=os.getpid())
+        await asyncio.sleep(0.05)
+    return {"pid": os.getpid()}
+
+
+@task("io_stubborn", concurrency=50)
+async def io_stubborn(ctx: Any) -> Any:
+    """Swallows its cancellation: only killing its process stops it."""
+    ctx.progress(0, 1, pid=os.getpid())
+    while True:
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(10)
+
+
+@task("io_flaky", retry_delay=0.2)
+async def io_flaky(ctx: Any) -> Any:
+    """Fails its first attempt (an async task with the default concurrency)."""
+    if ctx.attempt == 1:
+        raise ConnectionError("partner API down")
+    return {"attempt": ctx.attempt}
+
+
+@task("io_block", concurrency=10, params={"seconds": Param(float, default=0.5)})
+async def io_block(ctx: Any) -> Any:
+    """Blocks the event loop (a sync sleep in an async handler): the worker logs it."""
+    time.sleep(ctx.params["seconds"])
+    return {"pid": os.getpid()}
+
+
+@task("io_threaded", concurrency=20, params={"seconds": Param(float, default=0.2)})
+def io_threaded(ctx: Any) -> Any:
+    """A plain handler declared concurrent: it runs in a thread of the IO process."""
+    start = time.time()
+    ctx.progress(0, 1)
+    time.sleep(ctx.params["seconds"])
+    return {"pid": os.getpid(), "start": start, "end": time.time()}
