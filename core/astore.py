@@ -58,6 +58,7 @@ class AsyncStore:
                          conn: psycopg.AsyncConnection | None = None) -> Inserted:
         """``Store.insert_job``: one statement, then the clashing row only if it made none."""
         args = insert_job_args(new)
+        clash: dict[str, Any] | None = None
         async with self.connection(conn) as c:
             for _ in range(2):  # a clash committed after the first statement began: see Store
                 row = await (await c.execute(q("insert_job"), args,

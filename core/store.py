@@ -131,6 +131,7 @@ class Store(Operations):
         and only then a second statement reads the row that won.
         """
         args = insert_job_args(new)
+        clash: dict[str, Any] | None = None
         with self.connection(conn) as c:
             # A clashing row committed after a statement began is invisible to it, so after
             # an empty answer from both, one more try (a new snapshot) sees it.
