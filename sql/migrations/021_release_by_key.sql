@@ -2,10 +2,10 @@
 -- completed a dependency, instead of looking its dependents up by key: with no statistics on a
 -- queue just filled (a bulk insert into a fresh or truncated table, as `make bench` does), the
 -- planner took `c.status = 'pending'` for a few dozen rows (it matches the partial indexes on
--- pending jobs) and hashed all of them, or scanned them once per dependent. A worker's batch
--- of 100 completions releasing 100 jobs of 20,000 pending spent 9.4 ms in that scan, of the
--- trigger's 11 ms; by key the update takes about 2 ms. Turning hash joins off made it worse
--- (a nested loop over the same scan, once per dependent), so the condition itself changes:
+-- pending jobs) and hashed all of them. A worker's batch of 100 completions releasing 100 jobs
+-- of 20,000 pending spent 9.4 ms in that scan, of the trigger's 11 ms; by key the update takes
+-- about 2 ms. Turning hash joins off made it worse (a nested loop over the same scan, once per
+-- dependent), so the condition itself changes:
 -- written as a CASE, it matches no index and no partial index's predicate, so the only
 -- narrow way to the dependents is their primary key, and a scan is costed as the whole
 -- table it is. It is still checked on the row being updated (and rechecked on a concurrent
