@@ -10,6 +10,7 @@ import pytest
 from bgjobs.core.errors import InvalidInput
 from bgjobs.core.jobs import Attempt, Completion
 from bgjobs.tasks.enqueue import InvalidRequest, cancel, enqueue, enqueue_many
+from tests.conftest import migrated_database
 
 
 def run(store, job_id, result=None):
@@ -246,3 +247,25 @@ def test_the_docs_sql_builds_a_fan_in_as_written(conn):
     assert waiting == parts == 3
     [(waiting_on,)] = conn.execute("SELECT cardinality(waiting_on) FROM bgjobs_waiting").fetchall()
     assert waiting_on == 3
+
+
+def test_a_release_reads_the_dependents_by_key_on_a_queue_without_statistics(server_url):
+    """022: completing a job with 3 dependents among 5,000 pending jobs reads its dependents by
+    primary key, not every pending job, right after a bulk insert (no statistics yet)."""
+    with migrated_database(server_url) as url, psycopg.connect(url) as c:
+        c.execute("INSERT INTO background_jobs (job_type) SELECT 'noop' "
+                  "FROM generate_series(1, 5000)")
+        [(parent,)] = c.execute("INSERT INTO background_jobs (job_type) VALUES ('noop') "
+                                "RETURNING id").fetchall()
+        c.execute("INSERT INTO background_jobs (job_type, depends_on) "
+                  "SELECT 'noop', ARRAY[%s::uuid] FROM generate_series(1, 3)", [parent])
+        c.commit()
+        c.execute("UPDATE background_jobs SET status = 'complete' WHERE id = %s", [parent])
+        read = c.execute("SELECT seq_tup_read + idx_tup_fetch FROM pg_stat_xact_user_tables "
+                         "WHERE relid = 'background_jobs'::regclass").fetchone()[0]
+        released = c.execute("SELECT count(*) FROM background_jobs "
+                             "WHERE depends_on = ARRAY[%s::uuid] AND waiting_for = 0",
+                             [parent]).fetchone()[0]
+        c.rollback()
+    assert released == 3
+    assert read < 100  # before 022: every pending job, 5,000 or more
