@@ -192,7 +192,7 @@ async def wait_workflow(workflow_id: UUID | str, timeout: float | None = None, *
 @asynccontextmanager
 async def _listening(store: AsyncStore) -> AsyncIterator[psycopg.AsyncConnection]:
     """A LISTEN connection of its own on background_jobs_progress (as tasks/wait.py's)."""
-    url = config_mod.load().direct_url or str(store.pool.conninfo)
+    url = config_mod.load().direct_url or store.url
     try:
         conn = await channels.alisten(url, (channels.PROGRESS,), channels.WAIT)
         async with conn:

@@ -252,11 +252,11 @@ def _migrate(url: str, cfg: Config) -> tuple[list[str], str]:
     except ConfigError as exc:
         # The API and the workers record their types when they start, so this is no failure.
         print(f"bgjobs: warning: {exc}; recording the built-in job types only", file=sys.stderr)
-    store = Store(make_pool(url, min_size=1, max_size=1, open_wait=True))
+    pool = make_pool(url, min_size=1, max_size=1, open_wait=True)
     try:
-        store.sync_job_types(registry.type_rows())
+        Store(pool).sync_job_types(registry.type_rows())
     finally:
-        store.pool.close()
+        pool.close()
     return applied, binding
 
 
@@ -557,7 +557,8 @@ def _demo_token(cfg: Config, url: str) -> str | None:
     None in an app's database, where a bgjobs user must be one of the app's users.
     """
     path = cfg.data_dir / "demo_token"
-    store = Store(make_pool(url, min_size=1, max_size=1, open_wait=True))
+    pool = make_pool(url, min_size=1, max_size=1, open_wait=True)
+    store = Store(pool)
     try:
         if store.host_users_table():
             return None
@@ -574,7 +575,7 @@ def _demo_token(cfg: Config, url: str) -> str | None:
         path.chmod(0o600)
         return token
     finally:
-        store.pool.close()
+        pool.close()
 
 
 def _redact(url: str) -> str:

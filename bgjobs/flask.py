@@ -36,7 +36,7 @@ from werkzeug.routing import RoutingException
 
 from bgjobs.core import channels
 from bgjobs.core import config as config_mod
-from bgjobs.core.db import database_url, make_pool
+from bgjobs.core.db import Pool, database_url, make_pool
 from bgjobs.core.errors import BgjobsError
 from bgjobs.core.jobs import parse_job_id
 from bgjobs.core.store import Store
@@ -236,7 +236,7 @@ class _AppState:
     def __init__(self, config: config_mod.Config) -> None:
         self.config = config
         self._lock = threading.Lock()
-        self._store: tuple[int, Store] | None = None
+        self._store: tuple[int, Store, Pool] | None = None
 
     def store(self) -> Store:
         current = self._store
@@ -248,14 +248,14 @@ class _AppState:
                 # A pool inherited across fork shares its parent's sockets: make our own.
                 pool = make_pool(database_url(self.config), min_size=1,
                                  max_size=self.config.pool_max, name=channels.FLASK)
-                current = self._store = (os.getpid(), Store(pool))
+                current = self._store = (os.getpid(), Store(pool), pool)
             return current[1]
 
     def close(self) -> None:
         with self._lock:
             current, self._store = self._store, None
         if current is not None and current[0] == os.getpid():
-            current[1].pool.close()
+            current[2].close()
 
 
 def _state() -> _AppState:

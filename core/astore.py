@@ -39,6 +39,11 @@ class AsyncStore:
     def __init__(self, pool: AsyncPool) -> None:
         self.pool = pool
 
+    @property
+    def url(self) -> str:
+        """Where the store's connections go (as ``Store.url``)."""
+        return self.pool.url
+
     @asynccontextmanager
     async def connection(self, conn: psycopg.AsyncConnection | None = None
                          ) -> AsyncIterator[psycopg.AsyncConnection]:

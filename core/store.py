@@ -20,9 +20,10 @@ from uuid import UUID
 
 import psycopg
 from psycopg.types.json import Jsonb
-from psycopg_pool import ConnectionPool, PoolTimeout
+from psycopg_pool import PoolTimeout
 
-from bgjobs.core.db import Pool, is_direct, is_outage, mark_used
+from bgjobs.core.connections import ConnectionSource
+from bgjobs.core.db import is_direct, is_outage, mark_used
 from bgjobs.core.errors import (
     BgjobsError,
     Conflict,
@@ -87,20 +88,28 @@ def hash_token(token: str) -> bytes:
 
 
 class Store(Operations):
-    """All job, user and token operations, over a psycopg connection pool.
+    """All job, user and token operations, over a ConnectionSource (a pool, or a worker's one
+    connection).
 
     Periodic jobs, limits, retention, workers and the operator view: ``Operations``.
     """
 
-    def __init__(self, pool: ConnectionPool) -> None:
+    def __init__(self, pool: ConnectionSource) -> None:
+        #: Where connections come from (named ``pool`` for the common case).
         self.pool = pool
+
+    @property
+    def url(self) -> str:
+        """Where the store's connections go (``ConnectionSource.url``)."""
+        return self.pool.url
 
     @contextmanager
     def connection(self, conn: psycopg.Connection | None = None) -> Iterator[psycopg.Connection]:
-        """The caller's connection if given (their transaction), else one from the pool.
+        """The caller's connection if given (their transaction), else one lent by the source.
 
-        The pool's connections read values bgjobs cannot represent as markers (core/rows.py);
-        the caller's connection is left as it is (its reads here use lenient cursors).
+        The source's connections read values bgjobs cannot represent as markers
+        (core/rows.py); the caller's connection is left as it is (its reads here use lenient
+        cursors).
         """
         if conn is not None:
             with translate_errors():
@@ -109,16 +118,10 @@ class Store(Operations):
                     conn._bgjobs_pooled = not is_direct(conn)  # type: ignore[attr-defined]
                 yield conn
             return
-        if isinstance(self.pool, Pool):  # fails at once while Postgres is known to be down
-            with translate_errors(self.pool.breaker.suspect), self.pool.lend() as pooled:
-                lenient(pooled)
-                yield pooled
-                mark_used(pooled)
-            return
-        with translate_errors(), self.pool.connection() as pooled:
-            lenient(pooled)
-            yield pooled
-            mark_used(pooled)
+        with translate_errors(), self.pool.lend() as lent:
+            lenient(lent)
+            yield lent
+            mark_used(lent)
 
     # Jobs ----------------------------------------------------------------------------------
 

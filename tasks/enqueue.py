@@ -23,7 +23,7 @@ import psycopg
 
 from bgjobs.core import channels
 from bgjobs.core import config as config_mod
-from bgjobs.core.db import database_url, make_pool
+from bgjobs.core.db import Pool, database_url, make_pool
 from bgjobs.core.errors import Conflict, InvalidParams, NotFound
 from bgjobs.core.errors import InvalidRequest as InvalidRequest
 from bgjobs.core.jobs import Job, jsonb_text, parse_job_id, time_out_of_range, unstorable
@@ -247,7 +247,7 @@ def run_schedule_now(store: Store, name: str, *, user_id: int | None = None) -> 
 # The process's own pool --------------------------------------------------------------------
 
 _lock = threading.Lock()
-_default: tuple[int, Store] | None = None
+_default: tuple[int, Store, Pool] | None = None
 
 
 def configure(url: str | None = None, *, pool_max: int | None = None) -> Store:
@@ -259,7 +259,7 @@ def configure(url: str | None = None, *, pool_max: int | None = None) -> Store:
         previous = _default
         store = _install(url, pool_max)
     if previous is not None and previous[0] == os.getpid():  # a parent's pool is not ours
-        previous[1].pool.close()
+        previous[2].close()
     return store
 
 
@@ -283,9 +283,10 @@ def _install(url: str | None, pool_max: int | None) -> Store:
     """Open this process's pool and make it the default (the caller holds _lock)."""
     global _default
     cfg = config_mod.load()
-    store = Store(make_pool(url or database_url(cfg), min_size=1,
-                            max_size=pool_max or cfg.pool_max, name=channels.ENQUEUE))
-    _default = (os.getpid(), store)
+    pool = make_pool(url or database_url(cfg), min_size=1, max_size=pool_max or cfg.pool_max,
+                     name=channels.ENQUEUE)
+    store = Store(pool)
+    _default = (os.getpid(), store, pool)
     return store
 
 
