@@ -19,6 +19,7 @@ from bgjobs.core import channels
 from bgjobs.core import config as config_mod
 from bgjobs.core.db import database_url, make_pool
 from bgjobs.core.jobs import User
+from bgjobs.core.pool_holder import PoolHolder
 from bgjobs.core.store import Store
 from bgjobs.server import admin, api_input, auth, csrf, dashboard, errors, metrics, openapi
 from bgjobs.server.errors import ApiError
@@ -38,9 +39,10 @@ def create_app(store: Store | None = None, config: config_mod.Config | None = No
     config = config or config_mod.load()
     owned = None
     if store is None:
-        owned = make_pool(database_url(config), min_size=1, max_size=config.pool_max,
-                          name=channels.API, timeout=config.pool_timeout)
-        store = Store(owned)
+        owned = PoolHolder(lambda: make_pool(database_url(config), min_size=1,
+                                             max_size=config.pool_max, name=channels.API,
+                                             timeout=config.pool_timeout))
+        store = owned.store()
     # Import failures in host task modules show at start, not per request.
     registry.load_tasks(config.task_modules)
     registry.record_types(store)
@@ -167,6 +169,6 @@ def _user_json(user: User) -> dict[str, Any]:
 
 def close(app: Flask) -> None:
     """Close the pool the app made for itself (gunicorn worker exit)."""
-    pool = app.extensions.get("bgjobs_owned_pool")
-    if pool is not None:
-        pool.close()
+    owned = app.extensions.get("bgjobs_owned_pool")
+    if owned is not None:
+        owned.close()
