@@ -15,14 +15,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from bgjobs.core.connections import ConnectionSource, lend
-from bgjobs.core.jobs import (
-    Attempt,
-    Claimed,
-    Completion,
-    Failure,
-    Job,
-    ProgressUpdate,
-)
+from bgjobs.core.jobs import Attempt, Claimed, Completion, Failure, Job, ProgressUpdate
 from bgjobs.core.queries import q
 from bgjobs.core.rows import Unreadable, dict_rows, job_row, readable
 

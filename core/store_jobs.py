@@ -15,16 +15,8 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from bgjobs.core.connections import ConnectionSource, lend, prepare_flag
-from bgjobs.core.errors import (
-    BgjobsError,
-    Conflict,
-    NotFound,
-)
-from bgjobs.core.jobs import (
-    JOB_COLUMNS,
-    Job,
-    Workflow,
-)
+from bgjobs.core.errors import BgjobsError, Conflict, NotFound
+from bgjobs.core.jobs import JOB_COLUMNS, Job, Workflow
 from bgjobs.core.queries import q
 from bgjobs.core.rows import dict_rows, job_row, lenient
 
@@ -57,7 +49,6 @@ class Inserted(NamedTuple):
 
     job: Job
     created: bool
-
 
 
 class JobStore:
@@ -241,7 +232,6 @@ def not_cancelled(job_id: UUID, user_id: int | None, owner: Sequence[Any] | None
     if owner is None or (user_id is not None and owner[0] != user_id):
         return NotFound(f"no job {job_id}")
     return Conflict(f"job {job_id} has already finished", job_id)
-
 
 
 def _pending_job(new: NewJob, job_id: UUID, created_at: datetime, status: str = "pending",

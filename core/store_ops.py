@@ -147,8 +147,6 @@ class OperationsStore:
         with self.connection() as c:
             c.execute(q("worker_stopped"), {"worker_id": worker_id})
 
-
-
     # The operator view -------------------------------------------------------------------
 
     def admin_list_jobs(self, *, user_id: int | None = None, status: str | None = None,

@@ -12,21 +12,14 @@ from uuid import UUID
 import psycopg
 
 from bgjobs.core.connections import ConnectionSource, lend
-from bgjobs.core.errors import (
-    Conflict,
-    InvalidInput,
-    NotFound,
-)
-from bgjobs.core.jobs import (
-    User,
-)
+from bgjobs.core.errors import Conflict, InvalidInput, NotFound
+from bgjobs.core.jobs import User
 from bgjobs.core.queries import q
 from bgjobs.core.rows import dict_rows, record_row
 
 
 def hash_token(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
-
 
 
 class UserStore:
@@ -123,7 +116,6 @@ class UserStore:
         user = self.get_user(name)
         with self.connection() as c:
             return len(c.execute(q("revoke_tokens"), {"user_id": user.id}).fetchall())
-
 
     def set_admin(self, name: str, is_admin: bool) -> User:
         with self.connection() as c, c.cursor(row_factory=record_row(User)) as cur:
