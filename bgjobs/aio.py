@@ -8,7 +8,7 @@
     await bgjobs.aio.wait(job.id, timeout=60)  # the finished Job, woken by NOTIFY
 
 The same checks and errors as the sync functions (they share tasks/enqueue.py's ``prepare``,
-the same SQL and core/store.py's reading of its answers); ``conn=`` joins the caller's
+the same SQL and core/store_jobs.py's reading of its answers); ``conn=`` joins the caller's
 ``psycopg.AsyncConnection`` transaction. Without ``conn=`` or ``store=``, each event loop gets
 a pool of its own on first use (DATABASE_URL, or ``configure``), closed when ``asyncio.run``
 ends the loop (its async generators are shut down) or at ``await bgjobs.aio.close()``.
@@ -31,10 +31,10 @@ from bgjobs.core import channels
 from bgjobs.core import config as config_mod
 from bgjobs.core.apool import make_pool
 from bgjobs.core.astore import AsyncStore
+from bgjobs.core.connections import translate_errors
 from bgjobs.core.db import database_url
 from bgjobs.core.errors import DatabaseUnavailable, NotFound, first_line
 from bgjobs.core.jobs import FINISHED, Job, Workflow, parse_job_id
-from bgjobs.core.store import translate_errors
 from bgjobs.tasks.enqueue import Enqueued, enqueued, prepare, prepare_many
 from bgjobs.tasks.wait import (
     REREAD_SECONDS,
@@ -192,7 +192,7 @@ async def wait_workflow(workflow_id: UUID | str, timeout: float | None = None, *
 @asynccontextmanager
 async def _listening(store: AsyncStore) -> AsyncIterator[psycopg.AsyncConnection]:
     """A LISTEN connection of its own on background_jobs_progress (as tasks/wait.py's)."""
-    url = config_mod.load().direct_url or str(store.pool.conninfo)
+    url = config_mod.load().direct_url or store.url
     try:
         conn = await channels.alisten(url, (channels.PROGRESS,), channels.WAIT)
         async with conn:

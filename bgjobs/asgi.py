@@ -204,7 +204,7 @@ class BgJobs:
         async with self._starting:
             if self._events is None:
                 store = await bgjobs.aio.default_store()
-                listen_url = self.config.direct_url or str(store.pool.conninfo)
+                listen_url = self.config.direct_url or store.url
                 broadcaster = Broadcaster(listen_url, EventsDb(store.pool))
                 self._tasks = [
                     asyncio.create_task(broadcaster.run(), name="bgjobs-asgi-broadcaster"),

@@ -27,6 +27,7 @@ from bgjobs.core.config import Config, ConfigError
 from bgjobs.core.db import connect, database_url, direct_url, make_pool
 from bgjobs.core.errors import BgjobsError, Conflict, first_line
 from bgjobs.core.jobs import parse_job_id
+from bgjobs.core.pool_holder import PoolHolder
 from bgjobs.core.store import Store
 from bgjobs.tasks import enqueue, registry, schedules
 
@@ -252,11 +253,8 @@ def _migrate(url: str, cfg: Config) -> tuple[list[str], str]:
     except ConfigError as exc:
         # The API and the workers record their types when they start, so this is no failure.
         print(f"bgjobs: warning: {exc}; recording the built-in job types only", file=sys.stderr)
-    store = Store(make_pool(url, min_size=1, max_size=1, open_wait=True))
-    try:
+    with PoolHolder(lambda: make_pool(url, min_size=1, max_size=1, open_wait=True)) as store:
         store.sync_job_types(registry.type_rows())
-    finally:
-        store.pool.close()
     return applied, binding
 
 
@@ -264,7 +262,8 @@ def _store(cfg: Config) -> Store:
     url = database_url(cfg, start=False)
     with connect(url):
         pass  # fail fast, with one line, when the database is unreachable
-    return Store(make_pool(url, min_size=1, max_size=2, open_wait=True))
+    # Closed at exit (core/pool_holder.py).
+    return PoolHolder(lambda: make_pool(url, min_size=1, max_size=2, open_wait=True)).store()
 
 
 def cmd_user_create(ns: argparse.Namespace, cfg: Config) -> int:
@@ -557,8 +556,7 @@ def _demo_token(cfg: Config, url: str) -> str | None:
     None in an app's database, where a bgjobs user must be one of the app's users.
     """
     path = cfg.data_dir / "demo_token"
-    store = Store(make_pool(url, min_size=1, max_size=1, open_wait=True))
-    try:
+    with PoolHolder(lambda: make_pool(url, min_size=1, max_size=1, open_wait=True)) as store:
         if store.host_users_table():
             return None
         if path.exists():
@@ -573,8 +571,6 @@ def _demo_token(cfg: Config, url: str) -> str | None:
         path.write_text(token)
         path.chmod(0o600)
         return token
-    finally:
-        store.pool.close()
 
 
 def _redact(url: str) -> str:

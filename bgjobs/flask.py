@@ -22,8 +22,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import os
-import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -39,6 +37,7 @@ from bgjobs.core import config as config_mod
 from bgjobs.core.db import database_url, make_pool
 from bgjobs.core.errors import BgjobsError
 from bgjobs.core.jobs import parse_job_id
+from bgjobs.core.pool_holder import PoolHolder
 from bgjobs.core.store import Store
 from bgjobs.server import csrf, dashboard, errors, stream_tokens
 from bgjobs.server.errors import ApiError
@@ -235,27 +234,14 @@ class _AppState:
 
     def __init__(self, config: config_mod.Config) -> None:
         self.config = config
-        self._lock = threading.Lock()
-        self._store: tuple[int, Store] | None = None
+        self.pool = PoolHolder(lambda: make_pool(database_url(config), min_size=1,
+                                                 max_size=config.pool_max, name=channels.FLASK))
 
     def store(self) -> Store:
-        current = self._store
-        if current is not None and current[0] == os.getpid():
-            return current[1]
-        with self._lock:
-            current = self._store
-            if current is None or current[0] != os.getpid():
-                # A pool inherited across fork shares its parent's sockets: make our own.
-                pool = make_pool(database_url(self.config), min_size=1,
-                                 max_size=self.config.pool_max, name=channels.FLASK)
-                current = self._store = (os.getpid(), Store(pool))
-            return current[1]
+        return self.pool.store()
 
     def close(self) -> None:
-        with self._lock:
-            current, self._store = self._store, None
-        if current is not None and current[0] == os.getpid():
-            current[1].pool.close()
+        self.pool.close()
 
 
 def _state() -> _AppState:

@@ -24,9 +24,9 @@ from bgjobs.core.db import (
 class AsyncPool(AsyncConnectionPool):
     """The async pool with a Breaker (bgjobs.core.db): known outages are answered at once."""
 
-    def __init__(self, *args: Any, breaker: Breaker, **kwargs: Any) -> None:
-        self.breaker = breaker
-        super().__init__(*args, **kwargs)
+    def __init__(self, url: str, *args: Any, breaker: Breaker, **kwargs: Any) -> None:
+        self.url, self.breaker = url, breaker
+        super().__init__(url, *args, **kwargs)
 
     @asynccontextmanager
     async def lend(self) -> AsyncIterator[psycopg.AsyncConnection]:

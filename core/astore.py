@@ -1,7 +1,8 @@
-"""The job store on an event loop: what ``bgjobs.aio`` needs of core/store.py, asynchronously.
+"""The jobs store on an event loop: what ``bgjobs.aio`` needs of core/store_jobs.py's JobStore,
+asynchronously (the same subject; the attempts, users and operations stores have no async twin).
 
 The same named queries with the same arguments, and the same meaning given to their answers:
-the pure helpers of core/store.py build the one and read the other. Only the I/O is here.
+the pure helpers of core/store_jobs.py build the one and read the other. Only the I/O is here.
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ from uuid import UUID
 import psycopg
 
 from bgjobs.core.apool import AsyncPool
+from bgjobs.core.connections import translate_errors
 from bgjobs.core.errors import NotFound
 from bgjobs.core.jobs import Job, Workflow
 from bgjobs.core.queries import q
 from bgjobs.core.rows import dict_rows, job_row, lenient
-from bgjobs.core.store import (
+from bgjobs.core.store_jobs import (
     WORKFLOW_JOBS_MAX,
     Inserted,
     NewJob,
@@ -28,7 +30,6 @@ from bgjobs.core.store import (
     insert_jobs_args,
     inserted_jobs,
     not_cancelled,
-    translate_errors,
     workflow_of,
 )
 
@@ -38,6 +39,11 @@ class AsyncStore:
 
     def __init__(self, pool: AsyncPool) -> None:
         self.pool = pool
+
+    @property
+    def url(self) -> str:
+        """Where the store's connections go (as ``Store.url``)."""
+        return self.pool.url
 
     @asynccontextmanager
     async def connection(self, conn: psycopg.AsyncConnection | None = None
@@ -56,11 +62,11 @@ class AsyncStore:
 
     async def insert_job(self, new: NewJob, *,
                          conn: psycopg.AsyncConnection | None = None) -> Inserted:
-        """``Store.insert_job``: one statement, then the clashing row only if it made none."""
+        """``JobStore.insert_job``: one statement, then the clashing row only if it made none."""
         args = insert_job_args(new)
         clash: dict[str, Any] | None = None
         async with self.connection(conn) as c:
-            for _ in range(2):  # a clash committed after the first statement began: see Store
+            for _ in range(2):  # a clash committed after the first statement began: see JobStore
                 row = await (await c.execute(q("insert_job"), args,
                                              prepare=_prepare(c))).fetchone()
                 if row is not None:
@@ -79,7 +85,7 @@ class AsyncStore:
                           run_if_dependency_fails: bool = False,
                           workflow_id: UUID | None = None,
                           conn: psycopg.AsyncConnection | None = None) -> list[Job]:
-        """``Store.insert_jobs``: many jobs of one type in one statement, in the order given."""
+        """``JobStore.insert_jobs``: many jobs of one type in one statement, in the order given."""
         if not params_list:
             return []
         args = insert_jobs_args(job_type, params_list, user_id, max_attempts, depends_on,
@@ -100,7 +106,7 @@ class AsyncStore:
     async def list_jobs(self, *, user_id: int | None = None, status: str | None = None,
                         job_type: str | None = None, limit: int = 50,
                         before: tuple[Any, UUID] | None = None) -> list[Job]:
-        """``Store.list_jobs``: newest first, ``before`` the previous page's last position."""
+        """``JobStore.list_jobs``: newest first, ``before`` the previous page's last position."""
         args = {"user_id": user_id, "status": status, "job_type": job_type, "limit": limit,
                 "before_created": before[0] if before else None,
                 "before_id": before[1] if before else None}
@@ -138,5 +144,6 @@ async def _is_direct(conn: psycopg.AsyncConnection) -> bool:
 
 
 def _prepare(conn: psycopg.AsyncConnection) -> bool | None:
-    """False on a caller's connection through a pooler (see core/store.py's ``_prepare``)."""
+    """False on a caller's connection through a pooler (see core/connections.py's
+    ``prepare_flag``)."""
     return False if getattr(conn, "_bgjobs_pooled", False) else None

@@ -212,33 +212,40 @@ class Breaker:
 
 
 class Pool(ConnectionPool):
-    """A connection pool with a Breaker: known outages are answered at once (see ``lend``)."""
+    """A connection pool with a Breaker: known outages are answered at once (see ``lend``).
+    A ConnectionSource (core/connections.py)."""
 
-    def __init__(self, *args: Any, breaker: Breaker, **kwargs: Any) -> None:
-        self.breaker = breaker
-        super().__init__(*args, **kwargs)
+    def __init__(self, url: str, *args: Any, breaker: Breaker, **kwargs: Any) -> None:
+        self.url, self.breaker = url, breaker
+        super().__init__(url, *args, **kwargs)
 
     @contextmanager
     def lend(self) -> Iterator[psycopg.Connection]:
         """A connection, like ``connection()``; DatabaseUnavailable at once during an outage.
 
         Waiting for a connection is done in slices, so a request that started waiting before
-        the outage was known gives up as soon as it is.
+        the outage was known gives up as soon as it is. A failure that looks like an outage
+        (here, or in the caller's block) has the breaker find out at once.
         """
         self.breaker.check()
-        try:  # an idle connection at once, the common case
-            conn = self.getconn(timeout=min(LEND_SLICE, self.timeout))
-        except PoolTimeout:
-            conn = self._wait_for_connection()
         try:
-            yield conn
-            if not conn.autocommit:
-                conn.commit()
-        finally:
-            # putconn rolls back what a failed caller left open. No `with conn:` around the
-            # yield: its commit on an autocommit connection cost a tenth of a one-job enqueue's
-            # Python time for nothing.
-            self.putconn(conn)
+            try:  # an idle connection at once, the common case
+                conn = self.getconn(timeout=min(LEND_SLICE, self.timeout))
+            except PoolTimeout:
+                conn = self._wait_for_connection()
+            try:
+                yield conn
+                if not conn.autocommit:
+                    conn.commit()
+            finally:
+                # putconn rolls back what a failed caller left open. No `with conn:` around
+                # the yield: its commit on an autocommit connection cost a tenth of a one-job
+                # enqueue's Python time for nothing.
+                self.putconn(conn)
+        except (PoolTimeout, psycopg.OperationalError) as exc:
+            if is_outage(exc):  # the database seems gone: find out at once (the breaker)
+                self.breaker.suspect()
+            raise
 
 
     def _wait_for_connection(self) -> psycopg.Connection:

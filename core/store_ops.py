@@ -1,10 +1,10 @@
-"""The store's operations half: job type settings, schedules, retention, worker heartbeats and
-the operator view's reads (009_operations.sql). Mixed into ``Store``; the SQL is in queries.sql.
+"""Operations: job type settings, schedules, retention, the workers' own rows, health and the
+operator view's reads (009_operations.sql); the SQL is in queries.sql.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -13,8 +13,9 @@ from uuid import UUID
 
 import psycopg
 
+from bgjobs.core.connections import ConnectionSource, lend
 from bgjobs.core.errors import NotFound
-from bgjobs.core.jobs import Job, User
+from bgjobs.core.jobs import Job
 from bgjobs.core.queries import q
 from bgjobs.core.rows import dict_rows, job_row, record_row
 
@@ -56,12 +57,17 @@ class Retention:
     cancelled: timedelta = timedelta(days=7)
 
 
-class Operations:
-    """Operations queries; ``connection`` comes from the Store."""
+class OperationsStore:
+    """Job types, limits, schedules, retention, workers and the operator view, over a
+    ConnectionSource."""
+
+    def __init__(self, source: ConnectionSource) -> None:
+        self.source = source
 
     def connection(self, conn: psycopg.Connection | None = None
                    ) -> AbstractContextManager[psycopg.Connection]:
-        raise NotImplementedError
+        """The caller's connection if given (their transaction), else one the source lends."""
+        return lend(self.source, conn)
 
     def _dicts(self, query: str, args: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         with self.connection() as c, c.cursor(row_factory=dict_rows) as cur:
@@ -141,15 +147,6 @@ class Operations:
         with self.connection() as c:
             c.execute(q("worker_stopped"), {"worker_id": worker_id})
 
-    # Users ---------------------------------------------------------------------------------
-
-    def set_admin(self, name: str, is_admin: bool) -> User:
-        with self.connection() as c, c.cursor(row_factory=record_row(User)) as cur:
-            user = cur.execute(q("set_admin"), {"name": name, "is_admin": is_admin}).fetchone()
-        if user is None:
-            raise NotFound(f"no user {name!r}")
-        return user
-
     # The operator view -------------------------------------------------------------------
 
     def admin_list_jobs(self, *, user_id: int | None = None, status: str | None = None,
@@ -164,18 +161,26 @@ class Operations:
         with self.connection() as c, c.cursor(row_factory=job_row) as cur:
             return cur.execute(q("admin_list_jobs"), args).fetchall()
 
-    def user_names(self, ids: Iterator[int] | Sequence[int]) -> dict[int, str]:
-        wanted = sorted(set(ids))
-        if not wanted:
-            return {}
-        return {r["id"]: r["name"] for r in self._dicts("user_names", {"ids": wanted})}
-
     def throughput(self, since: datetime) -> list[dict[str, Any]]:
         """(minute, kind, jobs) rows: kind is started, completed or failed."""
         return self._dicts("throughput", {"since": since})
 
     def workers(self) -> list[dict[str, Any]]:
         return self._dicts("workers")
+
+    def summary(self) -> list[dict[str, Any]]:
+        with self.connection() as c, c.cursor(row_factory=dict_rows) as cur:
+            return cur.execute(q("summary")).fetchall()
+
+    def ping(self) -> None:
+        """Raise DatabaseUnavailable unless a pooled connection answers (health checks)."""
+        with self.connection() as c:
+            c.execute(q("ping")).fetchone()
+
+    def finished_recently(self, seconds: int) -> list[dict[str, Any]]:
+        """Jobs that finished in the last ``seconds``, by type and status, with run times."""
+        with self.connection() as c, c.cursor(row_factory=dict_rows) as cur:
+            return cur.execute(q("finished_recently"), {"seconds": seconds}).fetchall()
 
     def stuck_jobs(self, limit: int = 50) -> list[dict[str, Any]]:
         return self._dicts("stuck_jobs", {"limit": limit})

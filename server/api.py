@@ -19,6 +19,7 @@ from bgjobs.core import channels
 from bgjobs.core import config as config_mod
 from bgjobs.core.db import database_url, make_pool
 from bgjobs.core.jobs import User
+from bgjobs.core.pool_holder import PoolHolder
 from bgjobs.core.store import Store
 from bgjobs.server import admin, api_input, auth, csrf, dashboard, errors, metrics, openapi
 from bgjobs.server.errors import ApiError
@@ -36,11 +37,12 @@ F = TypeVar("F", bound=Callable[..., Any])
 def create_app(store: Store | None = None, config: config_mod.Config | None = None) -> Flask:
     """The API app; without ``store`` it makes its own lazy pool (call it after fork)."""
     config = config or config_mod.load()
-    owns_pool = store is None
+    owned = None
     if store is None:
-        url = database_url(config)
-        store = Store(make_pool(url, min_size=1, max_size=config.pool_max, name=channels.API,
-                                timeout=config.pool_timeout))
+        owned = PoolHolder(lambda: make_pool(database_url(config), min_size=1,
+                                             max_size=config.pool_max, name=channels.API,
+                                             timeout=config.pool_timeout))
+        store = owned.store()
     # Import failures in host task modules show at start, not per request.
     registry.load_tasks(config.task_modules)
     registry.record_types(store)
@@ -49,7 +51,7 @@ def create_app(store: Store | None = None, config: config_mod.Config | None = No
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions[STORE_KEY] = store
-    app.extensions["bgjobs_owns_pool"] = owns_pool
+    app.extensions["bgjobs_owned_pool"] = owned
     app.extensions[dashboard.CONFIG_KEY] = config
     secret = config.secret_key()
     cookie_secure = config.cookie_secure
@@ -167,6 +169,6 @@ def _user_json(user: User) -> dict[str, Any]:
 
 def close(app: Flask) -> None:
     """Close the pool the app made for itself (gunicorn worker exit)."""
-    store = app.extensions.get(STORE_KEY)
-    if store is not None and app.extensions.get("bgjobs_owns_pool"):
-        store.pool.close()
+    owned = app.extensions.get("bgjobs_owned_pool")
+    if owned is not None:
+        owned.close()

@@ -14,7 +14,8 @@ from uuid import UUID
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
 from bgjobs.core.jobs import User
-from bgjobs.core.store import Store, hash_token
+from bgjobs.core.store import Store
+from bgjobs.core.store_users import hash_token
 from bgjobs.server.errors import ApiError
 
 SESSION_COOKIE = "bgjobs_session"

@@ -19,10 +19,10 @@ from psycopg.rows import dict_row
 from bgjobs.core import channels
 from bgjobs.core.apool import AsyncPool
 from bgjobs.core.apool import make_pool as make_pool
+from bgjobs.core.connections import translate_errors
 from bgjobs.core.jobs import Job, User
 from bgjobs.core.queries import q
 from bgjobs.core.rows import job_row, lenient, record_row
-from bgjobs.core.store import translate_errors
 from bgjobs.server import auth
 
 POOL_APPLICATION_NAME = channels.EVENTS

@@ -27,7 +27,7 @@ from uuid import UUID
 
 from bgjobs.core.errors import BgjobsError
 from bgjobs.core.jobs import Job, Status, Workflow
-from bgjobs.core.store import WORKFLOW_JOBS_MAX
+from bgjobs.core.store_jobs import WORKFLOW_JOBS_MAX
 from bgjobs.server.broadcast import Broadcaster, Credential, State, Subscription
 from bgjobs.server.errors import ApiError
 from bgjobs.server.events_db import EventsDb

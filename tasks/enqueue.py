@@ -11,10 +11,8 @@ use against DATABASE_URL (or the running embedded cluster); ``configure()`` poin
 
 from __future__ import annotations
 
-import os
 import re
-import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 from uuid import UUID
@@ -23,10 +21,11 @@ import psycopg
 
 from bgjobs.core import channels
 from bgjobs.core import config as config_mod
-from bgjobs.core.db import database_url, make_pool
+from bgjobs.core.db import Pool, database_url, make_pool
 from bgjobs.core.errors import Conflict, InvalidParams, NotFound
 from bgjobs.core.errors import InvalidRequest as InvalidRequest
 from bgjobs.core.jobs import Job, jsonb_text, parse_job_id, time_out_of_range, unstorable
+from bgjobs.core.pool_holder import PoolHolder
 from bgjobs.core.store import NewJob, Store
 from bgjobs.tasks import registry
 
@@ -246,8 +245,20 @@ def run_schedule_now(store: Store, name: str, *, user_id: int | None = None) -> 
 
 # The process's own pool --------------------------------------------------------------------
 
-_lock = threading.Lock()
-_default: tuple[int, Store] | None = None
+
+def _opener(url: str | None = None, pool_max: int | None = None) -> Callable[[], Pool]:
+    """How this process opens its pool: on ``url`` (default: DATABASE_URL, else the running
+    embedded cluster), ``pool_max`` connections at most (default: BGJOBS_POOL_MAX)."""
+
+    def open_pool() -> Pool:
+        cfg = config_mod.load()
+        return make_pool(url or database_url(cfg), min_size=1,
+                         max_size=pool_max or cfg.pool_max, name=channels.ENQUEUE)
+
+    return open_pool
+
+
+_default = PoolHolder(_opener())
 
 
 def configure(url: str | None = None, *, pool_max: int | None = None) -> Store:
@@ -255,38 +266,12 @@ def configure(url: str | None = None, *, pool_max: int | None = None) -> Store:
 
     Meant for start-up: the pool it replaces is closed, so calls still using it fail.
     """
-    with _lock:
-        previous = _default
-        store = _install(url, pool_max)
-    if previous is not None and previous[0] == os.getpid():  # a parent's pool is not ours
-        previous[1].pool.close()
-    return store
+    return _default.replace(_opener(url, pool_max))
 
 
 def default_store() -> Store:
-    """The process's pool, opened on first use (and anew in a forked child).
-
-    Threads that arrive together on first use wait for one pool: a second pool opened beside
-    it would close the first while a request is borrowing from it.
-    """
-    current = _default
-    if current is not None and current[0] == os.getpid():
-        return current[1]
-    with _lock:
-        current = _default
-        if current is not None and current[0] == os.getpid():
-            return current[1]
-        return _install(None, None)  # none yet, or its parent's (across fork): open ours
-
-
-def _install(url: str | None, pool_max: int | None) -> Store:
-    """Open this process's pool and make it the default (the caller holds _lock)."""
-    global _default
-    cfg = config_mod.load()
-    store = Store(make_pool(url or database_url(cfg), min_size=1,
-                            max_size=pool_max or cfg.pool_max, name=channels.ENQUEUE))
-    _default = (os.getpid(), store)
-    return store
+    """The process's pool, opened on first use (and anew in a forked child): core/pool_holder.py."""
+    return _default.store()
 
 
 # Checks ------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import random
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
@@ -55,14 +55,15 @@ class Param:
             value = float(value)
         if not isinstance(value, self.type) or (self.type is not bool and isinstance(value, bool)):
             raise InvalidParams(f"{name} must be {_type_name(self.type)}, got {value!r}")
-        value = cast(Any, value)  # isinstance above narrowed it to object
-        if self.min is not None and value < self.min:
-            raise InvalidParams(f"{name} must be at least {self.min}, got {value!r}")
-        if self.max is not None and value > self.max:
-            raise InvalidParams(f"{name} must be at most {self.max}, got {value!r}")
-        if self.choices is not None and value not in self.choices:
-            raise InvalidParams(f"{name} must be one of {list(self.choices)}, got {value!r}")
-        return value
+        # A name of its own: isinstance above narrowed ``value`` to object, which has no <.
+        checked: Any = value
+        if self.min is not None and checked < self.min:
+            raise InvalidParams(f"{name} must be at least {self.min}, got {checked!r}")
+        if self.max is not None and checked > self.max:
+            raise InvalidParams(f"{name} must be at most {self.max}, got {checked!r}")
+        if self.choices is not None and checked not in self.choices:
+            raise InvalidParams(f"{name} must be one of {list(self.choices)}, got {checked!r}")
+        return checked
 
 
 @dataclass(frozen=True)

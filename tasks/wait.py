@@ -102,7 +102,7 @@ def left_of(deadline: float | None) -> float | None:
 @contextmanager
 def _listening(store: Store) -> Iterator[psycopg.Connection]:
     """A LISTEN connection of its own on background_jobs_progress (see the module docstring)."""
-    url = config_mod.load().direct_url or str(store.pool.conninfo)
+    url = config_mod.load().direct_url or store.url
     try:
         with channels.listen(url, (channels.PROGRESS,), channels.WAIT).conn as conn:
             yield conn

@@ -1,5 +1,5 @@
-"""The supervisor's connections for claims and writes, behind the small part of the pool API
-the Store uses.
+"""The supervisor's connections for claims and writes, each a ConnectionSource
+(core/connections.py) for a Store.
 
 The supervisor loop is single-threaded, so one connection is all it needs; owning it (instead of
 a pool with background threads) keeps reconnects explicit: a broken connection is dropped and
@@ -21,12 +21,14 @@ from bgjobs.core.db import connect, prepare_if_direct
 
 
 class OneConnection:
+    """One connection, opened on first use and again after it broke."""
+
     def __init__(self, url: str) -> None:
         self.url = url
         self.conn: psycopg.Connection | None = None
 
     @contextmanager
-    def connection(self) -> Iterator[psycopg.Connection]:
+    def lend(self) -> Iterator[psycopg.Connection]:
         if self.conn is None or self.conn.closed or self.conn.broken:
             self.close()
             self.conn = connect(self.url, autocommit=True, application_name=WORKER, **KEEPALIVES)

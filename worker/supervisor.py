@@ -17,7 +17,7 @@ import signal
 import socket
 import time
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 from uuid import UUID
 
 from bgjobs.core.channels import (
@@ -96,7 +96,7 @@ class Supervisor:
         self.settings = settings
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
         self.db = OneConnection(url)
-        self.store = Store(cast(Any, self.db))  # OneConnection has the pool API the store uses
+        self.store = Store(self.db)
         # A supervisor limited to some types is never chosen to claim for the others.
         self.listen_name = WORKER_LISTEN_TYPED if settings.types else WORKER_LISTEN
         self.listener = NotificationListener(listen_url or url, self.listen_name)

@@ -13,7 +13,6 @@ import logging
 import queue
 import socket
 import threading
-from typing import Any, cast
 from uuid import UUID
 
 from bgjobs.core.store import Store
@@ -29,7 +28,7 @@ Result = tuple[Outbox, set[UUID], BaseException | None]
 class Writer:
     def __init__(self, url: str) -> None:
         self.db = OneConnection(url)
-        self.store = Store(cast(Any, self.db))
+        self.store = Store(self.db)
         self.in_flight: Outbox | None = None
         self._inbox: queue.SimpleQueue[Outbox | None] = queue.SimpleQueue()
         self._results: queue.SimpleQueue[Result] = queue.SimpleQueue()

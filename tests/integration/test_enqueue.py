@@ -13,6 +13,7 @@ import pytest
 
 import bgjobs
 from bgjobs.core.db import make_pool
+from bgjobs.core.pool_holder import PoolHolder
 from bgjobs.core.store import Store
 from bgjobs.tasks import enqueue as enqueue_mod
 from tests.conftest import drain
@@ -184,7 +185,7 @@ def test_an_unknown_user_is_invalid_input(store, conn):
 
 
 def test_without_a_store_the_process_pool_is_used(db_url, monkeypatch):
-    monkeypatch.setattr(enqueue_mod, "_default", None)
+    monkeypatch.setattr(enqueue_mod, "_default", PoolHolder(enqueue_mod._opener()))
     monkeypatch.setenv("DATABASE_URL", db_url)
     try:
         job = bgjobs.enqueue("noop", {"echo": "default"})
@@ -196,7 +197,7 @@ def test_without_a_store_the_process_pool_is_used(db_url, monkeypatch):
 
 def test_threads_that_arrive_together_share_one_process_pool(db_url, monkeypatch):
     """Seen in CI: two first uses each opened a pool, the second closed the first mid-request."""
-    monkeypatch.setattr(enqueue_mod, "_default", None)
+    monkeypatch.setattr(enqueue_mod, "_default", PoolHolder(enqueue_mod._opener()))
     monkeypatch.setenv("DATABASE_URL", db_url)
     start = threading.Barrier(16)
     stores: list[Store] = []

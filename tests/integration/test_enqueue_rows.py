@@ -1,4 +1,4 @@
-"""What enqueue returns is the stored row, though it reads back only the id (store.py)."""
+"""What enqueue returns is the stored row, though it reads back only the id (core/store_jobs.py)."""
 
 from __future__ import annotations
 

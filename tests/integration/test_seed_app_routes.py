@@ -11,6 +11,7 @@ import psycopg
 import pytest
 from flask.testing import FlaskClient
 
+from bgjobs.core.pool_holder import PoolHolder
 from bgjobs.tasks import enqueue as enqueue_mod
 from tests.conftest import migrated_database
 from tests.seed_app_client import EXAMPLE, add_user
@@ -47,7 +48,8 @@ def seed(seed_db: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Seed]:
     monkeypatch.setenv("SECRET_KEY", "seed-app-test")
     monkeypatch.setenv("BGJOBS_SECRET_KEY", "seed-app-stream")
     monkeypatch.syspath_prepend(str(EXAMPLE))
-    monkeypatch.setattr(enqueue_mod, "_default", None)  # bgjobs.get_job: this database
+    # bgjobs.get_job: this database
+    monkeypatch.setattr(enqueue_mod, "_default", PoolHolder(enqueue_mod._opener()))
     from backend import app as app_module
     from backend import database
 

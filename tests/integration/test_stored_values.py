@@ -25,9 +25,10 @@ import pytest
 import bgjobs
 from bgjobs import cli
 from bgjobs.core import migrate
+from bgjobs.core.connections import translate_errors
 from bgjobs.core.errors import UnreadableValue
 from bgjobs.core.jobs import PARKED
-from bgjobs.core.store import Store, translate_errors
+from bgjobs.core.store import Store
 from bgjobs.server import errors
 from bgjobs.server.events_db import EventsDb, make_pool
 from bgjobs.tasks.enqueue import InvalidRequest

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import Any
 
 import psycopg
 import pytest
@@ -33,7 +33,7 @@ def worker_store(db_url: str) -> Iterator[Store]:
     """The store as a supervisor holds it (its writes say whose they are, per statement)."""
     one = OneConnection(db_url)
     try:
-        yield Store(cast(Any, one))
+        yield Store(one)
     finally:
         one.close()
 

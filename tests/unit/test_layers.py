@@ -117,3 +117,36 @@ def test_the_public_names_and_what_type_checkers_see_agree():
             if isinstance(node, ast.ImportFrom) for alias in node.names}
     assert seen == bgjobs._EXPORTS
     assert bgjobs.__all__ == sorted(bgjobs._EXPORTS)
+
+
+def casts_to_any(path: Path) -> list[int]:
+    """Lines of ``cast(Any, ...)`` (or ``typing.cast``, or the type as a string) in a file."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if not (isinstance(node, ast.Call) and node.args):
+            continue
+        func, kind = node.func, node.args[0]
+        named_cast = (isinstance(func, ast.Name) and func.id == "cast") or (
+            isinstance(func, ast.Attribute) and func.attr == "cast")
+        to_any = (isinstance(kind, ast.Name) and kind.id == "Any") or (
+            isinstance(kind, ast.Attribute) and kind.attr == "Any") or (
+            isinstance(kind, ast.Constant) and kind.value == "Any")
+        if named_cast and to_any:
+            found.append(node.lineno)
+    return found
+
+
+@pytest.mark.parametrize("layer", ["core", "worker", "tasks"])
+def test_no_cast_to_any_in_the_lower_layers(layer: str):
+    # The store takes a ConnectionSource (core/connections.py) that a pool and the worker's one
+    # connection both are: handing it either needs no cast, nor should anything else here.
+    wrong = [f"{p.relative_to(ROOT)}:{line}" for p in sorted((ROOT / layer).rglob("*.py"))
+             for line in casts_to_any(p)]
+    assert not wrong, f"cast(Any, ...) at {wrong}"
+
+
+def test_the_cast_rule_sees_a_cast(tmp_path: Path):
+    sample = tmp_path / "sample.py"
+    sample.write_text("from typing import Any, cast\nimport typing\n"
+                      "a = cast(Any, 1)\nb = typing.cast('Any', 2)\nc = cast(int, 3)\n")
+    assert casts_to_any(sample) == [3, 4]

@@ -1,0 +1,113 @@
+"""The one narrow interface the store takes its connections through, and what every store
+does with a connection: lend it, and turn driver errors into bgjobs's exceptions.
+
+A ``ConnectionSource`` lends a connection for the length of a block: core/db.py's Pool (the
+API, the CLI, host code) and worker/connection.py's OneConnection (a supervisor's claims and
+writes) both are one, and so may a test's double be.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from typing import Protocol
+
+import psycopg
+from psycopg_pool import PoolTimeout
+
+from bgjobs.core.db import is_direct, is_outage, mark_used
+from bgjobs.core.errors import (
+    DatabaseError,
+    DatabaseUnavailable,
+    InvalidInput,
+    NotMigrated,
+    UnreadableValue,
+    first_line,
+)
+from bgjobs.core.rows import lenient
+
+
+class ConnectionSource(Protocol):
+    """Where the store's connections come from: a Pool, or a worker's one connection
+    (worker/connection.py). The store needs nothing else of it."""
+
+    @property
+    def url(self) -> str:
+        """Where its connections go (a LISTEN of one's own needs a session there, unless
+        BGJOBS_DIRECT_URL says where else)."""
+        ...
+
+    def lend(self) -> AbstractContextManager[psycopg.Connection]:
+        """An autocommit connection for the length of the block; DatabaseUnavailable (or a
+        driver error the store translates) when there is none."""
+        ...
+
+
+@contextmanager
+def lend(source: ConnectionSource, conn: psycopg.Connection | None = None
+         ) -> Iterator[psycopg.Connection]:
+    """The caller's connection if given (their transaction), else one ``source`` lends.
+
+    The source's connections read values bgjobs cannot represent as markers (core/rows.py);
+    the caller's connection is left as it is (its reads in the stores use lenient cursors).
+    """
+    if conn is not None:
+        with translate_errors():
+            if conn.prepare_threshold is not None and not hasattr(conn, "_bgjobs_pooled"):
+                # Checked once per connection: see prepare_flag.
+                conn._bgjobs_pooled = not is_direct(conn)  # type: ignore[attr-defined]
+            yield conn
+        return
+    with translate_errors(), source.lend() as lent:
+        lenient(lent)
+        yield lent
+        mark_used(lent)
+
+
+def prepare_flag(conn: psycopg.Connection) -> bool | None:
+    """False on a caller's connection that goes through a pooler (its prepared statements
+    would outlive the transaction's server connection), else None: the connection decides."""
+    return False if getattr(conn, "_bgjobs_pooled", False) else None
+
+
+@contextmanager
+def translate_errors(suspect: Callable[[], None] | None = None) -> Iterator[None]:
+    """Driver errors as bgjobs's exceptions (also used by the events service's async reads).
+
+    ``suspect`` is called when the database seems gone (a Breaker's, to find out at once).
+    """
+    try:
+        yield
+    except PoolTimeout as exc:
+        if suspect:
+            suspect()
+        raise DatabaseUnavailable("no database connection available (is Postgres up?)") from exc
+    except psycopg.OperationalError as exc:
+        if not is_outage(exc):  # Postgres answered: it is up (a protocol error, a timeout)
+            raise DatabaseError(f"the database refused the statement: {first_line(exc)}") from exc
+        if suspect:
+            suspect()
+        raise DatabaseUnavailable(f"database unavailable: {first_line(exc)}") from exc
+    except (psycopg.errors.InvalidSqlStatementName,
+            psycopg.errors.DuplicatePreparedStatement) as exc:
+        raise DatabaseError(f"{first_line(exc)}: prepared statements through a pooler in "
+                            "transaction mode? (docs/operations.md, connection poolers)") from exc
+    except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedFunction,
+            psycopg.errors.UndefinedColumn) as exc:
+        raise NotMigrated(f"{first_line(exc)}: this database is not (fully) migrated for this "
+                          "version of bgjobs; run `bgjobs migrate`") from exc
+    except psycopg.errors.ForeignKeyViolation as exc:
+        if (exc.diag.constraint_name or "").startswith("background_jobs_depends_on"):
+            raise InvalidInput(f"after: {first_line(exc)}") from exc
+        # The detail names the id and the table it is missing from ("Key (user_id)=(7) is not
+        # present in table "users"."): which users table jobs belong to (docs/dba.md).
+        raise InvalidInput(f"no such user: {exc.diag.message_detail or first_line(exc)}") from exc
+    except psycopg.DataError as exc:
+        if exc.sqlstate is None:
+            # Raised by psycopg loading a result, not by Postgres: a stored value this process
+            # cannot represent. Not the caller's input, and nothing was refused.
+            raise UnreadableValue(f"a stored value cannot be read: {first_line(exc)} (see "
+                                  "docs/dba.md, 'Values bgjobs cannot read')") from exc
+        # A value Postgres refuses to store (out of range, a NUL in JSON text): the caller's
+        # input, and the statement changed nothing.
+        raise InvalidInput(f"the database rejected a value: {first_line(exc)}") from exc
