@@ -80,6 +80,7 @@ class Fleet:
                  worker_id: str) -> None:
         """Give claimed jobs (best first) to children round-robin, one message per child."""
         now = time.monotonic()
+        verbose = log.isEnabledFor(logging.INFO)  # describe() costs, at thousands a second
         order = [c for c, n in capacity.items() if n > 0]
         left = dict(capacity)
         specs: dict[ChildProcess, list[protocol.JobSpec]] = {c: [] for c in order}
@@ -100,7 +101,8 @@ class Fleet:
                 child.jobs[job.id] = None
             specs[child].append(protocol.JobSpec(job.id, job.job_type, job.params, job.attempt,
                                                  job.dependencies, worker_id))
-            log.info("claimed %s for process %s", r.describe(), child.pid)
+            if verbose:
+                log.info("claimed %s for process %s", r.describe(), child.pid)
         for child, batch in specs.items():
             if batch:
                 child.send(protocol.Jobs(batch))
