@@ -208,7 +208,7 @@ def run(url: str, runs: int = 3, quick: bool = False, variants: tuple[str, ...] 
     out: dict[str, Any] = {
         "versions": versions(), "jobs": jobs, "await_s": 0.1, "concurrency": CONCURRENCY,
         "pgqueuer_batch_size": PGQ_BATCH, "load_average_1m": [round(x, 1) for x in load],
-        "httpx": version("httpx"),
+        "aiohttp": version("aiohttp"),
     }
     for variant in variants:
         out[variant] = _summary(jobs, times[variant], missing[variant])
