@@ -7,8 +7,9 @@ progress at scale (bench/events_load.py), many supervisors (bench/supervisors.py
 traffic against pgbench (bench/progress.py), the API under CPU-bound jobs
 (bench/api_heavy.py), enqueues behind a migration waiting for a lock (bench/migrate_stall.py),
 enqueue and drain through PgBouncer (bench/poolers.py), workflows (bench/workflows.py),
-IO-bound jobs awaiting 100 ms by the thousand beside pgqueuer (bench/io_jobs.py), and the
-older sections: store, enqueue, workers, api. Prints a table,
+IO-bound jobs awaiting 100 ms (a sleep, a local HTTP server) by the thousand beside pgqueuer and
+procrastinate (bench/io_jobs.py), and the older sections: store, enqueue, workers, api. Prints
+a table,
 writes every figure with versions and machine facts to bench/results/ (git-ignored).
 `python -m bench --only events --quick` runs one section, smaller. See docs/benchmarks.md.
 """

@@ -24,6 +24,16 @@ async def bench_io_sleep(ctx: Any) -> None:
     ctx.progress(1, 1, stage="done")
 
 
+@task("bench_io_http", concurrency=CONCURRENCY)
+async def bench_io_http(ctx: Any) -> None:
+    """GET the bench's local server (it answers after 100 ms), progress before and after."""
+    from bench.io_http import call
+
+    ctx.progress(0, 1, stage="waiting")
+    await call()
+    ctx.progress(1, 1, stage="done")
+
+
 @task("bench_io_hold", concurrency=10_000,
       params={"seconds": Param(float, default=3.0, min=0.0, max=600.0)})
 async def bench_io_hold(ctx: Any) -> None:

@@ -1,7 +1,8 @@
 """A procrastinate worker for the io section (bench/io_jobs.py): async jobs that await 100 ms.
 
 ``python -m bench.procrastinate_io_worker URL CONCURRENCY`` runs one worker process (psycopg
-connector, LISTEN/NOTIFY) with the task ``io_sleep``; ``--schema URL`` applies its schema.
+connector, LISTEN/NOTIFY) with the tasks ``io_sleep`` and ``io_http`` (a GET to
+bench/io_http.py's server, with its client); ``--schema URL`` applies its schema.
 """
 
 from __future__ import annotations
@@ -18,6 +19,12 @@ def make_app(url: str):  # type: ignore[no-untyped-def]
     @app.task(name="io_sleep")
     async def io_sleep() -> None:
         await asyncio.sleep(0.1)
+
+    @app.task(name="io_http")
+    async def io_http() -> None:
+        from bench.io_http import call
+
+        await call()
 
     return app
 

@@ -129,6 +129,14 @@ def rows(r: dict[str, Any]) -> list[Row]:
         out.append(("drain, pairs (one dependency each) vs independent, jobs/s",
                     f"{_fmt(w['paired_jobs_per_s'])} vs {_fmt(w['independent_jobs_per_s'])}",
                     "", f"{w['paired_over_independent']:.2f}x", ">= 0.8x"))
+    io = r.get("io") or {}
+    for variant in ("sleep", "http"):
+        row = io.get(variant)
+        if row:
+            out.append((f"{io['jobs']:,} IO jobs ({variant} 100 ms), s; procrastinate "
+                        f"{_fmt(row.get('procrastinate_s'))} s",
+                        _fmt(row["bgjobs_s"]), _fmt(row["pgqueuer_s"]),
+                        _ratio(row["pgqueuer_s"], row["bgjobs_s"]), ">= 1.0x the best peer"))
     m = r.get("migrate_stall") or {}
     for key, what in (("lock_timeout_3s", "lock_timeout 3 s"), ("no_lock_timeout", "no timeout")):
         row = m.get(key)

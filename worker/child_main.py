@@ -14,6 +14,7 @@ import collections
 import ctypes
 import inspect
 import logging
+import math
 import os
 import signal
 import sys
@@ -151,8 +152,30 @@ class BadOutput(BgjobsError, TypeError):
     """A handler returned or reported something Postgres cannot store as JSON."""
 
 
+def _flat_storable(value: Any) -> bool:
+    """A dict of plain scalars Postgres can store (the usual progress report), told without
+    encoding it: an IO process checks hundreds of reports a second."""
+    if type(value) is not dict:
+        return False
+    for key, item in value.items():
+        kind = type(item)
+        if type(key) is not str or "\x00" in key:
+            return False
+        if kind is str:
+            if "\x00" in item:
+                return False
+        elif kind is float:
+            if not math.isfinite(item):
+                return False
+        elif not (kind is int or kind is bool or item is None):
+            return False
+    return True
+
+
 def _check_storable(value: Any, what: str) -> None:
     # psycopg would happily send NaN or \u0000, which jsonb rejects for the whole batch.
+    if value is None or _flat_storable(value):
+        return
     problem = unstorable(value)
     if problem:
         raise BadOutput(f"{what} {problem}")

@@ -2,8 +2,10 @@
 
 Started by the supervisor (worker/child_handle.py) as
 ``python -m bgjobs.worker.io_child FD PARENT_PID LOG_LEVEL BLOCK_THRESHOLD``; it speaks the
-same protocol as a process-per-job child (worker/protocol.py), but starts every job it is
-handed at once: the supervisor never hands it more of a type than the type's ``concurrency``.
+same protocol as a process-per-job child (worker/protocol.py), but runs up to each type's
+``concurrency`` of its jobs at once; the supervisor hands it a few more (worker/fleet.py's
+ahead()), which wait here in the order handed and start the moment others end, so a freed slot
+never waits for a claim. At shutdown those go back unstarted (Drop).
 An ``async def`` handler runs as a task on the loop; a plain one declared with ``concurrency``
 runs in a thread. A cancelled async job has its task cancelled; one that ignores it is stopped
 by the supervisor killing this process after the grace period (its other jobs go back to
@@ -21,6 +23,7 @@ import sys
 import threading
 import time
 import traceback
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
 from typing import Any
@@ -55,6 +58,10 @@ class IoChild:
         self.specs: dict[asyncio.Task[None], protocol.JobSpec] = {}
         self.running: dict[UUID, asyncio.Task[None]] = {}
         self.outbox: list[Completion] = []
+        #: jobs handed beyond a type's concurrency wait here, started in order as others end
+        self.limit = {name: t.io_concurrency or 1 for name, t in tasks.items()}
+        self.active: dict[str, int] = {}
+        self.queued: dict[str, deque[protocol.JobSpec]] = {}
         #: progress to send with the next flush, by job: hundreds of jobs' reports in one
         #: message, and a job that finishes first sends its last one with its result
         self.progress: dict[UUID, dict[str, Any]] = {}
@@ -90,10 +97,17 @@ class IoChild:
     def handle(self, msg: protocol.ToChild) -> None:
         if isinstance(msg, protocol.Jobs):
             for spec in msg.specs:
-                job = self.loop.create_task(self.run_one(spec), name=f"job {spec.job_id}")
-                self.specs[job] = spec
-                self.running[spec.job_id] = job
+                if self.active.get(spec.job_type, 0) < self.limit.get(spec.job_type, 1):
+                    self.start(spec)
+                else:
+                    self.queued.setdefault(spec.job_type, deque()).append(spec)
         elif isinstance(msg, protocol.Cancel):
+            for waiting in self.queued.values():
+                unstarted = next((s for s in waiting if s.job_id == msg.job_id), None)
+                if unstarted is not None:
+                    waiting.remove(unstarted)
+                    self.send(protocol.Cancelled(msg.job_id, None))
+                    return
             running = self.running.get(msg.job_id)
             if running is not None:
                 self.cancelled.add(msg.job_id)
@@ -102,11 +116,25 @@ class IoChild:
                 if task is None or inspect.iscoroutinefunction(task.handler):
                     running.cancel()
         elif isinstance(msg, protocol.Drop):
-            self.send(protocol.Dropped([]))  # every job it holds has started
+            self.send(protocol.Dropped([s.job_id for q in self.queued.values() for s in q]))
+            self.queued.clear()
         else:
             log.error("unknown message from the supervisor: %r", msg)
 
     # Jobs ---------------------------------------------------------------------------------
+
+    def start(self, spec: protocol.JobSpec) -> None:
+        self.active[spec.job_type] = self.active.get(spec.job_type, 0) + 1
+        job = self.loop.create_task(self.run_one(spec), name=f"job {spec.job_id}")
+        self.specs[job] = spec
+        self.running[spec.job_id] = job
+
+    def ended(self, job_type: str) -> None:
+        """A job of ``job_type`` ended: start the next one handed in advance, if any."""
+        self.active[job_type] -= 1
+        waiting = self.queued.get(job_type)
+        if waiting:
+            self.start(waiting.popleft())
 
     async def run_one(self, spec: protocol.JobSpec) -> None:
         job_id = spec.job_id
@@ -148,6 +176,7 @@ class IoChild:
             job = self.running.pop(job_id, None)
             if job is not None:
                 self.specs.pop(job, None)
+            self.ended(spec.job_type)
 
     def fail(self, spec: protocol.JobSpec, task: Task | None, exc: BaseException,
              start: float, throttle: ProgressThrottle) -> None:

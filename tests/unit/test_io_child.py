@@ -140,3 +140,36 @@ def test_drop_gives_back_nothing_since_every_job_has_started():
 
     sent = run(scenario)
     assert protocol.Dropped([]) in sent
+
+
+def test_jobs_handed_beyond_the_concurrency_wait_and_start_in_order_as_others_end():
+    first = [spec("threaded") for _ in range(5)]
+    waiting = [spec("threaded") for _ in range(3)]
+    starts: list[uuid.UUID] = []
+
+    async def scenario(child: IoChild) -> None:
+        child.handle(protocol.Jobs(first + waiting))
+        starts.extend(child.running)
+        assert [s.job_id for s in child.queued["threaded"]] == [j.job_id for j in waiting]
+        child.handle(protocol.Cancel(waiting[1].job_id))  # not started: answered at once
+        while len(outcomes(child.conn.sent)) < 8:  # type: ignore[attr-defined]
+            await asyncio.sleep(0.01)
+
+    sent = run(scenario)
+    assert starts == [j.job_id for j in first]  # 5 at once, the concurrency of "threaded"
+    done = outcomes(sent)
+    assert done[waiting[1].job_id] == protocol.Cancelled(waiting[1].job_id, None)
+    assert all(isinstance(done[j.job_id], Completion) for j in first + waiting[::2])
+
+
+def test_drop_gives_back_the_jobs_not_started():
+    jobs = [spec("threaded", seconds=0.0) for _ in range(7)]
+
+    async def scenario(child: IoChild) -> None:
+        child.handle(protocol.Jobs(jobs))
+        child.handle(protocol.Drop())
+        await asyncio.sleep(0.1)
+
+    sent = run(scenario)
+    assert protocol.Dropped([j.job_id for j in jobs[5:]]) in sent
+    assert set(outcomes(sent)) == {j.job_id for j in jobs[:5]}

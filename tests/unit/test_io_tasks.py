@@ -154,3 +154,18 @@ def test_io_claims_in_slices_go_on_while_there_is_room(monkeypatch):
     claimer.run(0.0)  # the second slice fills the process, with no notification
     assert store.claims[1:] == [(("io",), 1, 1)] and store.pending["io"] == 3
     assert claimer.wake_at(0.0) == 5.0  # full now: nothing until a slot frees (or the poll)
+
+
+def test_a_crashed_io_process_fails_the_jobs_it_ran_and_gives_back_those_it_had_not_started():
+    import uuid
+    from types import SimpleNamespace
+
+    from bgjobs.worker.fleet import Fleet, ahead
+
+    ids = [uuid.uuid4() for _ in range(6)]
+    # Handed in this order: 3 of "a" (concurrency 2) and 3 of "b" (concurrency 4).
+    jobs = dict(zip(ids, ["a", "b", "a", "b", "a", "b"], strict=True))
+    child = SimpleNamespace(io={"a": 2, "b": 4}, jobs=jobs)
+    assert Fleet._started(child) == {ids[0], ids[1], ids[2], ids[3], ids[5]}  # type: ignore[arg-type]
+    assert Fleet._started(SimpleNamespace(io={}, jobs=dict.fromkeys(ids))) == {ids[0]}  # type: ignore[arg-type]
+    assert (ahead(1), ahead(50), ahead(500), ahead(10_000)) == (0, 10, 100, 100)

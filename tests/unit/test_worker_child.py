@@ -122,3 +122,22 @@ def test_cancel_and_drop_messages_take_queued_jobs_back(child):
     child.handle(protocol.Drop())
     assert child.conn.sent[-1] == protocol.Dropped(["a", "c"])
     assert not child.queue
+
+
+@pytest.mark.parametrize("value", [
+    {"current": 3, "total": 10, "stage": "reading", "ok": True, "eta": 1.5, "note": None},
+    {"stage": "bad\x00"}, {"bad\x00": 1}, {"eta": float("nan")}, {"eta": float("inf")},
+    {1: "int key"}, {"nested": {"a": 1}}, {"items": [1, 2]}, {"when": object()}, [1, 2], {},
+])
+def test_the_quick_storable_check_agrees_with_encoding(value):
+    from bgjobs.core.jobs import unstorable
+    from bgjobs.worker.child_main import _check_storable, _flat_storable
+
+    if _flat_storable(value):
+        assert unstorable(value) is None
+    try:
+        _check_storable(value, "progress")
+    except Exception:  # noqa: BLE001
+        assert unstorable(value) is not None
+    else:
+        assert unstorable(value) is None

@@ -8,8 +8,9 @@ are relayed to the idle supervisors (see worker/wakeups.py).
 
 Jobs of a concurrent type (an IO process runs many at once: see worker/io_child.py) are claimed
 apart, one statement per such type with room for it, so a process never holds more of a type
-than its concurrency; each such type keeps its own ``wake``, ``more`` and ``sweep`` (so an empty
-claim for the other types never stops its refills). Without concurrent types there is one
+than its concurrency and the few it starts next (worker/fleet.py's ahead()); each such type
+keeps its own ``wake``, ``more`` and ``sweep`` (so an empty claim for the other types never
+stops its refills). Without concurrent types there is one
 group, the process-per-job children, and one claim statement.
 """
 
