@@ -60,6 +60,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    finally:
+        while _command_pools:  # a command's pools end with it, as its connections should
+            _command_pools.pop().close()
+
+
+#: The pools a command opened through _store, closed when it returns (main's finally): held
+#: until the interpreter's exit instead, a process that runs many commands (the tests, a host
+#: app calling cli.main) would keep a connection per command.
+_command_pools: list[PoolHolder] = []
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -262,8 +271,9 @@ def _store(cfg: Config) -> Store:
     url = database_url(cfg, start=False)
     with connect(url):
         pass  # fail fast, with one line, when the database is unreachable
-    # Closed at exit (core/pool_holder.py).
-    return PoolHolder(lambda: make_pool(url, min_size=1, max_size=2, open_wait=True)).store()
+    holder = PoolHolder(lambda: make_pool(url, min_size=1, max_size=2, open_wait=True))
+    _command_pools.append(holder)
+    return holder.store()
 
 
 def cmd_user_create(ns: argparse.Namespace, cfg: Config) -> int:
