@@ -224,6 +224,7 @@ def workflow_of(workflow_id: UUID, counts: dict[str, Any] | None, jobs: list[Job
     if not counts or not counts["total"]:
         raise NotFound(f"no workflow {workflow_id}")
     failed = counts.pop("failed")
+    del counts["versions"]  # the workflow stream's (server/workflow_stream.py), not a count
     return Workflow(workflow_id, counts, failed, jobs[:limit], len(jobs) > limit)
 
 

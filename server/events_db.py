@@ -59,8 +59,7 @@ class EventsDb:
         """The user's jobs of a workflow counted by state, the first that failed (``failed``)
         and the sum of their versions (``versions``); None if the user has none of it."""
         async with self._conn() as conn, conn.cursor(row_factory=dict_row) as cur:
-            await cur.execute(q("events_workflow_summary"), {"id": workflow_id,
-                                                             "user_id": user_id})
+            await cur.execute(q("workflow_summary"), {"id": workflow_id, "user_id": user_id})
             row = await cur.fetchone()
         return row if row and row["total"] else None
 

@@ -504,31 +504,10 @@ SELECT id, job_type, user_id, worker_id, attempts, max_attempts, started_at, hea
 FROM bgjobs_stuck ORDER BY heartbeat_at NULLS FIRST LIMIT %(limit)s
 
 -- name: workflow_summary
--- A workflow's jobs counted by state (pending split into waiting and ready), and the first
--- to fail for good or be cancelled (whatever was cancelled after it followed from it).
-SELECT count(*) AS total,
-       count(*) FILTER (WHERE status = 'pending' AND waiting_for > 0) AS waiting,
-       count(*) FILTER (WHERE status = 'pending' AND waiting_for = 0) AS pending,
-       count(*) FILTER (WHERE status = 'running') AS running,
-       count(*) FILTER (WHERE status = 'complete') AS complete,
-       count(*) FILTER (WHERE status = 'error') AS error,
-       count(*) FILTER (WHERE status = 'cancelled') AS cancelled,
-       (array_agg(id ORDER BY finished_at, id)
-            FILTER (WHERE status = 'error' OR (status = 'cancelled'
-                    AND coalesce(result->>'error', '') <> 'DependencyFailed')))[1] AS failed
-FROM background_jobs
-WHERE workflow_id = %(id)s AND (%(user_id)s::int IS NULL OR user_id = %(user_id)s)
-
--- name: workflow_jobs
--- A workflow's jobs, oldest first (jobs enqueued in one transaction share created_at: by id).
-SELECT * FROM background_jobs
-WHERE workflow_id = %(id)s AND (%(user_id)s::int IS NULL OR user_id = %(user_id)s)
-ORDER BY created_at, id
-LIMIT %(limit)s
-
--- name: events_workflow_summary
--- workflow_summary for the workflow stream, with the sum of its jobs' versions: it grows with
--- every change of any of them (versions only grow), so it names the state the summary counts.
+-- A workflow's jobs counted by state (pending split into waiting and ready), the first to fail
+-- for good or be cancelled (whatever was cancelled after it followed from it), and the sum of
+-- its jobs' versions: it grows with every change of any of them (versions only grow), so the
+-- workflow stream names the state a summary counts by it.
 SELECT count(*) AS total,
        count(*) FILTER (WHERE status = 'pending' AND waiting_for > 0) AS waiting,
        count(*) FILTER (WHERE status = 'pending' AND waiting_for = 0) AS pending,
@@ -541,7 +520,14 @@ SELECT count(*) AS total,
                     AND coalesce(result->>'error', '') <> 'DependencyFailed')))[1] AS failed,
        coalesce(sum(version), 0)::bigint AS versions
 FROM background_jobs
-WHERE workflow_id = %(id)s AND user_id = %(user_id)s
+WHERE workflow_id = %(id)s AND (%(user_id)s::int IS NULL OR user_id = %(user_id)s)
+
+-- name: workflow_jobs
+-- A workflow's jobs, oldest first (jobs enqueued in one transaction share created_at: by id).
+SELECT * FROM background_jobs
+WHERE workflow_id = %(id)s AND (%(user_id)s::int IS NULL OR user_id = %(user_id)s)
+ORDER BY created_at, id
+LIMIT %(limit)s
 
 -- name: events_workflow_unsent
 -- A workflow's jobs newer than the versions a stream has sent (ids, versions): what it must
