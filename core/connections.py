@@ -10,13 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
-from typing import Protocol
+from types import TracebackType
+from typing import Literal, Protocol
 
 import psycopg
 from psycopg_pool import PoolTimeout
 
 from bgjobs.core.db import is_direct, is_outage, mark_used
 from bgjobs.core.errors import (
+    BgjobsError,
     DatabaseError,
     DatabaseUnavailable,
     InvalidInput,
@@ -70,44 +72,65 @@ def prepare_flag(conn: psycopg.Connection) -> bool | None:
     return False if getattr(conn, "_bgjobs_pooled", False) else None
 
 
-@contextmanager
-def translate_errors(suspect: Callable[[], None] | None = None) -> Iterator[None]:
+class translate_errors:
     """Driver errors as bgjobs's exceptions (also used by the events service's async reads).
 
     ``suspect`` is called when the database seems gone (a Breaker's, to find out at once).
+    A class, not a generator: it wraps every statement bgjobs runs, and a generator's context
+    manager cost a single enqueue several microseconds.
     """
-    try:
-        yield
-    except PoolTimeout as exc:
+
+    __slots__ = ("suspect",)
+
+    def __init__(self, suspect: Callable[[], None] | None = None) -> None:
+        self.suspect = suspect
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> Literal[False]:
+        if exc is None:
+            return False
+        translated = _translated(exc, self.suspect)
+        if translated is None:
+            return False  # not the driver's: it goes on as it is
+        raise translated from exc
+
+
+def _translated(exc: BaseException, suspect: Callable[[], None] | None) -> BgjobsError | None:
+    """The bgjobs exception that ``exc`` means, or None when it is none of the driver's."""
+    if isinstance(exc, PoolTimeout):
         if suspect:
             suspect()
-        raise DatabaseUnavailable("no database connection available (is Postgres up?)") from exc
-    except psycopg.OperationalError as exc:
+        return DatabaseUnavailable("no database connection available (is Postgres up?)")
+    if isinstance(exc, psycopg.OperationalError):
         if not is_outage(exc):  # Postgres answered: it is up (a protocol error, a timeout)
-            raise DatabaseError(f"the database refused the statement: {first_line(exc)}") from exc
+            return DatabaseError(f"the database refused the statement: {first_line(exc)}")
         if suspect:
             suspect()
-        raise DatabaseUnavailable(f"database unavailable: {first_line(exc)}") from exc
-    except (psycopg.errors.InvalidSqlStatementName,
-            psycopg.errors.DuplicatePreparedStatement) as exc:
-        raise DatabaseError(f"{first_line(exc)}: prepared statements through a pooler in "
-                            "transaction mode? (docs/operations.md, connection poolers)") from exc
-    except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedFunction,
-            psycopg.errors.UndefinedColumn) as exc:
-        raise NotMigrated(f"{first_line(exc)}: this database is not (fully) migrated for this "
-                          "version of bgjobs; run `bgjobs migrate`") from exc
-    except psycopg.errors.ForeignKeyViolation as exc:
+        return DatabaseUnavailable(f"database unavailable: {first_line(exc)}")
+    if isinstance(exc, (psycopg.errors.InvalidSqlStatementName,
+                        psycopg.errors.DuplicatePreparedStatement)):
+        return DatabaseError(f"{first_line(exc)}: prepared statements through a pooler in "
+                             "transaction mode? (docs/operations.md, connection poolers)")
+    if isinstance(exc, (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedFunction,
+                        psycopg.errors.UndefinedColumn)):
+        return NotMigrated(f"{first_line(exc)}: this database is not (fully) migrated for this "
+                           "version of bgjobs; run `bgjobs migrate`")
+    if isinstance(exc, psycopg.errors.ForeignKeyViolation):
         if (exc.diag.constraint_name or "").startswith("background_jobs_depends_on"):
-            raise InvalidInput(f"after: {first_line(exc)}") from exc
+            return InvalidInput(f"after: {first_line(exc)}")
         # The detail names the id and the table it is missing from ("Key (user_id)=(7) is not
         # present in table "users"."): which users table jobs belong to (docs/dba.md).
-        raise InvalidInput(f"no such user: {exc.diag.message_detail or first_line(exc)}") from exc
-    except psycopg.DataError as exc:
+        return InvalidInput(f"no such user: {exc.diag.message_detail or first_line(exc)}")
+    if isinstance(exc, psycopg.DataError):
         if exc.sqlstate is None:
             # Raised by psycopg loading a result, not by Postgres: a stored value this process
             # cannot represent. Not the caller's input, and nothing was refused.
-            raise UnreadableValue(f"a stored value cannot be read: {first_line(exc)} (see "
-                                  "docs/dba.md, 'Values bgjobs cannot read')") from exc
+            return UnreadableValue(f"a stored value cannot be read: {first_line(exc)} (see "
+                                   "docs/dba.md, 'Values bgjobs cannot read')")
         # A value Postgres refuses to store (out of range, a NUL in JSON text): the caller's
         # input, and the statement changed nothing.
-        raise InvalidInput(f"the database rejected a value: {first_line(exc)}") from exc
+        return InvalidInput(f"the database rejected a value: {first_line(exc)}")
+    return None

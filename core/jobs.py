@@ -249,11 +249,15 @@ def time_out_of_range(name: str, value: datetime) -> str | None:
             f"job, use {PARKED.isoformat()}), got {value.isoformat()}")
 
 
+#: json.dumps with arguments builds an encoder per call: a third of an enqueue's checks.
+_JSONB_ENCODER = json.JSONEncoder(allow_nan=False, separators=(",", ":"))
+
+
 def jsonb_text(value: Any) -> str:
     """``value`` as the JSON text Postgres' jsonb will store; ValueError says why it cannot
     (not JSON, NaN, a NUL character). The enqueue path sends this text, encoded once."""
     try:
-        text = json.dumps(value, allow_nan=False, separators=(",", ":"))
+        text = _JSONB_ENCODER.encode(value)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"is not JSON: {exc}") from None
     if "\\u0000" in text:
