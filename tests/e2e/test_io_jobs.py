@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -179,6 +180,42 @@ def test_a_crashed_io_process_fails_its_jobs_and_they_retry_in_a_new_one(db_url,
         again = wait_job(store, i, lambda j: running_with_pid(j) and j.attempts == 2,
                          "retried", worker)
         assert again.max_attempts == 3 and again.result["error"] == "WorkerCrashed"
+
+
+def test_a_killed_io_process_retries_its_running_jobs_and_hands_back_those_it_held(
+        db_url, store, start_worker, tmp_path):
+    """SIGKILL of an IO process running io_gate's 10 (its concurrency) and holding 2 more
+    handed ahead: the 10 fail as a crash (an attempt spent, retried), the 2 go back to pending
+    with their attempt, and a new IO process runs all 12 to the end."""
+    worker = start_worker(db_url, "--shutdown-grace", "1s")
+    gate = tmp_path / "gate"
+    ids = insert_many(db_url, "io_gate", 12, json.dumps({"gate": str(gate)}))
+
+    def held() -> list[Job] | None:
+        jobs = [store.get_job(i) for i in ids]
+        started = [j for j in jobs if running_with_pid(j)]
+        return jobs if len(started) == 10 and all(j.status == "running" for j in jobs) else None
+
+    jobs: list[Job] = wait_until(held, 20, "10 started, 2 handed ahead", worker)  # type: ignore
+    started = {j.id for j in jobs if running_with_pid(j)}
+    unstarted = set(ids) - started
+    (pid,) = {j.progress["pid"] for j in jobs if j.id in started}
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: "running 10 jobs: each fails (retryable); 2 not started go back to "
+               "pending" in worker.output(), 10, "the crash logged", worker)
+    gate.touch()
+    done = {i: wait_job(store, i, lambda j: j.status == "complete", "complete", worker)
+            for i in ids}
+    for i, job in done.items():
+        assert job.result["pid"] != pid and job.attempts == 2
+        # Handed back unstarted: the attempt it was claimed with is given back.
+        assert job.max_attempts == (4 if i in unstarted else 3), (i in unstarted, job)
+    out = worker.output()
+    for i in started:
+        assert re.search(f"job {i} \\(io_gate, attempt 1/3\\) failed after .*WorkerCrashed", out)
+    for i in unstarted:
+        assert re.search(f"handed job {i} \\(io_gate, attempt 1/3\\) back to pending \\(its "
+                         "worker process crashed before it started\\)", out)
 
 
 def test_shutdown_lets_running_io_jobs_finish(db_url, store, start_worker):
