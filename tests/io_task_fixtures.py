@@ -73,3 +73,9 @@ async def io_gate(ctx: Any) -> Any:
     while not os.path.exists(ctx.params["gate"]):
         await asyncio.sleep(0.05)
     return {"pid": os.getpid()}
+
+
+@task("io_limited", concurrency=5, max_running=6, params={"gate": Param(str, required=True)})
+async def io_limited(ctx: Any) -> Any:
+    """io_gate with a limit above its concurrency: 6 across all workers, 5 per IO process."""
+    return await io_gate(ctx)

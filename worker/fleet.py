@@ -69,10 +69,12 @@ class Fleet:
         return {c: batch - len(c.jobs) for c in self.children.values()
                 if c.ready and len(c.jobs) <= batch // 2 and not c.io}
 
-    def io_capacity(self, job_type: str) -> dict[ChildProcess, int]:
-        """How many more jobs of a concurrent type each IO process may take now (to run, or to
-        start next)."""
-        free = {c: c.io[job_type] + ahead(c.io[job_type]) - c.running[job_type]
+    def io_capacity(self, job_type: str, hand_ahead: bool = True) -> dict[ChildProcess, int]:
+        """How many more jobs of a concurrent type each IO process may take now: to run, and
+        with ``hand_ahead`` to start next. A limited type gets none ahead: a job handed ahead
+        is ``running`` while it waits, and would count against a limit it does not use."""
+        free = {c: c.io[job_type] + (ahead(c.io[job_type]) if hand_ahead else 0)
+                - c.running[job_type]
                 for c in self.children.values() if c.ready and job_type in c.io}
         return {c: n for c, n in free.items() if n > 0}
 
