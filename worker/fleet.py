@@ -109,6 +109,16 @@ class Fleet:
             if batch:
                 child.send(protocol.Jobs(batch))
 
+    def io_jobs(self) -> list[dict[str, int]]:
+        """Per live IO process, the jobs it runs and those handed ahead it has not started."""
+        out = []
+        for child in sorted(self.children.values(), key=lambda c: c.slot):
+            if child.io:
+                running = len(self._started(child))
+                out.append({"pid": child.pid, "running": running,
+                            "waiting": len(child.jobs) - running})
+        return out
+
     # Children ---------------------------------------------------------------------------------
 
     def spawn(self, slot: int) -> None:

@@ -239,6 +239,38 @@ def test_a_limited_type_is_not_handed_ahead_so_its_limit_counts_running_jobs(
         wait_job(store, i, lambda j: j.status == "complete", "complete", workers[0])
 
 
+def test_the_workers_row_shows_its_io_processes_and_what_each_holds(db_url, store,
+                                                                     start_worker, tmp_path):
+    """bgjobs_workers (023): an operator sees the IO process, its concurrency per type, and
+    the 10 jobs it runs and 2 it holds handed ahead (a 3 s lease: a beat every second)."""
+    worker = start_worker(db_url, "--lease", "3s")
+    gate = tmp_path / "gate"
+    ids = insert_many(db_url, "io_gate", 12, json.dumps({"gate": str(gate)}))
+
+    def started() -> list[Job] | None:
+        jobs = [j for j in (store.get_job(i) for i in ids) if running_with_pid(j)]
+        return jobs if len(jobs) == 10 else None
+
+    jobs: list[Job] = wait_until(started, 20, "10 started", worker)  # type: ignore
+    (pid,) = {j.progress["pid"] for j in jobs}
+
+    def row() -> dict[str, Any] | None:
+        mine = [w for w in store.workers() if w["pid"] == worker.pid]
+        return mine[0] if mine and mine[0]["running"] == 12 else None
+
+    w: dict[str, Any] = wait_until(row, 10, "the IO process in the row", worker)  # type: ignore
+    # One process for the built-in types (demo, noop), one IO process for the concurrent ones.
+    assert (w["processes"], w["running"], w["io_processes"]) == (1, 12, 1)
+    assert w["io_concurrency"]["io_gate"] == 10 and w["io_concurrency"]["io_wait"] == 50
+    assert w["io_jobs"] == [{"pid": pid, "running": 10, "waiting": 2}]
+    gate.touch()
+    for i in ids:
+        wait_job(store, i, lambda j: j.status == "complete", "complete", worker)
+    wait_until(lambda: [w for w in store.workers() if w["pid"] == worker.pid and w["running"] == 0
+                        and w["io_jobs"] == [{"pid": pid, "running": 0, "waiting": 0}]],
+               10, "the IO process idle in the row", worker)
+
+
 def test_shutdown_lets_running_io_jobs_finish(db_url, store, start_worker):
     worker = start_worker(db_url)
     ids = insert_many(db_url, "io_wait", 3, '{"seconds": 1.0}')
