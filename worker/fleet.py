@@ -5,10 +5,11 @@ database. A child that dies unexpectedly fails its running job (retryable) and h
 ones it had not started; a child killed on purpose (a cancelled handler that would not stop,
 shutdown) hands back its unstarted jobs.
 
-IO processes (worker/io_child.py; slots after the process-per-job ones) run every job of the
-concurrent types they are handed at once, up to each type's concurrency: all of an IO
-process's jobs are running, so its death fails them all (retryable), and killing it on
-purpose hands back all but the one it was killed for.
+IO processes (worker/io_child.py; slots after the process-per-job ones) run the jobs of the
+concurrent types they are handed at once, up to each type's concurrency, and start the few
+handed ahead as others end: an IO process's death fails the jobs it ran (retryable) and hands
+back those it held unstarted (see _started), and killing it on purpose hands back all but the
+one it was killed for.
 """
 
 from __future__ import annotations
