@@ -30,7 +30,13 @@ from bgjobs.core.jobs import (
 )
 from bgjobs.core.store_attempts import AttemptStore
 from bgjobs.core.store_jobs import WORKFLOW_JOBS_MAX, Inserted, JobStore, NewJob
-from bgjobs.core.store_ops import JobTypeRow, OperationsStore, Retention, Schedule
+from bgjobs.core.store_ops import (
+    IoProcesses,
+    JobTypeRow,
+    OperationsStore,
+    Retention,
+    Schedule,
+)
 from bgjobs.core.store_users import UserStore
 
 __all__ = ["NewJob", "Store"]
@@ -209,9 +215,10 @@ class Store:
         return self.ops.purge_batch(limit, retention, now)
 
     def worker_heartbeat(self, worker_id: str, machine: str, pid: int, processes: int,
-                         running: int, types: Sequence[str], lease_seconds: int) -> None:
+                         running: int, types: Sequence[str], lease_seconds: int,
+                         io: IoProcesses | None = None) -> None:
         return self.ops.worker_heartbeat(worker_id, machine, pid, processes, running, types,
-                                         lease_seconds)
+                                         lease_seconds, io)
 
     def worker_stopped(self, worker_id: str) -> None:
         return self.ops.worker_stopped(worker_id)

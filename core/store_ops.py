@@ -6,12 +6,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 from uuid import UUID
 
 import psycopg
+from psycopg.types.json import Jsonb
 
 from bgjobs.core.connections import ConnectionSource, lend
 from bgjobs.core.errors import NotFound
@@ -55,6 +56,17 @@ class Retention:
     complete: timedelta = timedelta(days=7)
     error: timedelta = timedelta(days=30)
     cancelled: timedelta = timedelta(days=7)
+
+
+@dataclass(frozen=True)
+class IoProcesses:
+    """A worker's IO processes, for its row in bgjobs_workers (023)."""
+
+    processes: int = 0
+    #: type -> jobs one IO process runs at once
+    concurrency: dict[str, int] = field(default_factory=dict)
+    #: one per live IO process: {"pid", "running", "waiting"}
+    jobs: list[dict[str, int]] = field(default_factory=list)
 
 
 class OperationsStore:
@@ -136,12 +148,15 @@ class OperationsStore:
         return None if row is None or row[0] is None else int(row[0])
 
     def worker_heartbeat(self, worker_id: str, machine: str, pid: int, processes: int,
-                         running: int, types: Sequence[str], lease_seconds: int) -> None:
+                         running: int, types: Sequence[str], lease_seconds: int,
+                         io: IoProcesses | None = None) -> None:
+        io = io or IoProcesses()
         with self.connection() as c:
             c.execute(q("worker_heartbeat"), {
                 "worker_id": worker_id, "machine": machine, "pid": pid,
                 "processes": processes, "running": running, "types": list(types),
-                "lease_seconds": lease_seconds})
+                "lease_seconds": lease_seconds, "io_processes": io.processes,
+                "io_concurrency": Jsonb(io.concurrency), "io_jobs": Jsonb(io.jobs)})
 
     def worker_stopped(self, worker_id: str) -> None:
         with self.connection() as c:

@@ -290,7 +290,13 @@ def _schemas() -> dict[str, Any]:
                 "worker_id": {"type": "string"}, "machine": {"type": "string"},
                 "pid": {"type": "integer"}, "processes": {"type": "integer"},
                 "running": {"type": "integer"}, "alive": {"type": "boolean"},
-                "heartbeat_at": {"type": "string", "format": "date-time"}}}},
+                "heartbeat_at": {"type": "string", "format": "date-time"},
+                "io_processes": {"type": "integer"},
+                "io_concurrency": {"type": "object",
+                                   "additionalProperties": {"type": "integer"}},
+                "io_jobs": {"type": "array", "items": {"type": "object", "properties": {
+                    "pid": {"type": "integer"}, "running": {"type": "integer"},
+                    "waiting": {"type": "integer"}}}}}}},
             "stuck": {"type": "array", "items": {"type": "object"},
                       "description": "Rows of the bgjobs_stuck view"},
             "schedules": {"type": "array", "items": {"type": "object", "properties": {

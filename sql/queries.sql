@@ -442,13 +442,15 @@ SELECT CASE WHEN (SELECT got FROM turn)
        END
 
 -- name: worker_heartbeat
--- A worker supervisor says it is alive, with how many jobs it runs.
-INSERT INTO bgjobs_workers (worker_id, machine, pid, processes, running, types, lease_seconds)
+-- A worker supervisor says it is alive, with how many jobs it runs, and its IO processes.
+INSERT INTO bgjobs_workers (worker_id, machine, pid, processes, running, types, lease_seconds,
+                            io_processes, io_concurrency, io_jobs)
 VALUES (%(worker_id)s, %(machine)s, %(pid)s, %(processes)s, %(running)s, %(types)s,
-        %(lease_seconds)s)
+        %(lease_seconds)s, %(io_processes)s, %(io_concurrency)s, %(io_jobs)s)
 ON CONFLICT (worker_id) DO UPDATE
 SET processes = EXCLUDED.processes, running = EXCLUDED.running, types = EXCLUDED.types,
-    lease_seconds = EXCLUDED.lease_seconds, heartbeat_at = now()
+    lease_seconds = EXCLUDED.lease_seconds, io_processes = EXCLUDED.io_processes,
+    io_concurrency = EXCLUDED.io_concurrency, io_jobs = EXCLUDED.io_jobs, heartbeat_at = now()
 
 -- name: worker_stopped
 -- A worker supervisor stopped cleanly.
@@ -494,7 +496,8 @@ GROUP BY minute, kind ORDER BY minute, kind
 -- name: workers
 -- Worker supervisors that heartbeat, and whether they are alive.
 SELECT worker_id, machine, pid, processes, running, types, started_at, heartbeat_at,
-       heartbeat_at >= now() - make_interval(secs => lease_seconds) AS alive
+       heartbeat_at >= now() - make_interval(secs => lease_seconds) AS alive,
+       io_processes, io_concurrency, io_jobs
 FROM bgjobs_workers ORDER BY machine, pid
 
 -- name: stuck_jobs

@@ -63,3 +63,19 @@ def io_threaded(ctx: Any) -> Any:
     ctx.progress(0, 1)
     time.sleep(ctx.params["seconds"])
     return {"pid": os.getpid(), "start": start, "end": time.time()}
+
+
+@task("io_gate", concurrency=10, retry_delay=0.2, params={"gate": Param(str, required=True)})
+async def io_gate(ctx: Any) -> Any:
+    """Runs until the file ``gate`` exists (the test opens it), saying where it runs: a test
+    knows which jobs started, without guessing at durations."""
+    ctx.progress(0, 1, pid=os.getpid())
+    while not os.path.exists(ctx.params["gate"]):
+        await asyncio.sleep(0.05)
+    return {"pid": os.getpid()}
+
+
+@task("io_limited", concurrency=5, max_running=6, params={"gate": Param(str, required=True)})
+async def io_limited(ctx: Any) -> Any:
+    """io_gate with a limit above its concurrency: 6 across all workers, 5 per IO process."""
+    return await io_gate(ctx)

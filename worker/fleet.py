@@ -5,10 +5,11 @@ database. A child that dies unexpectedly fails its running job (retryable) and h
 ones it had not started; a child killed on purpose (a cancelled handler that would not stop,
 shutdown) hands back its unstarted jobs.
 
-IO processes (worker/io_child.py; slots after the process-per-job ones) run every job of the
-concurrent types they are handed at once, up to each type's concurrency: all of an IO
-process's jobs are running, so its death fails them all (retryable), and killing it on
-purpose hands back all but the one it was killed for.
+IO processes (worker/io_child.py; slots after the process-per-job ones) run the jobs of the
+concurrent types they are handed at once, up to each type's concurrency, and start the few
+handed ahead as others end: an IO process's death fails the jobs it ran (retryable) and hands
+back those it held unstarted (see _started), and killing it on purpose hands back all but the
+one it was killed for.
 """
 
 from __future__ import annotations
@@ -69,10 +70,12 @@ class Fleet:
         return {c: batch - len(c.jobs) for c in self.children.values()
                 if c.ready and len(c.jobs) <= batch // 2 and not c.io}
 
-    def io_capacity(self, job_type: str) -> dict[ChildProcess, int]:
-        """How many more jobs of a concurrent type each IO process may take now (to run, or to
-        start next)."""
-        free = {c: c.io[job_type] + ahead(c.io[job_type]) - c.running[job_type]
+    def io_capacity(self, job_type: str, hand_ahead: bool = True) -> dict[ChildProcess, int]:
+        """How many more jobs of a concurrent type each IO process may take now: to run, and
+        with ``hand_ahead`` to start next. A limited type gets none ahead: a job handed ahead
+        is ``running`` while it waits, and would count against a limit it does not use."""
+        free = {c: c.io[job_type] + (ahead(c.io[job_type]) if hand_ahead else 0)
+                - c.running[job_type]
                 for c in self.children.values() if c.ready and job_type in c.io}
         return {c: n for c, n in free.items() if n > 0}
 
@@ -106,6 +109,16 @@ class Fleet:
         for child, batch in specs.items():
             if batch:
                 child.send(protocol.Jobs(batch))
+
+    def io_jobs(self) -> list[dict[str, int]]:
+        """Per live IO process, the jobs it runs and those handed ahead it has not started."""
+        out = []
+        for child in sorted(self.children.values(), key=lambda c: c.slot):
+            if child.io:
+                running = len(self._started(child))
+                out.append({"pid": child.pid, "running": running,
+                            "waiting": len(child.jobs) - running})
+        return out
 
     # Children ---------------------------------------------------------------------------------
 

@@ -128,7 +128,7 @@ class Supervisor:
         self.lease = LeaseHeartbeats(self.fleet, self.outbox, settings.heartbeat_interval)
         self.registry_sync = RegistrySync(self.store, settings.timezone, settings.poll_interval)
         self.worker_beat = WorkerBeat(self.store, self.worker_id, self.fleet,
-                                      settings.concurrency, lambda: self.types, settings.lease,
+                                      lambda: self.types, settings.lease,
                                       settings.heartbeat_interval)
         self.schedules = Schedules(
             self.store, lambda: self.settings.types or tuple(registry.load_tasks()),

@@ -123,7 +123,7 @@
       card("admin-throughput", "Throughput, last hour (per minute)", canvas, legend),
       card("admin-counts-card", "Jobs by type and status", table("admin-counts", ["type", ...STATUSES])),
       card("admin-workers-card", "Workers", table("admin-workers",
-        ["machine", "pid", "processes", "running", "last heartbeat", "alive"])),
+        ["machine", "pid", "processes", "IO processes", "running", "last heartbeat", "alive"])),
       card("admin-stuck-card", "Stuck jobs", table("admin-stuck",
         ["job", "type", "worker", "silent for", ""])),
       card("admin-schedules-card", "Schedules", table("admin-schedules",
@@ -207,7 +207,8 @@
     renderCounts();
     const workers = $("#admin-workers").tBodies[0];
     workers.replaceChildren(...o.workers.map((w) => row([
-      w.machine, w.pid, w.processes, w.running, new Date(w.heartbeat_at).toLocaleTimeString(),
+      w.machine, w.pid, w.processes, ioProcesses(w), w.running,
+      new Date(w.heartbeat_at).toLocaleTimeString(),
       w.alive ? "yes" : "no"], w.alive ? "alive" : "dead")));
     $("#admin-alive").textContent = String(o.workers.filter((w) => w.alive).length);
     const stuck = $("#admin-stuck").tBodies[0];
@@ -247,6 +248,14 @@
     $("#admin-depth").textContent = pending.toLocaleString();
     if (!pending) $("#admin-oldest").textContent = "–";
     $("#admin-running").textContent = running.toLocaleString();
+  }
+
+  // "2: 48 running + 10 waiting, 50 running": what each IO process of a worker holds.
+  function ioProcesses(w) {
+    if (!w.io_processes) return "0";
+    const each = (w.io_jobs || []).map((p) => `${p.running} running`
+      + (p.waiting ? ` + ${p.waiting} waiting` : ""));
+    return `${w.io_processes}: ${each.join(", ") || "starting"}`;
   }
 
   function row(cells, className = "") {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -179,6 +180,95 @@ def test_a_crashed_io_process_fails_its_jobs_and_they_retry_in_a_new_one(db_url,
         again = wait_job(store, i, lambda j: running_with_pid(j) and j.attempts == 2,
                          "retried", worker)
         assert again.max_attempts == 3 and again.result["error"] == "WorkerCrashed"
+
+
+def test_a_killed_io_process_retries_its_running_jobs_and_hands_back_those_it_held(
+        db_url, store, start_worker, tmp_path):
+    """SIGKILL of an IO process running io_gate's 10 (its concurrency) and holding 2 more
+    handed ahead: the 10 fail as a crash (an attempt spent, retried), the 2 go back to pending
+    with their attempt, and a new IO process runs all 12 to the end."""
+    worker = start_worker(db_url, "--shutdown-grace", "1s")
+    gate = tmp_path / "gate"
+    ids = insert_many(db_url, "io_gate", 12, json.dumps({"gate": str(gate)}))
+
+    def held() -> list[Job] | None:
+        jobs = [store.get_job(i) for i in ids]
+        started = [j for j in jobs if running_with_pid(j)]
+        return jobs if len(started) == 10 and all(j.status == "running" for j in jobs) else None
+
+    jobs: list[Job] = wait_until(held, 20, "10 started, 2 handed ahead", worker)  # type: ignore
+    started = {j.id for j in jobs if running_with_pid(j)}
+    unstarted = set(ids) - started
+    (pid,) = {j.progress["pid"] for j in jobs if j.id in started}
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: "running 10 jobs: each fails (retryable); 2 not started go back to "
+               "pending" in worker.output(), 10, "the crash logged", worker)
+    gate.touch()
+    done = {i: wait_job(store, i, lambda j: j.status == "complete", "complete", worker)
+            for i in ids}
+    for i, job in done.items():
+        assert job.result["pid"] != pid and job.attempts == 2
+        # Handed back unstarted: the attempt it was claimed with is given back.
+        assert job.max_attempts == (4 if i in unstarted else 3), (i in unstarted, job)
+    out = worker.output()
+    for i in started:
+        assert re.search(f"job {i} \\(io_gate, attempt 1/3\\) failed after .*WorkerCrashed", out)
+    for i in unstarted:
+        assert re.search(f"handed job {i} \\(io_gate, attempt 1/3\\) back to pending \\(its "
+                         "worker process crashed before it started\\)", out)
+
+
+def test_a_limited_type_is_not_handed_ahead_so_its_limit_counts_running_jobs(
+        db_url, store, start_worker, tmp_path):
+    """io_limited: 5 at once per IO process, 6 running across all workers. A worker claims
+    only the 5 its process starts, so the other worker runs the 6th; handed ahead, the 6th
+    would wait in the first process, `running` and counted by the limit, and only 5 would run."""
+    workers = [start_worker(db_url), start_worker(db_url)]
+    gate = tmp_path / "gate"
+    ids = insert_many(db_url, "io_limited", 8, json.dumps({"gate": str(gate)}))
+
+    def started() -> list[Job] | None:
+        jobs = [j for j in (store.get_job(i) for i in ids) if running_with_pid(j)]
+        return jobs if len(jobs) == 6 else None
+
+    jobs: list[Job] = wait_until(started, 20, "6 started", workers[0])  # type: ignore
+    assert len({j.progress["pid"] for j in jobs}) == 2  # one IO process of each worker
+    assert sum(store.get_job(i).status == "running" for i in ids) == 6
+    gate.touch()
+    for i in ids:
+        wait_job(store, i, lambda j: j.status == "complete", "complete", workers[0])
+
+
+def test_the_workers_row_shows_its_io_processes_and_what_each_holds(db_url, store,
+                                                                     start_worker, tmp_path):
+    """bgjobs_workers (023): an operator sees the IO process, its concurrency per type, and
+    the 10 jobs it runs and 2 it holds handed ahead (a 3 s lease: a beat every second)."""
+    worker = start_worker(db_url, "--lease", "3s")
+    gate = tmp_path / "gate"
+    ids = insert_many(db_url, "io_gate", 12, json.dumps({"gate": str(gate)}))
+
+    def started() -> list[Job] | None:
+        jobs = [j for j in (store.get_job(i) for i in ids) if running_with_pid(j)]
+        return jobs if len(jobs) == 10 else None
+
+    jobs: list[Job] = wait_until(started, 20, "10 started", worker)  # type: ignore
+    (pid,) = {j.progress["pid"] for j in jobs}
+
+    def row() -> dict[str, Any] | None:
+        mine = [w for w in store.workers() if w["pid"] == worker.pid]
+        return mine[0] if mine and mine[0]["running"] == 12 else None
+
+    w: dict[str, Any] = wait_until(row, 10, "the IO process in the row", worker)  # type: ignore
+    # One process for the built-in types (demo, noop), one IO process for the concurrent ones.
+    assert (w["processes"], w["running"], w["io_processes"]) == (1, 12, 1)
+    assert w["io_concurrency"]["io_gate"] == 10 and w["io_concurrency"]["io_wait"] == 50
+    assert w["io_jobs"] == [{"pid": pid, "running": 10, "waiting": 2}]
+    gate.touch()
+    for i in ids:
+        wait_job(store, i, lambda j: j.status == "complete", "complete", worker)
+    wait_until(lambda: [w for w in store.workers() if w["pid"] == worker.pid and w["running"] == 0
+                        and w["io_jobs"] == [{"pid": pid, "running": 0, "waiting": 0}]],
+               10, "the IO process idle in the row", worker)
 
 
 def test_shutdown_lets_running_io_jobs_finish(db_url, store, start_worker):

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from bgjobs.core.queries import q
+from bgjobs.core.store_ops import IoProcesses
 from tests.api_task_fixtures import Api, ApiUser, api_fixture, snapshot  # noqa: F401
 from tests.conftest import add_job
 
@@ -105,7 +106,9 @@ def test_overview_counts_queue_chart_workers_stuck_schedules(api: Api, store, ro
     conn.execute("INSERT INTO background_jobs (job_type, status, worker_id, started_at, "
                  "heartbeat_at, lease_seconds) VALUES ('demo', 'running', 'gone:1', "
                  "now() - interval '5 minutes', now() - interval '5 minutes', 1)")
-    store.worker_heartbeat("host-a:42", "host-a", 42, 4, 1, ["noop"], 30)
+    store.worker_heartbeat("host-a:42", "host-a", 42, 4, 1, ["noop"], 30,
+                           IoProcesses(1, {"webhook": 50}, [{"pid": 43, "running": 1,
+                                                             "waiting": 0}]))
     conn.execute("INSERT INTO bgjobs_schedules (name, job_type, cron) "
                  "VALUES ('nightly', 'noop', '0 2 * * *')")
     # The API recorded the registered types when it started (exclusivity, max_attempts).
@@ -124,6 +127,8 @@ def test_overview_counts_queue_chart_workers_stuck_schedules(api: Api, store, ro
     assert sum(m["started"] for m in minutes) == 3  # two finished, one still running
     [worker] = body["workers"]
     assert worker["machine"] == "host-a" and worker["alive"] and worker["processes"] == 4
+    assert worker["io_processes"] == 1 and worker["io_concurrency"] == {"webhook": 50}
+    assert worker["io_jobs"] == [{"pid": 43, "running": 1, "waiting": 0}]
     [stuck] = body["stuck"]
     assert stuck["worker_id"] == "gone:1" and stuck["silent_seconds"] >= 299
     [nightly] = body["schedules"]

@@ -104,7 +104,7 @@ class IoFleet:
     def capacity(self) -> dict[str, int]:
         return {"proc": 1}
 
-    def io_capacity(self, job_type: str) -> dict[str, int]:
+    def io_capacity(self, job_type: str, hand_ahead: bool = True) -> dict[str, int]:
         return {"io": self.io_free} if self.io_free else {}
 
     def hand_out(self, jobs: list[Any], capacity: dict[str, int], worker_id: str) -> None:

@@ -8,7 +8,8 @@ are relayed to the idle supervisors (see worker/wakeups.py).
 
 Jobs of a concurrent type (an IO process runs many at once: see worker/io_child.py) are claimed
 apart, one statement per such type with room for it, so a process never holds more of a type
-than its concurrency and the few it starts next (worker/fleet.py's ahead()); each such type
+than its concurrency and the few it starts next (worker/fleet.py's ahead(); none for a type
+with a limit, whose running jobs the limit counts); each such type
 keeps its own ``wake``, ``more`` and ``sweep`` (so an empty claim for the other types never
 stops its refills). Without concurrent types there is one
 group, the process-per-job children, and one claim statement.
@@ -104,8 +105,9 @@ class Claimer(Duty):
         out = [(self.procs, tuple(t for t in types if t not in io), self.fleet.capacity)]
         for t in types:
             if t in io:
-                out.append((self._group(t), (t,),
-                            lambda t=t: self.fleet.io_capacity(t)))  # type: ignore[misc]
+                # A limited type's jobs are claimed only to run at once (Fleet.io_capacity).
+                out.append((self._group(t), (t,), lambda t=t: self.fleet.io_capacity(
+                    t, t not in self.limited)))  # type: ignore[misc]
         return out
 
     def room(self, types: tuple[str, ...] | None = None,
