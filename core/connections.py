@@ -110,6 +110,10 @@ def _translated(exc: BaseException, suspect: Callable[[], None] | None) -> Bgjob
         if suspect:
             suspect()
         return DatabaseUnavailable(f"database unavailable: {first_line(exc)}")
+    if isinstance(exc, psycopg.errors.IdleInTransactionSessionTimeout):
+        # Postgres ended the session of a transaction left idle too long (a process frozen
+        # inside it: worker/connection.py); the next call reconnects.
+        return DatabaseUnavailable(f"the database ended this session: {first_line(exc)}")
     if isinstance(exc, (psycopg.errors.InvalidSqlStatementName,
                         psycopg.errors.DuplicatePreparedStatement)):
         return DatabaseError(f"{first_line(exc)}: prepared statements through a pooler in "

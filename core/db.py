@@ -74,14 +74,16 @@ def is_direct(conn: psycopg.Connection) -> bool:
     return row is not None and row[0] == conn.info.backend_pid
 
 
-def prepare_if_direct(conn: psycopg.Connection) -> None:
-    """Prepared statements on ``conn`` only if it reaches Postgres directly.
+def prepare_if_direct(conn: psycopg.Connection) -> bool:
+    """Prepared statements on ``conn`` only if it reaches Postgres directly (returned).
 
     A pooler in transaction mode runs each transaction on whichever server connection is free,
     where a statement prepared on another does not exist, or is another statement of the same
     name. Connections are made with prepare_threshold=None; this turns it back on when safe.
     """
-    conn.prepare_threshold = PREPARE_THRESHOLD if is_direct(conn) else None
+    direct = is_direct(conn)
+    conn.prepare_threshold = PREPARE_THRESHOLD if direct else None
+    return direct
 
 
 async def aprepare_if_direct(conn: psycopg.AsyncConnection) -> None:

@@ -79,6 +79,7 @@ def config(server_url: str, port: int, mode: str, folder: Path,
         "auth_type = trust",
         f"auth_file = {folder / 'userlist.txt'}",
         f"pool_mode = {mode}",
+        "idle_transaction_timeout = 10",  # docs/operations.md: a frozen client's locks
     ]
     lines += [f"{name} = {value}" for name, value in (settings or {}).items()]
     if os.geteuid() == 0:
