@@ -46,21 +46,12 @@ def test_a_frozen_supervisors_transaction_ends_and_another_reaps(db_url, store):
         other.close()
 
 
-def test_the_limit_is_set_on_a_direct_connection(db_url):
-    one = OneConnection(db_url)
+@pytest.mark.parametrize(("seconds", "shown"), [(None, "10s"), (0, "0")])
+def test_the_limit_is_set_on_a_direct_connection_unless_none(db_url, seconds, shown):
+    one = OneConnection(db_url) if seconds is None else OneConnection(db_url, seconds)
     try:
         with one.lend() as conn:
-            shown = conn.execute("SHOW idle_in_transaction_session_timeout").fetchone()
-        assert shown == ("10s",)
-    finally:
-        one.close()
-
-
-def test_no_limit_leaves_the_session_alone(db_url):
-    one = OneConnection(db_url, idle_in_transaction=0)
-    try:
-        with one.lend() as conn:
-            shown = conn.execute("SHOW idle_in_transaction_session_timeout").fetchone()
-        assert shown == ("0",)
+            row = conn.execute("SHOW idle_in_transaction_session_timeout").fetchone()
+        assert row == (shown,)
     finally:
         one.close()
