@@ -1,7 +1,7 @@
 """The worker's own row in bgjobs_workers: who runs, where, with how many processes and jobs,
 and what each of its IO processes holds.
 
-Written every lease/3 for the operator view and `bgjobs workers`; removed at a clean stop. A
+Written every lease/3 for the operator view and SQL (docs/dba.md); removed at a clean stop. A
 row left by a crashed worker goes stale and the purge drops it.
 """
 
