@@ -83,11 +83,6 @@ def lenient(context: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]
     set_json_loads(lenient_json_loads, context)
 
 
-def readable(value: Any) -> Any:
-    """The value, or None for an Unreadable one."""
-    return None if isinstance(value, Unreadable) else value
-
-
 def _split(names: Sequence[str], values: Sequence[Any]) -> tuple[dict[str, Any], dict[str, str]]:
     row, bad = {}, {}
     for name, value in zip(names, values, strict=True):

@@ -113,8 +113,8 @@ class Store:
         return self.attempts.claim_specs(worker_id, types, limit=limit,
                                          lease_seconds=lease_seconds, now=now)
 
-    def next_run_after(self, types: Sequence[str]) -> datetime | None:
-        return self.attempts.next_run_after(types)
+    def next_due_in(self, types: Sequence[str], claim_age: float = 0.0) -> float | None:
+        return self.attempts.next_due_in(types, claim_age)
 
     def heartbeat(self, attempts: Sequence[Attempt]) -> set[UUID]:
         return self.attempts.heartbeat(attempts)

@@ -17,7 +17,7 @@ from psycopg.types.json import Jsonb
 from bgjobs.core.connections import ConnectionSource, lend
 from bgjobs.core.jobs import Attempt, Claimed, Completion, Failure, Job, ProgressUpdate
 from bgjobs.core.queries import q
-from bgjobs.core.rows import Unreadable, dict_rows, job_row, readable
+from bgjobs.core.rows import Unreadable, dict_rows, job_row
 
 log = logging.getLogger(__name__)
 
@@ -77,10 +77,12 @@ class AttemptStore:
                             job.id, str(job.params))
         return claimed
 
-    def next_run_after(self, types: Sequence[str]) -> datetime | None:
+    def next_due_in(self, types: Sequence[str], claim_age: float = 0.0) -> float | None:
+        """Seconds until a job the claim of ``claim_age`` seconds ago could not take is due."""
         with self.connection() as c:
-            row = c.execute(q("next_run_after"), {"types": list(types)}).fetchone()
-        return readable(row[0]) if row else None
+            row = c.execute(q("next_due_in"),
+                            {"types": list(types), "claim_age": claim_age}).fetchone()
+        return row[0] if row else None
 
     def heartbeat(self, attempts: Sequence[Attempt]) -> set[UUID]:
         """Refresh heartbeats; returns the job ids still owned (the rest were lost)."""

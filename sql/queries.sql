@@ -136,10 +136,17 @@ SELECT id, job_type, params, attempts, max_attempts, version,
 FROM claimed
 ORDER BY priority, created_at
 
--- name: next_run_after
--- When the soonest not-yet-due pending job becomes due (workers sleep until then).
-SELECT min(run_after) FROM background_jobs
-WHERE status = 'pending' AND job_type = ANY(%(types)s::text[])
+-- name: next_due_in
+-- Seconds until the soonest pending job the last claim could not take yet becomes due: workers
+-- sleep until then (on the database's clock: a worker's own may be off). Jobs already due when
+-- that claim ran, %(claim_age)s seconds ago, are left out: not taking them was its answer (a
+-- limit, a peer's lock). One that came due since (a retry's backoff ending mid-claim) gives 0
+-- or less: claim again at once rather than at the fallback poll.
+SELECT extract(epoch FROM soonest - clock_timestamp())::float8
+FROM (SELECT min(run_after) AS soonest FROM background_jobs
+      WHERE status = 'pending' AND waiting_for = 0 AND job_type = ANY(%(types)s::text[])
+        AND run_after > now() - make_interval(secs => %(claim_age)s)) AS s
+WHERE isfinite(soonest)  -- 'infinity' (a DBA's "never"): nothing to wake for
 
 -- name: heartbeat_jobs
 -- Refresh the heartbeat of running attempts this worker still owns; returns those it owns.

@@ -47,10 +47,24 @@ def test_claim_order_types_and_run_after(store):
     other = add_job(store, "other", priority=-5)
     assert [j.id for j in store.claim("w", ["noop"], limit=10)] == [early.id, late.id]
     assert store.claim("w", ["noop"]) == []
-    assert store.next_run_after(["noop"]) == future.run_after
+    assert 3500 < store.next_due_in(["noop"]) <= 3600  # an hour on the database's clock
     [due] = store.claim("w", ["noop"], now=now + timedelta(hours=2))
     assert due.id == future.id
     assert [j.id for j in store.claim("w", ["other", "noop"])] == [other.id]
+
+
+def test_next_due_in_wakes_at_once_for_a_job_that_came_due_during_the_claim(store, conn):
+    """A retry whose backoff ended mid-claim is claimed at once, not at the fallback poll;
+    one already due when the claim ran was its answer (a limit, a peer's lock): no busy loop."""
+    retry = add_job(store, "noop")
+    conn.execute("UPDATE background_jobs SET run_after = now() - interval '1 second' "
+                 "WHERE id = %s", (retry.id,))
+    assert store.next_due_in(["noop"], claim_age=0.0) is None  # due before the claim
+    wait = store.next_due_in(["noop"], claim_age=60.0)  # came due during a claim 60 s ago
+    assert wait is not None and wait <= 0
+    assert store.next_due_in(["other"], claim_age=60.0) is None
+    conn.execute("UPDATE background_jobs SET waiting_for = 1 WHERE id = %s", (retry.id,))
+    assert store.next_due_in(["noop"], claim_age=60.0) is None  # its dependencies wake it
 
 
 def test_claim_uses_the_partial_index(conn):

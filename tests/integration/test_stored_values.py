@@ -294,7 +294,7 @@ def test_a_row_no_reader_can_represent_is_listed_with_a_note(
                      "WHERE id = %s", (good.id,))
         claimed = {c.id for c in store.claim_specs("w", ["noop"], limit=10)}
         assert good.id in claimed
-        store.next_run_after(["noop"])  # a worker's sleep: it reads min(run_after)
+        store.next_due_in(["noop"])  # a worker's sleep: it reads min(run_after)
         store.reap_stale(now=datetime.now(UTC) + timedelta(days=1))
         cancel = api.client.post(f"/api/jobs/{bad.id}/cancel", headers=headers)
         assert cancel.status_code in (200, 409), cancel.json

@@ -85,7 +85,7 @@ class QueueStore:
         self.claims.append((tuple(types), limit, len(got)))
         return got
 
-    def next_run_after(self, types: Any) -> None:
+    def next_due_in(self, types: Any, claim_age: float = 0.0) -> None:
         return None
 
     def limited_types(self) -> dict[str, Any]:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from bgjobs.core.store import Store
@@ -154,6 +153,7 @@ class Claimer(Duty):
             self.run_once(now)
 
     def run_once(self, now: float) -> None:
+        started = time.monotonic()
         claims: list[tuple[Group, bool]] = []
         hand_outs = []
         crowded: set[str] = set()
@@ -198,7 +198,7 @@ class Claimer(Duty):
         # Wakeups.sweep is the process group's: only its claim may clear it.
         self.wakeups.claimed(next((full for g, full in claims if g is self.procs), True))
         if not any(group.more for group, _ in claims):
-            self._schedule_next_due()
+            self._schedule_next_due(time.monotonic() - started)
             self._schedule_rate_refill(now)
         for jobs, capacity in hand_outs:
             self.fleet.hand_out(jobs, capacity, self.worker_id)
@@ -209,14 +209,13 @@ class Claimer(Duty):
     def halt(self) -> None:
         self.halted = True
 
-    def _schedule_next_due(self) -> None:
-        """Wake when the soonest not-yet-due job (a retry's backoff, a scheduled job) is due."""
-        due = self.store.next_run_after(self.types())
+    def _schedule_next_due(self, claim_age: float) -> None:
+        """Wake when the soonest job the claim could not take yet (a retry's backoff, a
+        scheduled job) is due: at once when it came due during the claim."""
+        wait = self.store.next_due_in(self.types(), claim_age)
         self.next_due = None
-        if due is not None:
-            wait = (due - datetime.now(UTC)).total_seconds()
-            if wait > 0:  # past-due rows are being claimed by someone else right now
-                self.next_due = time.monotonic() + min(wait, self.interval)
+        if wait is not None:
+            self.next_due = time.monotonic() + min(max(wait, 0.0), self.interval)
 
     def _schedule_rate_refill(self, now: float) -> None:
         """Rate-limited types earn a start every 1/rate s, unannounced: claim again by then."""
