@@ -98,11 +98,14 @@ class Subscription:
         #: Only this workflow's jobs of ``user_id`` (server/workflow_stream.py).
         self.workflow_id = workflow_id
         self.credential = credential
-        self._latest: dict[UUID, State] = {}
-        self._seen: dict[UUID, int] = {}  # highest version sent or waiting, per job
-        # The waiting `next`, if any. A bare future, not an asyncio.Event: waking a thousand
-        # streams per state, Event.set was an eighth of the events process's CPU.
-        self._waiter: asyncio.Future[None] | None = None
+        # Both keyed by the job id's integer: a UUID hashes in Python, an int in C, and a state
+        # offered to a thousand streams is looked up three times in each.
+        self._latest: dict[int, State] = {}
+        self._seen: dict[int, int] = {}  # highest version sent or waiting, per job
+        #: The waiting `next`, if any (the fan-out reads it). A bare future, not an
+        #: asyncio.Event: waking a thousand streams per state, Event.set was an eighth of the
+        #: events process's CPU.
+        self.waiter: asyncio.Future[None] | None = None
         self._poked = False
         self.closed = False
         #: The stream's path to its socket past ASGI `send`, once its response is under way
@@ -119,24 +122,26 @@ class Subscription:
 
         ``reset``: the row went back to this version; keep it whatever was seen before.
         """
-        if not reset and job.version <= self._seen.get(job.id, 0):
+        key = job.id.int
+        if not reset and job.version <= self._seen.get(key, 0):
             return
         if self.workflow_id is not None and getattr(job, "workflow_id", None) != self.workflow_id:
             return
-        self._seen[job.id] = job.version
-        self._latest[job.id] = job
+        self._seen[key] = job.version
+        self._latest[key] = job
         self._wake()
 
     def sent(self, job: Job) -> None:
         """Record a state sent outside the mailbox (the initial read); older ones are dropped."""
-        self._seen[job.id] = max(job.version, self._seen.get(job.id, 0))
-        waiting = self._latest.get(job.id)
+        key = job.id.int
+        self._seen[key] = max(job.version, self._seen.get(key, 0))
+        waiting = self._latest.get(key)
         if waiting is not None and waiting.version <= job.version:
-            del self._latest[job.id]
+            del self._latest[key]
 
     def seen(self) -> dict[UUID, int]:
         """The highest version sent or waiting, per job (a copy)."""
-        return dict(self._seen)
+        return {UUID(int=key): version for key, version in self._seen.items()}
 
     def close(self) -> None:
         """No more news: ``next`` returns what waits, then an empty list."""
@@ -144,25 +149,25 @@ class Subscription:
         self._wake()
 
     def _wake(self) -> None:
-        waiter = self._waiter
+        waiter = self.waiter
         if waiter is None or waiter.done():
             return  # its task is busy: it takes what waits before it waits again
         if self.wire is not None and not self.closed:
             # no task switch: the fan-out writes it with the others (pyright: fanout.py's
             # Subscription comes through an import loop under TYPE_CHECKING, which it misreads)
-            self.wire.ready(self)  # pyright: ignore[reportArgumentType]
+            self.wire.fanout.ready(self)  # pyright: ignore[reportArgumentType]
         else:
             waiter.set_result(None)
 
     def wake_task(self) -> None:
         """Hand what waits to the stream's own task (the fan-out could not write it)."""
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
 
     @property
     def parked(self) -> bool:
         """Whether the stream's task waits in ``next`` (so nothing of it is being sent)."""
-        return self._waiter is not None and not self._waiter.done()
+        return self.waiter is not None and not self.waiter.done()
 
     def take(self) -> list[State]:
         """The waiting states, removed (what ``next`` returns, without waiting)."""
@@ -188,11 +193,11 @@ class Subscription:
         left) or poked (see ``closed``).
         """
         while not self._latest and not self.closed and not self._poked:
-            self._waiter = asyncio.get_running_loop().create_future()
+            self.waiter = asyncio.get_running_loop().create_future()
             try:
-                await self._waiter
+                await self.waiter
             finally:
-                self._waiter = None
+                self.waiter = None
         return self.take()
 
 
@@ -205,13 +210,14 @@ class Firehose(Subscription):
         self.dropped = 0
 
     def offer(self, job: State, reset: bool = False) -> None:
-        waiting = self._latest.get(job.id)
+        key = job.id.int
+        waiting = self._latest.get(key)
         if waiting is not None and waiting.version >= job.version and not reset:
             return
         if waiting is None and len(self._latest) >= FIREHOSE_MAX_WAITING:
             self.dropped += 1
             return
-        self._latest[job.id] = job
+        self._latest[key] = job
         self._wake()
 
 

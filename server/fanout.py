@@ -52,9 +52,6 @@ class Wire:
         self.fanout = fanout
         self.ends_on_final = ends_on_final  # a one-job stream ends with the job's final state
 
-    def ready(self, sub: Subscription) -> None:
-        self.fanout.ready(sub)
-
 
 class Fanout:
     """The batch of streams with news, written when the event loop next runs callbacks."""
@@ -108,8 +105,8 @@ class Fanout:
         self.rounds += 1
         frame = self._frame
         for sub in ready:
-            wire = sub.wire
-            if wire is None or not sub.parked:
+            wire, waiter = sub.wire, sub.waiter
+            if wire is None or waiter is None or waiter.done():  # not `parked`: a call less
                 continue  # its task is sending or has ended; it takes what waits itself
             transport = wire.transport
             if transport.is_closing() or transport.get_write_buffer_size() > HIGH_WATER:
