@@ -14,6 +14,7 @@ import os
 import random
 import re
 import signal
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,12 @@ def io_process(worker: Proc) -> int:
     (pid,) = [p for p in children_of(worker.pid)
               if b"io_child" in Path(f"/proc/{p}/cmdline").read_bytes()]
     return pid
+
+
+def cpu_seconds(pid: int) -> float:
+    """The CPU time a live process has used (user and system)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def wait_held(url: str, runs: Path, ids: list[str], worker: Proc) -> None:
@@ -245,8 +252,9 @@ def test_sigterm_during_an_outage_exits_and_its_jobs_are_taken_back(
         private_cluster: embedded.Cluster, tmp_path: Path,
         start_worker: StartWorker) -> None:  # noqa: F811 - the fixture
     """SIGTERM while Postgres is down: the worker exits 0 within its shutdown grace plus the
-    5 s it gives failing writes; once Postgres is back, none of its jobs stays with it (the
-    reaper of another worker takes them back after its 5 s lease) and all complete."""
+    5 s it gives failing writes, without a busy loop or a false "restored" meanwhile; once
+    Postgres is back, none of its jobs stays with it (another worker's reaper takes them back
+    after their 5 s lease, an attempt spent) and all complete."""
     url = audited(private_cluster.url())
     grace, lease = 2, 5
     worker = start_worker(url, "--shutdown-grace", f"{grace}s", "--lease", f"{lease}s")
@@ -257,9 +265,16 @@ def test_sigterm_during_an_outage_exits_and_its_jobs_are_taken_back(
 
     private_cluster.stop()
     worker.signal(signal.SIGTERM)
-    wait_until(lambda: not worker.alive(), grace + 5 + 10, "the worker to exit")
+    # Past the grace its jobs are given up, and it waits up to 5 s for writes that fail.
+    time.sleep(grace + 1)
+    before = cpu_seconds(worker.pid)
+    time.sleep(3)
+    waiting = cpu_seconds(worker.pid) - before
+    wait_until(lambda: not worker.alive(), 5 + 10, "the worker to exit")
     assert worker.popen.returncode == 0, worker.output()[-3000:]
     assert not children_of(worker.pid)
+    assert waiting < 1.0, f"{waiting:.2f} s of CPU in 3 s waiting for the database: a busy loop"
+    assert "restored after" not in worker.output(), "restored while Postgres was down"
 
     private_cluster.ensure_running()
     other = start_worker(url, "--poll-interval", POLL)
@@ -271,9 +286,13 @@ def test_sigterm_during_an_outage_exits_and_its_jobs_are_taken_back(
         assert conn.execute("SELECT count(*) FROM background_jobs WHERE worker_id = %s "
                             "AND status = 'running'", [worker_id]).fetchone() == (0,)
     ran = notes(runs)
-    for i in started:  # interrupted by the shutdown: its attempt lost, run again
-        assert final[i][1] == 2 and (i, 1, "end") not in ran
-    assert f"reaped job {next(iter(started))}" in other.output()
+    held = {i for i in ids if (i, 1, "start") not in ran and final[i][1] == 2}
+    assert len(held) == AHEAD, held
+    for i in started | held:  # its hand-back never written: reaped, an attempt spent
+        assert final[i][1:3] == (2, 3) and (i, 1, "end") not in ran, (i, final[i])
+        assert f"reaped job {i} (io_noted) of a lost worker" in other.output()
+    for i in set(ids) - started - held:
+        assert final[i][1:3] == (1, 3)
 
 
 def test_failover_to_a_promoted_standby_with_io_jobs_running(
