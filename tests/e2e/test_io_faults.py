@@ -33,6 +33,8 @@ RUNS_AT_ONCE, AHEAD = 10, 2
 ONE_CLAIM = RUNS_AT_ONCE + AHEAD
 #: A retry due while a claim runs may wait for the fallback poll (being fixed in claiming.py).
 POLL = "1s"
+#: The supervisor's three connections, as its log names them (worker/backoff.py)
+CONNECTIONS = ("LISTEN connection", "database connection", "database connection for results")
 
 Row = tuple[str, int, int, Any]  # status, attempts, max_attempts, result
 
@@ -106,6 +108,13 @@ def wait_held(url: str, runs: Path, ids: list[str], worker: Proc) -> None:
     wait_until(held, 30, f"{RUNS_AT_ONCE} running, {AHEAD} held ahead", worker)
 
 
+def wait_outage_seen(worker: Proc) -> None:
+    """Until the worker has logged each of its connections lost (its results among them: it
+    holds outcomes it cannot write)."""
+    wait_until(lambda: all(f"{conn} lost:" in worker.output() for conn in CONNECTIONS), 30,
+               "the worker to see the outage on each connection", worker)
+
+
 def wait_complete(url: str, ids: list[str], worker: Proc, timeout: float = 90
                   ) -> dict[str, Row]:
     def done() -> dict[str, Row] | None:
@@ -164,8 +173,7 @@ def test_postgres_restarted_while_io_jobs_run_and_wait_handed_ahead(
     gate.touch()
     # The IO process needs no database: the 10 end, and the 2 held ahead start and end.
     wait_until(lambda: count(runs, "end") == ONE_CLAIM, 30, "12 ended during the outage", worker)
-    wait_until(lambda: "database connection for results lost" in worker.output(), 30,
-               "the results' write refused by the outage", worker)
+    wait_outage_seen(worker)
     assert count(runs, "start") == ONE_CLAIM  # nothing more was claimed meanwhile
     private_cluster.ensure_running()
 
@@ -176,6 +184,35 @@ def test_postgres_restarted_while_io_jobs_run_and_wait_handed_ahead(
     assert "database connection for results restored after" in worker.output()
     assert not re.search("reaped job|WorkerCrashed|back to pending", worker.output())
     assert_claims_new_jobs(url, runs, worker)
+
+
+def test_an_outage_is_logged_lost_once_and_restored_once_it_is_back(
+        private_cluster: embedded.Cluster, tmp_path: Path,
+        start_worker: StartWorker) -> None:  # noqa: F811 - the fixture
+    """Postgres down for a few seconds under IO jobs: the worker logs each of its connections
+    lost once, and restored only once Postgres is back (docs/workers.md, Database outages).
+    The default poll (5 s): between the duties' failed tries the loop wakes with none due."""
+    url = audited(private_cluster.url())
+    worker = start_worker(url)
+    runs, gate = tmp_path / "runs", tmp_path / "gate"
+    ids = insert_noted(url, runs, ONE_CLAIM, gate)
+    wait_held(url, runs, ids, worker)
+    mark = len(worker.output())
+
+    private_cluster.stop()
+    gate.touch()
+    wait_until(lambda: count(runs, "end") == ONE_CLAIM, 30, "12 ended during the outage", worker)
+    time.sleep(4)  # the outage lasts a while: the worker retries meanwhile
+    during = worker.output()[mark:]
+    private_cluster.ensure_running()
+
+    final = wait_complete(url, ids, worker)
+    assert_each_ended_once(url, ids, final, runs, worker)
+    assert "restored after" not in during, during
+    for conn in CONNECTIONS:
+        assert during.count(f"{conn} lost:") == 1, during
+    wait_until(lambda: all(f"{conn} restored after" in worker.output()[mark:]
+                           for conn in CONNECTIONS), 30, "each connection restored", worker)
 
 
 def test_postgres_restarted_mid_flow_of_600_short_io_jobs(
@@ -191,7 +228,7 @@ def test_postgres_restarted_mid_flow_of_600_short_io_jobs(
     wait_until(lambda: count(runs, "end") >= 150, 60, "150 jobs run", worker)
 
     private_cluster.stop()
-    wait_until(lambda: "lost:" in worker.output(), 30, "the worker to see the outage", worker)
+    wait_outage_seen(worker)
     assert count(runs, "end") < 600, "the flow ended before the outage"
     private_cluster.ensure_running()
 
@@ -225,6 +262,7 @@ def test_io_process_killed_during_an_outage(
     os.kill(pid, signal.SIGKILL)
     wait_until(lambda: f"running {RUNS_AT_ONCE} jobs: each fails (retryable); {AHEAD} not "
                "started go back to pending" in worker.output(), 15, "the crash noticed", worker)
+    wait_outage_seen(worker)
     private_cluster.ensure_running()
 
     def written() -> bool:
@@ -312,6 +350,7 @@ def test_failover_to_a_promoted_standby_with_io_jobs_running(
         gate.touch()
         wait_until(lambda: count(runs, "end") == ONE_CLAIM, 30, "12 ended with no primary",
                    worker)
+        wait_outage_seen(worker)
         pair.standby.promote()
         final = wait_complete(audit_on, ids, worker)
         assert_each_ended_once(audit_on, ids, final, runs, worker)
