@@ -55,6 +55,9 @@ SAME_REQUEST = 0.5
 #: After the shutdown deadline, how long writes that fail (an outage) are retried before the
 #: supervisor exits and leaves its jobs to a reaper.
 GIVE_UP_WRITES = 5.0
+#: While stopping, failing writes are retried at least this often (seconds): the usual
+#: backoff (up to 10 s) could skip the whole GIVE_UP_WRITES window.
+STOPPING_RETRY = 0.5
 
 
 @dataclass(frozen=True)
@@ -339,6 +342,7 @@ class Supervisor:
             self.schedules.halt()
             self.claimer.halt()
             self.stop_deadline = now + self.settings.shutdown_grace
+            self.write_state.cap(STOPPING_RETRY, now)
             log.info("stopping: claiming no more jobs; waiting up to %ss for %d running job(s)",
                      self.settings.shutdown_grace, len(self.fleet.running))
             self.fleet.drop_unstarted()

@@ -333,6 +333,37 @@ def test_sigterm_during_an_outage_exits_and_its_jobs_are_taken_back(
         assert final[i][1:3] == (1, 3)
 
 
+def test_postgres_back_before_a_stopping_worker_gives_up_gets_its_results(
+        private_cluster: embedded.Cluster, tmp_path: Path,
+        start_worker: StartWorker) -> None:  # noqa: F811 - the fixture
+    """SIGTERM while Postgres is down and the IO process's 12 results wait to be written;
+    Postgres back 9 s later, within the 8 s grace plus the 5 s for failing writes: the worker
+    writes them before it exits, so every job completes once, in one attempt. (Its write
+    backoff, 7.75 s then 15.75 s after the first failure, must not skip the window.)"""
+    url = audited(private_cluster.url())
+    worker = start_worker(url, "--shutdown-grace", "8s")
+    runs, gate = tmp_path / "runs", tmp_path / "gate"
+    ids = insert_noted(url, runs, ONE_CLAIM, gate)
+    wait_held(url, runs, ids, worker)
+
+    private_cluster.stop()
+    gate.touch()
+    wait_until(lambda: count(runs, "end") == ONE_CLAIM, 30, "12 ended during the outage", worker)
+    wait_until(lambda: "database connection for results lost" in worker.output(), 30,
+               "the results' first write refused", worker)
+    worker.signal(signal.SIGTERM)
+    time.sleep(9)  # past the grace, not past the 5 s after it
+    assert worker.alive(), "gave up before its grace and the 5 s"
+    private_cluster.ensure_running()
+    wait_until(lambda: not worker.alive(), 5 + 10, "the worker to exit")
+    assert worker.popen.returncode == 0
+
+    final = rows(url, ids)  # as the worker left them: no other worker, no reaper
+    assert {r[0] for r in final.values()} == {"complete"}, Counter(r[0] for r in final.values())
+    assert_each_ended_once(url, ids, final, runs, worker)
+    assert {r[1] for r in final.values()} == {1}
+
+
 def test_failover_to_a_promoted_standby_with_io_jobs_running(
         template: Template, tmp_path: Path,  # noqa: F811 - the fixture
         start_worker: StartWorker) -> None:  # noqa: F811 - the fixture
