@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 
 from bgjobs.core import embedded
 from tests.e2e.test_failover import Template, replicated_pair, template  # noqa: F401
@@ -215,19 +216,20 @@ def test_an_outage_is_logged_lost_once_and_restored_once_it_is_back(
                            for conn in CONNECTIONS), 30, "each connection restored", worker)
 
 
+@pytest.mark.parametrize("mode", ["fast", "immediate"], ids=["stopped", "crashed"])
 def test_postgres_restarted_mid_flow_of_600_short_io_jobs(
         private_cluster: embedded.Cluster, tmp_path: Path,
-        start_worker: StartWorker) -> None:  # noqa: F811 - the fixture
-    """600 jobs of 10-50 ms, Postgres stopped once 150 have run and started again: all 600
-    complete once; an attempt can be lost only with a claim the outage cut off (one claim's
-    worth at most), and no attempt runs twice."""
+        start_worker: StartWorker, mode: str) -> None:  # noqa: F811 - the fixture
+    """600 jobs of 10-50 ms, Postgres stopped (or crashed) once 150 have run and started
+    again: all 600 complete once; an attempt can be lost only with a claim the outage cut off
+    (one claim's worth at most; reaped after its lease), and no attempt runs twice."""
     url = audited(private_cluster.url())
     worker = start_worker(url, "--poll-interval", POLL)
     runs = tmp_path / "runs"
     ids = insert_noted(url, runs, 600, seconds=[random.uniform(0.01, 0.05) for _ in range(600)])
     wait_until(lambda: count(runs, "end") >= 150, 60, "150 jobs run", worker)
 
-    private_cluster.stop()
+    private_cluster.stop(mode=mode)
     wait_outage_seen(worker)
     assert count(runs, "end") < 600, "the flow ended before the outage"
     private_cluster.ensure_running()
