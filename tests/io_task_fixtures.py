@@ -79,3 +79,28 @@ async def io_gate(ctx: Any) -> Any:
 async def io_limited(ctx: Any) -> Any:
     """io_gate with a limit above its concurrency: 6 across all workers, 5 per IO process."""
     return await io_gate(ctx)
+
+
+@task("io_noted", concurrency=10, retry_delay=0.2,
+      params={"runs": Param(str, required=True), "gate": Param(str, default=""),
+              "seconds": Param(float, default=0.0)})
+async def io_noted(ctx: Any) -> Any:
+    """Appends "<job id> <attempt> start" to the file ``runs``, waits for the file ``gate`` (if
+    any) and ``seconds``, then appends "... end": a test counts each attempt's runs apart from
+    what the table says (which an outage or a failover may change)."""
+    _note(ctx.params["runs"], f"{ctx.job_id} {ctx.attempt} start")
+    ctx.progress(0, 1, pid=os.getpid())
+    gate = ctx.params["gate"]
+    while gate and not os.path.exists(gate):
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(ctx.params["seconds"])
+    _note(ctx.params["runs"], f"{ctx.job_id} {ctx.attempt} end")
+    return {"pid": os.getpid(), "attempt": ctx.attempt}
+
+
+def _note(path: str, line: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, f"{line}\n".encode())  # one write: whole lines, from any process
+    finally:
+        os.close(fd)

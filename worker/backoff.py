@@ -17,6 +17,7 @@ class Backoff:
         self.down_since: float | None = None
         self.delay = 0.0
         self.retry_at = 0.0
+        self.max_delay = MAX_BACKOFF
 
     def ready(self, now: float) -> bool:
         return now >= self.retry_at
@@ -25,8 +26,14 @@ class Backoff:
         if self.down_since is None:
             self.down_since = now
             log.warning("%s lost: %s; reconnecting with backoff", self.what, first_line(exc))
-        self.delay = min(MAX_BACKOFF, self.delay * 2 or 0.25)
+        self.delay = min(self.max_delay, self.delay * 2 or 0.25)
         self.retry_at = now + self.delay
+
+    def cap(self, seconds: float, now: float) -> None:
+        """Retry at least every ``seconds`` from now on (a deadline is near)."""
+        self.max_delay = seconds
+        self.delay = min(self.delay, seconds)
+        self.retry_at = min(self.retry_at, now + seconds)
 
     def ok(self, now: float) -> None:
         if self.down_since is not None:

@@ -37,6 +37,8 @@ class OneConnection:
         self.url = url
         self.idle_in_transaction = idle_in_transaction
         self.conn: psycopg.Connection | None = None
+        #: lends that ended without an error: Postgres answered (the supervisor's backoff)
+        self.answered = 0
 
     @contextmanager
     def lend(self) -> Iterator[psycopg.Connection]:
@@ -57,6 +59,7 @@ class OneConnection:
         finally:
             if conn.broken:
                 self.close()
+        self.answered += 1
 
     def close(self) -> None:
         if self.conn is not None:

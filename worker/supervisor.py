@@ -52,6 +52,12 @@ log = logging.getLogger(__name__)
 
 #: Signals this close together are one stop request (see _on_signal).
 SAME_REQUEST = 0.5
+#: After the shutdown deadline, how long writes that fail (an outage) are retried before the
+#: supervisor exits and leaves its jobs to a reaper.
+GIVE_UP_WRITES = 5.0
+#: While stopping, failing writes are retried at least this often (seconds): the usual
+#: backoff (up to 10 s) could skip the whole GIVE_UP_WRITES window.
+STOPPING_RETRY = 0.5
 
 
 @dataclass(frozen=True)
@@ -212,12 +218,15 @@ class Supervisor:
         if self.outbox and self.writer.in_flight is None and self.write_state.ready(now):
             self.writer.submit(self.outbox.take())
         if self.db_state.ready(now):
+            answered = self.db.answered
             try:
                 run_due([self.registry_sync], now)
                 # Nothing runs before the declared types, limits and schedules are in Postgres.
                 if self.registry_sync.done:
                     run_due(self.database_duties, now)
-                self.db_state.ok(now)
+                # Back only once Postgres answered: a tick with no duty due proves nothing.
+                if self.db.answered != answered:
+                    self.db_state.ok(now)
             except DatabaseUnavailable as exc:
                 self.db_state.failed(exc, now)
 
@@ -235,7 +244,9 @@ class Supervisor:
         if deadline is not None:
             times.append(deadline)
         if self.stopping:
-            times.append(self.stop_deadline)
+            # Past the deadline the running jobs are given up: what is left is failing writes.
+            times.append(self.stop_deadline if now < self.stop_deadline
+                         else self.stop_deadline + GIVE_UP_WRITES)
         if not self.listening:
             times.append(self.listen_state.retry_at)
         if self.outbox and self.writer.in_flight is None:
@@ -248,7 +259,8 @@ class Supervisor:
         if self.writer.in_flight is not None:
             return False
         # Writes still failing well after the deadline are left to the reaper.
-        return not self.outbox or self.force or time.monotonic() > self.stop_deadline + 5
+        return not self.outbox or self.force or \
+            time.monotonic() >= self.stop_deadline + GIVE_UP_WRITES
 
     def _on_written(self) -> None:
         now = time.monotonic()
@@ -330,6 +342,7 @@ class Supervisor:
             self.schedules.halt()
             self.claimer.halt()
             self.stop_deadline = now + self.settings.shutdown_grace
+            self.write_state.cap(STOPPING_RETRY, now)
             log.info("stopping: claiming no more jobs; waiting up to %ss for %d running job(s)",
                      self.settings.shutdown_grace, len(self.fleet.running))
             self.fleet.drop_unstarted()
