@@ -32,8 +32,6 @@ from tests.procs import Proc, children_of, wait_until
 RUNS_AT_ONCE, AHEAD = 10, 2
 #: The most one claim of io_noted can take: all a claim lost to an outage can leave unrun.
 ONE_CLAIM = RUNS_AT_ONCE + AHEAD
-#: A retry due while a claim runs may wait for the fallback poll (being fixed in claiming.py).
-POLL = "1s"
 #: The supervisor's three connections, as its log names them (worker/backoff.py)
 CONNECTIONS = ("LISTEN connection", "database connection", "database connection for results")
 
@@ -165,7 +163,7 @@ def test_postgres_restarted_while_io_jobs_run_and_wait_handed_ahead(
     they all finish during the outage, their outcomes are written once it is back, each job
     completes once in one attempt, and the worker goes on claiming."""
     url = audited(private_cluster.url())
-    worker = start_worker(url, "--poll-interval", POLL)
+    worker = start_worker(url)
     runs, gate = tmp_path / "runs", tmp_path / "gate"
     ids = insert_noted(url, runs, 20, gate)
     wait_held(url, runs, ids, worker)
@@ -224,7 +222,7 @@ def test_postgres_restarted_mid_flow_of_600_short_io_jobs(
     again: all 600 complete once; an attempt can be lost only with a claim the outage cut off
     (one claim's worth at most; reaped after its lease), and no attempt runs twice."""
     url = audited(private_cluster.url())
-    worker = start_worker(url, "--poll-interval", POLL)
+    worker = start_worker(url)
     runs = tmp_path / "runs"
     ids = insert_noted(url, runs, 600, seconds=[random.uniform(0.01, 0.05) for _ in range(600)])
     wait_until(lambda: count(runs, "end") >= 150, 60, "150 jobs run", worker)
@@ -251,7 +249,7 @@ def test_io_process_killed_during_an_outage(
     fail as a crash and are retried (an attempt spent), the 2 it held go back to pending with
     their attempt, and all complete."""
     url = audited(private_cluster.url())
-    worker = start_worker(url, "--poll-interval", POLL)
+    worker = start_worker(url)
     runs, gate = tmp_path / "runs", tmp_path / "gate"
     ids = insert_noted(url, runs, 14, gate)
     wait_held(url, runs, ids, worker)
@@ -317,7 +315,7 @@ def test_sigterm_during_an_outage_exits_and_its_jobs_are_taken_back(
     assert "restored after" not in worker.output(), "restored while Postgres was down"
 
     private_cluster.ensure_running()
-    other = start_worker(url, "--poll-interval", POLL)
+    other = start_worker(url)
     gate.touch()
     final = wait_complete(url, ids, other, timeout=60)
     assert_each_ended_once(url, ids, final, runs, worker, other)
@@ -374,7 +372,7 @@ def test_failover_to_a_promoted_standby_with_io_jobs_running(
     outcomes reach the new primary, and every job completes once in one attempt."""
     with replicated_pair(template, True) as pair:
         audit_on = pair.url  # the template carries the audit trigger already
-        worker = start_worker(audit_on, "--poll-interval", POLL)
+        worker = start_worker(audit_on)
         runs, gate = tmp_path / "runs", tmp_path / "gate"
         ids = insert_noted(audit_on, runs, 20, gate)
         wait_held(audit_on, runs, ids, worker)
