@@ -81,6 +81,13 @@ async def io_limited(ctx: Any) -> Any:
     return await io_gate(ctx)
 
 
+@task("io_rated", concurrency=5, starts_per_second=50,
+      params={"gate": Param(str, required=True)})
+async def io_rated(ctx: Any) -> Any:
+    """io_gate with a start rate that does not bind (50 a second): rate-limited all the same."""
+    return await io_gate(ctx)
+
+
 @task("io_noted", concurrency=10, retry_delay=0.2,
       params={"runs": Param(str, required=True), "gate": Param(str, default=""),
               "seconds": Param(float, default=0.0)})

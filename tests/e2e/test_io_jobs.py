@@ -239,6 +239,26 @@ def test_a_limited_type_is_not_handed_ahead_so_its_limit_counts_running_jobs(
         wait_job(store, i, lambda j: j.status == "complete", "complete", workers[0])
 
 
+def test_a_rate_limited_type_is_not_handed_ahead_either(db_url, store, start_worker, tmp_path):
+    """io_rated: 5 at once per IO process, starts_per_second 50 (not binding here). 8 jobs on
+    two workers all start: each worker claims only what its process starts. Handed ahead, the
+    first claim would take 6 and hold one unstarted (its start counted at the claim), and only
+    7 would run."""
+    workers = [start_worker(db_url), start_worker(db_url)]
+    gate = tmp_path / "gate"
+    ids = insert_many(db_url, "io_rated", 8, json.dumps({"gate": str(gate)}))
+
+    def started() -> list[Job] | None:
+        jobs = [j for j in (store.get_job(i) for i in ids) if running_with_pid(j)]
+        return jobs if len(jobs) == 8 else None
+
+    jobs: list[Job] = wait_until(started, 20, "8 started", workers[0])  # type: ignore
+    assert len({j.progress["pid"] for j in jobs}) == 2  # one IO process of each worker
+    gate.touch()
+    for i in ids:
+        wait_job(store, i, lambda j: j.status == "complete", "complete", workers[0])
+
+
 def test_the_workers_row_shows_its_io_processes_and_what_each_holds(db_url, store,
                                                                      start_worker, tmp_path):
     """bgjobs_workers (023): an operator sees the IO process, its concurrency per type, and
