@@ -312,3 +312,14 @@ def test_without_concurrent_types_nothing_changes(db_url, store, start_worker):
     job_id = add_job(store, "slow", {"seconds": 0.0}).id
     done = wait_job(store, job_id, lambda j: j.status == "complete", "complete", worker)
     assert done.result["pid"] in kids
+
+
+def test_a_worker_for_io_types_alone_starts_no_process_per_job_children(db_url, store,
+                                                                         start_worker):
+    """--types naming only concurrent types: its one child is the IO process (the built-in
+    noop and demo, process types, are not its to run), and it runs their jobs."""
+    worker = start_worker(db_url, "--concurrency", "2", "--types", "io_sleep")
+    [kid] = children_of(worker.pid)
+    assert b"io_child" in Path(f"/proc/{kid}/cmdline").read_bytes()
+    job_id = add_job(store, "io_sleep", {"seconds": 0.0}).id
+    wait_job(store, job_id, lambda j: j.status == "complete", "complete", worker)
