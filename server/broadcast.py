@@ -400,7 +400,9 @@ class Broadcaster:
         ids = set(self._by_job) | set(self._rows)
         seen = self._versions(ids)
         jobs = await self.db.get_jobs(ids)
-        self._end_gone(set(self._by_job) - {job.id for job in jobs})
+        # Only what the read looked for: a stream that subscribed during it (its job not
+        # among ``ids``) is not gone, and its own first read got its state.
+        self._end_gone((ids & set(self._by_job)) - {job.id for job in jobs})
         if since is not None and self._by_user:
             jobs += await self.db.user_jobs_since(list(self._by_user), since - RESYNC_MARGIN)
         self._publish_read(jobs, seen)

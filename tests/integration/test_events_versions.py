@@ -124,3 +124,38 @@ def test_a_stream_on_a_job_gone_during_an_outage_ends_on_reconnect(store: Store,
                 listener.unsubscribe(sub)
 
     asyncio.run(scenario())
+
+
+def test_a_stream_opened_while_the_reconnect_reads_is_not_taken_for_gone(store: Store,
+                                                                          db_url: str) -> None:
+    """A stream that subscribes while the reconnected listener re-reads the watched jobs (its
+    job was not among those read) stays open and gets the job's next state: only a job the
+    read looked for and did not find is gone."""
+    user, _ = store.create_user("alice")
+    watched, late = add_job(store, "noop", user_id=user.id), add_job(store, "noop", user_id=user.id)
+
+    async def scenario() -> None:
+        async with running_listener(db_url) as (listener, stop, start):
+            first = listener.subscribe(job_ids=frozenset({watched.id}))
+            await stop()
+            arrived: list[Subscription] = []
+            read = listener.db.get_jobs
+
+            async def get_jobs_while_a_stream_arrives(ids):  # type: ignore[no-untyped-def]
+                if not arrived:  # the stream's subscription lands during the resync's read
+                    arrived.append(listener.subscribe(job_ids=frozenset({late.id})))
+                return await read(ids)
+
+            listener.db.get_jobs = get_jobs_while_a_stream_arrives  # type: ignore[method-assign]
+            await start()
+            [sub] = arrived
+            assert not sub.closed and not first.closed
+            with psycopg.connect(db_url, autocommit=True) as conn:
+                conn.execute("UPDATE background_jobs SET status = 'cancelled' WHERE id = %s",
+                             [late.id])
+            got = await next_matching(sub, lambda j: j.id == late.id)
+            assert got.status == "cancelled"
+            for s in (first, sub):
+                listener.unsubscribe(s)
+
+    asyncio.run(scenario())
