@@ -218,42 +218,26 @@ def test_a_killed_io_process_retries_its_running_jobs_and_hands_back_those_it_he
                          "worker process crashed before it started\\)", out)
 
 
+@pytest.mark.parametrize(("job_type", "at_once"), [("io_limited", 6), ("io_rated", 8)])
 def test_a_limited_type_is_not_handed_ahead_so_its_limit_counts_running_jobs(
-        db_url, store, start_worker, tmp_path):
-    """io_limited: 5 at once per IO process, 6 running across all workers. A worker claims
-    only the 5 its process starts, so the other worker runs the 6th; handed ahead, the 6th
-    would wait in the first process, `running` and counted by the limit, and only 5 would run."""
+        db_url, store, start_worker, tmp_path, job_type, at_once):
+    """5 at once per IO process, 8 gated jobs on two workers. A worker claims only the 5 its
+    process starts, so the other worker runs the rest. io_limited (max_running 6): 6 run, one
+    in each worker's process at least; handed ahead, the 6th would wait in the first process,
+    `running` and counted by the limit, and only 5 would run. io_rated (starts_per_second 50,
+    not binding here): all 8 run; handed ahead, the first claim would take 6 and hold one
+    unstarted (its start counted at the claim), and only 7 would run."""
     workers = [start_worker(db_url), start_worker(db_url)]
     gate = tmp_path / "gate"
-    ids = insert_many(db_url, "io_limited", 8, json.dumps({"gate": str(gate)}))
+    ids = insert_many(db_url, job_type, 8, json.dumps({"gate": str(gate)}))
 
     def started() -> list[Job] | None:
         jobs = [j for j in (store.get_job(i) for i in ids) if running_with_pid(j)]
-        return jobs if len(jobs) == 6 else None
+        return jobs if len(jobs) == at_once else None
 
-    jobs: list[Job] = wait_until(started, 20, "6 started", workers[0])  # type: ignore
+    jobs: list[Job] = wait_until(started, 20, f"{at_once} started", workers[0])  # type: ignore
     assert len({j.progress["pid"] for j in jobs}) == 2  # one IO process of each worker
-    assert sum(store.get_job(i).status == "running" for i in ids) == 6
-    gate.touch()
-    for i in ids:
-        wait_job(store, i, lambda j: j.status == "complete", "complete", workers[0])
-
-
-def test_a_rate_limited_type_is_not_handed_ahead_either(db_url, store, start_worker, tmp_path):
-    """io_rated: 5 at once per IO process, starts_per_second 50 (not binding here). 8 jobs on
-    two workers all start: each worker claims only what its process starts. Handed ahead, the
-    first claim would take 6 and hold one unstarted (its start counted at the claim), and only
-    7 would run."""
-    workers = [start_worker(db_url), start_worker(db_url)]
-    gate = tmp_path / "gate"
-    ids = insert_many(db_url, "io_rated", 8, json.dumps({"gate": str(gate)}))
-
-    def started() -> list[Job] | None:
-        jobs = [j for j in (store.get_job(i) for i in ids) if running_with_pid(j)]
-        return jobs if len(jobs) == 8 else None
-
-    jobs: list[Job] = wait_until(started, 20, "8 started", workers[0])  # type: ignore
-    assert len({j.progress["pid"] for j in jobs}) == 2  # one IO process of each worker
+    assert sum(store.get_job(i).status == "running" for i in ids) == at_once
     gate.touch()
     for i in ids:
         wait_job(store, i, lambda j: j.status == "complete", "complete", workers[0])
