@@ -91,6 +91,9 @@ class Credential:
 class Subscription:
     """One stream's mailbox: the latest unsent state of each job it watches, never a backlog."""
 
+    __slots__ = ("job_ids", "user_id", "workflow_id", "credential", "_latest", "_seen",
+                 "waiter", "_poked", "closed", "wire")
+
     def __init__(self, job_ids: frozenset[UUID], user_id: int | None,
                  credential: Credential | None = None, workflow_id: UUID | None = None) -> None:
         self.job_ids = job_ids
@@ -204,6 +207,8 @@ class Subscription:
 class Firehose(Subscription):
     """Every job's changes (admins): the latest waiting state per job, at most
     FIREHOSE_MAX_WAITING of them, and no memory of what was sent (it would grow for ever)."""
+
+    __slots__ = ("dropped",)
 
     def __init__(self) -> None:
         super().__init__(frozenset(), None)
