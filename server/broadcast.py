@@ -164,8 +164,8 @@ class Subscription:
 
     def wake_task(self) -> None:
         """Hand what waits to the stream's own task (the fan-out could not write it)."""
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_result(None)
+        if self.parked:
+            self.waiter.set_result(None)  # type: ignore[union-attr]
 
     @property
     def parked(self) -> bool:
@@ -407,7 +407,7 @@ class Broadcaster:
         jobs = await self.db.get_jobs(ids)
         # Only what the read looked for: a stream that subscribed during it (its job not
         # among ``ids``) is not gone, and its own first read got its state.
-        self._end_gone((ids & set(self._by_job)) - {job.id for job in jobs})
+        self._end_gone((ids & self._by_job.keys()) - {job.id for job in jobs})
         if since is not None and self._by_user:
             jobs += await self.db.user_jobs_since(list(self._by_user), since - RESYNC_MARGIN)
         self._publish_read(jobs, seen)
