@@ -80,6 +80,7 @@ def config(server_url: str, port: int, mode: str, folder: Path,
         f"auth_file = {folder / 'userlist.txt'}",
         f"pool_mode = {mode}",
         "idle_transaction_timeout = 10",  # docs/operations.md: a frozen client's locks
+        "server_login_retry = 1",  # docs/operations.md: back within a second of a restart
     ]
     lines += [f"{name} = {value}" for name, value in (settings or {}).items()]
     if os.geteuid() == 0:
