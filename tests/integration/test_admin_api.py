@@ -180,7 +180,7 @@ def test_the_operator_reads_use_indexes_on_100000_jobs(conn):
     conn.execute("ANALYZE background_jobs")
 
     def plan(query: str, **args) -> str:
-        return "\n".join(r[0] for r in conn.execute("EXPLAIN " + q(query), args).fetchall())
+        return "\n".join(r[0] for r in conn.execute(b"EXPLAIN " + q(query), args).fetchall())
 
     page = {"user_id": None, "status": None, "job_type": None, "since": None, "until": None,
             "before_created": None, "before_id": None, "limit": 51}

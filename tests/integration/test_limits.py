@@ -123,7 +123,7 @@ def test_limited_types_are_read_through_their_own_index(conn):
                  "SELECT CASE WHEN n % 2 = 0 THEN 'lim' ELSE 'noop' END "
                  "FROM generate_series(1, 40) AS n")
     conn.execute("ANALYZE background_jobs")
-    plan = "\n".join(r[0] for r in conn.execute("EXPLAIN " + q("claim_jobs"), {
+    plan = "\n".join(r[0] for r in conn.execute(b"EXPLAIN " + q("claim_jobs"), {
         "worker_id": "w", "types": ["noop", "lim"], "limit": 4, "lease_seconds": 30,
         "now": None}).fetchall())
     assert "background_jobs_claim_idx" in plan, plan

@@ -75,7 +75,7 @@ def test_claim_uses_the_partial_index(conn):
     from bgjobs.core.queries import q
 
     plan = conn.execute(
-        "EXPLAIN " + q("claim_jobs"),
+        b"EXPLAIN " + q("claim_jobs"),
         {"worker_id": "w", "types": ["noop"], "limit": 1, "lease_seconds": 30, "now": None},
     ).fetchall()
     text = "\n".join(r[0] for r in plan)

@@ -27,6 +27,15 @@ def test_every_named_query_is_loaded_and_non_empty():
     assert all(sql.strip() for sql in loaded.values())
 
 
+def test_queries_are_ascii_bytes_read_once():
+    # Sent as bytes, whatever the connection's client encoding: only ASCII means the same
+    # text in every encoding Postgres speaks to clients; and the same object on every call.
+    loaded = queries.load()
+    assert all(text.isascii() for text in loaded.values())
+    assert queries.q("claim_jobs") == loaded["claim_jobs"].encode()
+    assert queries.q("claim_jobs") is queries.q("claim_jobs")
+
+
 def test_migrations_are_numbered_in_order():
     versions = [m.version for m in discover()]
     assert versions == sorted(versions) and versions[0] == 1
