@@ -8,8 +8,8 @@ writes) both are one, and so may a test's double be.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from types import TracebackType
 from typing import Literal, Protocol
 
@@ -45,25 +45,73 @@ class ConnectionSource(Protocol):
         ...
 
 
-@contextmanager
 def lend(source: ConnectionSource, conn: psycopg.Connection | None = None
-         ) -> Iterator[psycopg.Connection]:
-    """The caller's connection if given (their transaction), else one ``source`` lends.
+         ) -> AbstractContextManager[psycopg.Connection]:
+    """The caller's connection if given (their transaction), else one ``source`` lends; driver
+    errors in the block come out as bgjobs's exceptions.
 
     The source's connections read values bgjobs cannot represent as markers (core/rows.py);
     the caller's connection is left as it is (its reads in the stores use lenient cursors).
     """
-    if conn is not None:
-        with translate_errors():
+    return _Lent(source) if conn is None else _Callers(conn)
+
+
+class _Lent:
+    """``lend``'s block over a connection of the source. A class, not a generator: every
+    statement of the store goes through one (see translate_errors)."""
+
+    __slots__ = ("source", "lending", "conn")
+
+    def __init__(self, source: ConnectionSource) -> None:
+        self.source = source
+
+    def __enter__(self) -> psycopg.Connection:
+        lending = self.source.lend()
+        try:
+            conn = lending.__enter__()
+        except BaseException as exc:
+            _TRANSLATE.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+        self.lending, self.conn = lending, conn
+        try:
+            lenient(conn)
+        except BaseException as exc:
+            self.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+        return conn
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> bool:
+        if exc is None:
+            mark_used(self.conn)
+        try:
+            if self.lending.__exit__(exc_type, exc, tb):
+                return True
+        except BaseException as raised:
+            _TRANSLATE.__exit__(type(raised), raised, raised.__traceback__)
+            raise
+        return _TRANSLATE.__exit__(exc_type, exc, tb)
+
+
+class _Callers:
+    """``lend``'s block over the caller's own connection (inside their transaction)."""
+
+    __slots__ = ("conn",)
+
+    def __init__(self, conn: psycopg.Connection) -> None:
+        self.conn = conn
+
+    def __enter__(self) -> psycopg.Connection:
+        conn = self.conn
+        with _TRANSLATE:
             if conn.prepare_threshold is not None and not hasattr(conn, "_bgjobs_pooled"):
                 # Checked once per connection: see prepare_flag.
                 conn._bgjobs_pooled = not is_direct(conn)  # type: ignore[attr-defined]
-            yield conn
-        return
-    with translate_errors(), source.lend() as lent:
-        lenient(lent)
-        yield lent
-        mark_used(lent)
+        return conn
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> bool:
+        return _TRANSLATE.__exit__(exc_type, exc, tb)
 
 
 def prepare_flag(conn: psycopg.Connection) -> bool | None:
@@ -96,6 +144,10 @@ class translate_errors:
         if translated is None:
             return False  # not the driver's: it goes on as it is
         raise translated from exc
+
+
+#: ``translate_errors`` with no breaker to tell keeps no state: every lend shares this one.
+_TRANSLATE = translate_errors()
 
 
 def _translated(exc: BaseException, suspect: Callable[[], None] | None) -> BgjobsError | None:

@@ -6,8 +6,9 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
-from typing import Any
+from contextlib import suppress
+from types import TracebackType
+from typing import Any, Literal
 
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
@@ -221,40 +222,68 @@ class Pool(ConnectionPool):
         self.url, self.breaker = url, breaker
         super().__init__(url, *args, **kwargs)
 
-    @contextmanager
-    def lend(self) -> Iterator[psycopg.Connection]:
+    def lend(self) -> Lending:
         """A connection, like ``connection()``; DatabaseUnavailable at once during an outage.
 
         Waiting for a connection is done in slices, so a request that started waiting before
         the outage was known gives up as soon as it is. A failure that looks like an outage
         (here, or in the caller's block) has the breaker find out at once.
         """
-        self.breaker.check()
-        try:
-            try:  # an idle connection at once, the common case
-                conn = self.getconn(timeout=min(LEND_SLICE, self.timeout))
-            except PoolTimeout:
-                conn = self._wait_for_connection()
-            try:
-                yield conn
-                if not conn.autocommit:
-                    conn.commit()
-            finally:
-                # putconn rolls back what a failed caller left open. No `with conn:` around
-                # the yield: its commit on an autocommit connection cost a tenth of a one-job
-                # enqueue's Python time for nothing.
-                self.putconn(conn)
-        except (PoolTimeout, psycopg.OperationalError) as exc:
-            if is_outage(exc):  # the database seems gone: find out at once (the breaker)
-                self.breaker.suspect()
-            raise
+        return Lending(self)
 
+    def suspect(self, exc: BaseException) -> None:
+        """``exc`` (a driver error) may mean the database is gone: the breaker finds out."""
+        if isinstance(exc, (PoolTimeout, psycopg.OperationalError)) and is_outage(exc):
+            self.breaker.suspect()
 
     def _wait_for_connection(self) -> psycopg.Connection:
         for wait in waits(self.timeout - LEND_SLICE, self.breaker):
             with suppress(PoolTimeout):
                 return self.getconn(timeout=wait)
         raise PoolTimeout(f"no connection after {self.timeout:.1f}s")
+
+
+class Lending:
+    """``Pool.lend``'s block. A class, not a generator: a single enqueue is mostly Python
+    between two round trips, and a generator's context manager cost it several microseconds."""
+
+    __slots__ = ("pool", "conn")
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+
+    def __enter__(self) -> psycopg.Connection:
+        pool = self.pool
+        pool.breaker.check()
+        try:
+            try:  # an idle connection at once, the common case
+                conn = pool.getconn(timeout=min(LEND_SLICE, pool.timeout))
+            except PoolTimeout:
+                conn = pool._wait_for_connection()
+        except BaseException as exc:
+            pool.suspect(exc)
+            raise
+        self.conn = conn
+        return conn
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> Literal[False]:
+        conn, pool = self.conn, self.pool
+        try:
+            try:
+                if exc is None and not conn.autocommit:
+                    conn.commit()
+            finally:
+                # putconn rolls back what a failed caller left open. No `with conn:` around
+                # the block: its commit on an autocommit connection cost a tenth of a one-job
+                # enqueue's Python time for nothing.
+                pool.putconn(conn)
+        except BaseException as raised:
+            pool.suspect(raised)
+            raise
+        if exc is not None:
+            pool.suspect(exc)
+        return False
 
 
 def waits(timeout: float, breaker: Breaker) -> Iterator[float]:
