@@ -67,8 +67,8 @@ class AsyncStore:
         clash: dict[str, Any] | None = None
         async with self.connection(conn) as c:
             for _ in range(2):  # a clash committed after the first statement began: see JobStore
-                row = await (await c.execute(q("insert_job"), args,
-                                             prepare=_prepare(c))).fetchone()
+                row = await (await c.execute(q("insert_job"), args, prepare=_prepare(c),
+                                             binary=True)).fetchone()  # see JobStore
                 if row is not None:
                     return Inserted(_pending_job(new, *row), True)
                 async with c.cursor(row_factory=dict_rows) as cur:

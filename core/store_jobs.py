@@ -76,7 +76,10 @@ class JobStore:
             # A clashing row committed after a statement began is invisible to it, so after
             # an empty answer from both, one more try (a new snapshot) sees it.
             for _ in range(2):
-                row = c.execute(q("insert_job"), args, prepare=prepare_flag(c)).fetchone()
+                # Binary results: the lenient text loaders (core/rows.py) are Python, and
+                # created_at is now(), which every reader can hold.
+                row = c.execute(q("insert_job"), args, prepare=prepare_flag(c),
+                                binary=True).fetchone()
                 if row is not None:
                     return Inserted(_pending_job(new, *row), True)
                 with c.cursor(row_factory=dict_rows) as cur:
