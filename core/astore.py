@@ -15,7 +15,7 @@ from uuid import UUID
 import psycopg
 
 from bgjobs.core.apool import AsyncPool
-from bgjobs.core.connections import translate_errors
+from bgjobs.core.connections import own_acursor, translate_errors
 from bgjobs.core.errors import NotFound
 from bgjobs.core.jobs import Job, Workflow
 from bgjobs.core.queries import q
@@ -67,11 +67,11 @@ class AsyncStore:
         clash: dict[str, Any] | None = None
         async with self.connection(conn) as c:
             for _ in range(2):  # a clash committed after the first statement began: see JobStore
-                row = await (await c.execute(q("insert_job"), args, prepare=_prepare(c),
-                                             binary=True)).fetchone()  # see JobStore
+                row = await (await own_acursor(c).execute(
+                    q("insert_job"), args, prepare=_prepare(c), binary=True)).fetchone()
                 if row is not None:
                     return Inserted(_pending_job(new, *row), True)
-                async with c.cursor(row_factory=dict_rows) as cur:
+                async with own_acursor(c, dict_rows) as cur:
                     lenient(cur)
                     await cur.execute(q("find_clashing_job"), args, prepare=_prepare(c))
                     clash = await cur.fetchone()
@@ -91,7 +91,8 @@ class AsyncStore:
         args = insert_jobs_args(job_type, params_list, user_id, max_attempts, depends_on,
                                 run_if_dependency_fails, workflow_id)
         async with self.connection(conn) as c:
-            row = await (await c.execute(q("insert_jobs"), args, prepare=_prepare(c))).fetchone()
+            row = await (await own_acursor(c).execute(q("insert_jobs"), args,
+                                                       prepare=_prepare(c))).fetchone()
         return inserted_jobs(job_type, params_list, user_id, max_attempts, depends_on,
                              run_if_dependency_fails, row)
 
@@ -139,7 +140,8 @@ class AsyncStore:
 
 async def _is_direct(conn: psycopg.AsyncConnection) -> bool:
     """``core.db.is_direct`` for an async connection."""
-    row = await (await conn.execute("SELECT pg_backend_pid()", prepare=False)).fetchone()
+    row = await (await own_acursor(conn).execute("SELECT pg_backend_pid()",
+                                                 prepare=False)).fetchone()
     return row is not None and row[0] == conn.info.backend_pid
 
 

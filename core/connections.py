@@ -11,11 +11,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from types import TracebackType
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import psycopg
+from psycopg.rows import AsyncRowFactory, RowFactory, tuple_row
 from psycopg_pool import PoolTimeout
 
+from bgjobs.core import replan
 from bgjobs.core.db import is_direct, is_outage, mark_used
 from bgjobs.core.errors import (
     BgjobsError,
@@ -112,6 +114,28 @@ class _Callers:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> bool:
         return _TRANSLATE.__exit__(exc_type, exc, tb)
+
+
+def own_cursor(conn: psycopg.Connection, row_factory: RowFactory[Any] = tuple_row
+               ) -> psycopg.Cursor[Any]:
+    """A cursor for bgjobs's statements on ``conn``, whatever the connection was made with.
+
+    A caller's connection may read dicts (``row_factory=dict_row``): the row factory is
+    bgjobs's here. Its cursor class is kept (an app's instrumented cursor sees the statements)
+    unless it cannot run them: a ClientCursor binds on the client and reads no binary results,
+    a RawCursor takes no named placeholders.
+    """
+    if issubclass(conn.cursor_factory, (psycopg.ClientCursor, psycopg.RawCursor)):
+        return replan.Cursor(conn, row_factory=row_factory)
+    return conn.cursor(row_factory=row_factory)
+
+
+def own_acursor(conn: psycopg.AsyncConnection, row_factory: AsyncRowFactory[Any] = tuple_row
+                ) -> psycopg.AsyncCursor[Any]:
+    """``own_cursor`` for an async connection."""
+    if issubclass(conn.cursor_factory, (psycopg.AsyncClientCursor, psycopg.AsyncRawCursor)):
+        return replan.AsyncCursor(conn, row_factory=row_factory)
+    return conn.cursor(row_factory=row_factory)
 
 
 def prepare_flag(conn: psycopg.Connection) -> bool | None:

@@ -11,6 +11,7 @@ from types import TracebackType
 from typing import Any, Literal
 
 import psycopg
+from psycopg.rows import tuple_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from bgjobs.core import embedded, replan
@@ -71,7 +72,9 @@ def is_direct(conn: psycopg.Connection) -> bool:
     A pooler hands its clients a backend key of its own making, so the pid the connection was
     given at start is not the pid of the backend that answers.
     """
-    row = conn.execute("SELECT pg_backend_pid()", prepare=False).fetchone()
+    # Its own cursor: a caller's connection may read dicts, or bind on the client.
+    row = psycopg.Cursor(conn, row_factory=tuple_row).execute("SELECT pg_backend_pid()",
+                                                              prepare=False).fetchone()
     return row is not None and row[0] == conn.info.backend_pid
 
 

@@ -14,7 +14,7 @@ from uuid import UUID
 import psycopg
 from psycopg.types.json import Jsonb
 
-from bgjobs.core.connections import ConnectionSource, lend, prepare_flag
+from bgjobs.core.connections import ConnectionSource, lend, own_cursor, prepare_flag
 from bgjobs.core.errors import BgjobsError, Conflict, NotFound
 from bgjobs.core.jobs import JOB_COLUMNS, Job, Workflow
 from bgjobs.core.queries import q
@@ -78,11 +78,11 @@ class JobStore:
             for _ in range(2):
                 # Binary results: the lenient text loaders (core/rows.py) are Python, and
                 # created_at is now(), which every reader can hold.
-                row = c.execute(q("insert_job"), args, prepare=prepare_flag(c),
-                                binary=True).fetchone()
+                row = own_cursor(c).execute(q("insert_job"), args, prepare=prepare_flag(c),
+                                            binary=True).fetchone()
                 if row is not None:
                     return Inserted(_pending_job(new, *row), True)
-                with c.cursor(row_factory=dict_rows) as cur:
+                with own_cursor(c, dict_rows) as cur:
                     lenient(cur)
                     clash = cur.execute(q("find_clashing_job"), args,
                                         prepare=prepare_flag(c)).fetchone()
@@ -101,7 +101,8 @@ class JobStore:
         args = insert_jobs_args(job_type, params_list, user_id, max_attempts, depends_on,
                                 run_if_dependency_fails, workflow_id)
         with self.connection(conn) as c:
-            row = c.execute(q("insert_jobs"), args, prepare=prepare_flag(c)).fetchone()
+            row = own_cursor(c).execute(q("insert_jobs"), args,
+                                        prepare=prepare_flag(c)).fetchone()
         return inserted_jobs(job_type, params_list, user_id, max_attempts, depends_on,
                              run_if_dependency_fails, row)
 

@@ -147,6 +147,26 @@ def test_idempotency_and_exclusivity_follow_the_sync_rules(db_url):
     run(db_url, body)
 
 
+@pytest.mark.parametrize("setup", [
+    pytest.param({"row_factory": psycopg.rows.dict_row}, id="dict_row"),
+    pytest.param({"cursor_factory": psycopg.AsyncClientCursor}, id="AsyncClientCursor"),
+    pytest.param({"cursor_factory": psycopg.AsyncRawCursor}, id="AsyncRawCursor"),
+])
+def test_the_callers_connection_may_have_its_own_rows_and_cursors(db_url, store: Store, setup):
+    async def body(s: AsyncStore) -> list[Any]:
+        async with await psycopg.AsyncConnection.connect(db_url, **setup) as app:
+            job = await bgjobs.aio.enqueue("noop", {"echo": 1}, conn=app, store=s)
+            first = await bgjobs.aio.submit("noop", idempotency_key="k", conn=app, store=s)
+            again = await bgjobs.aio.submit("noop", idempotency_key="k", conn=app, store=s)
+            many = await bgjobs.aio.enqueue_many("noop", [{"echo": 2}], conn=app, store=s)
+            await app.commit()
+        return [job, first, again, many]
+
+    job, first, again, many = run(db_url, body)
+    assert (again.job, again.created) == (first.job, False)
+    assert store.get_job(job.id) == job and [store.get_job(j.id) for j in many] == many
+
+
 def test_inside_the_callers_transaction_a_rollback_leaves_no_job_and_no_notification(
         db_url, listener, conn):
     async def body(s: AsyncStore) -> list[bgjobs.Job]:

@@ -144,6 +144,31 @@ def test_a_clash_inside_the_callers_transaction_does_not_abort_it(store, db_url)
     assert {j.id for j in store.list_jobs()} == {first.id, replayed.id}
 
 
+@pytest.mark.parametrize("setup", [
+    pytest.param({"row_factory": psycopg.rows.dict_row}, id="dict_row"),
+    pytest.param({"row_factory": psycopg.rows.namedtuple_row}, id="namedtuple_row"),
+    pytest.param({"cursor_factory": psycopg.ClientCursor}, id="ClientCursor"),
+    pytest.param({"cursor_factory": psycopg.RawCursor}, id="RawCursor"),
+])
+def test_the_callers_connection_may_have_its_own_rows_and_cursors(store, db_url, setup):
+    # A Flask app's connection often reads dicts, and one behind PgBouncer binds client-side:
+    # bgjobs's statements on it read what they expect all the same.
+    with psycopg.connect(db_url, **setup) as app:
+        job = bgjobs.enqueue("noop", {"echo": 1}, conn=app, store=store)
+        replayed = enqueue_mod.submit("noop", {"echo": 1}, idempotency_key="k", conn=app,
+                                 store=store)
+        again = enqueue_mod.submit("noop", {"echo": 1}, idempotency_key="k", conn=app, store=store)
+        many = bgjobs.enqueue_many("noop", [{"echo": 2}, {"echo": 3}], conn=app, store=store)
+        with bgjobs.workflow(conn=app, store=store) as flow:
+            first = flow.enqueue("noop")
+            second = flow.enqueue("noop", after=[first])
+        app.commit()
+    assert (again.job, again.created) == (replayed.job, False)
+    assert store.get_job(job.id) == job
+    assert [store.get_job(j.id) for j in many] == many
+    assert store.get_job(second.id).waiting_for == 1
+
+
 def test_an_idempotency_key_reused_for_another_job_is_a_conflict(store):
     job = bgjobs.enqueue("noop", {"echo": 1}, idempotency_key="order-7", store=store)
     assert bgjobs.enqueue("noop", {"echo": 1}, idempotency_key="order-7", store=store) == job
