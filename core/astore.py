@@ -15,7 +15,7 @@ from uuid import UUID
 import psycopg
 
 from bgjobs.core.apool import AsyncPool
-from bgjobs.core.connections import own_acursor, translate_errors
+from bgjobs.core.connections import kept_acursor, own_acursor, translate_errors
 from bgjobs.core.errors import NotFound
 from bgjobs.core.jobs import Job, Workflow
 from bgjobs.core.queries import q
@@ -67,8 +67,9 @@ class AsyncStore:
         clash: dict[str, Any] | None = None
         async with self.connection(conn) as c:
             for _ in range(2):  # a clash committed after the first statement began: see JobStore
-                row = await (await own_acursor(c).execute(
-                    q("insert_job"), args, prepare=_prepare(c), binary=True)).fetchone()
+                cur = kept_acursor(c) if conn is None else own_acursor(c)  # see JobStore
+                row = await (await cur.execute(q("insert_job"), args, prepare=_prepare(c),
+                                               binary=True)).fetchone()
                 if row is not None:
                     return Inserted(_pending_job(new, *row), True)
                 async with own_acursor(c, dict_rows) as cur:

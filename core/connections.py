@@ -138,6 +138,30 @@ def own_acursor(conn: psycopg.AsyncConnection, row_factory: AsyncRowFactory[Any]
     return conn.cursor(row_factory=row_factory)
 
 
+def kept_cursor(conn: psycopg.Connection) -> psycopg.Cursor[Any]:
+    """``own_cursor(conn)``, made once per connection and kept on it, for a statement whose one
+    row is read at once (a single enqueue). A new cursor per statement starts a new adaptation
+    context, whose dumpers and loaders are looked up again: alternated with a plain INSERT on
+    the same server, one enqueue went from 0.91x to 0.97x of it with the cursor kept.
+
+    Only on a connection the source lent (one thread holds it): a cursor is not thread-safe,
+    and a caller's connection may be shared between threads."""
+    cur: psycopg.Cursor[Any] | None = getattr(conn, "_bgjobs_cursor", None)
+    if cur is None or cur.closed:
+        cur = own_cursor(conn)
+        conn._bgjobs_cursor = cur  # type: ignore[attr-defined]
+    return cur
+
+
+def kept_acursor(conn: psycopg.AsyncConnection) -> psycopg.AsyncCursor[Any]:
+    """``kept_cursor`` for an async connection."""
+    cur: psycopg.AsyncCursor[Any] | None = getattr(conn, "_bgjobs_cursor", None)
+    if cur is None or cur.closed:
+        cur = own_acursor(conn)
+        conn._bgjobs_cursor = cur  # type: ignore[attr-defined]
+    return cur
+
+
 def prepare_flag(conn: psycopg.Connection) -> bool | None:
     """False on a caller's connection that goes through a pooler (its prepared statements
     would outlive the transaction's server connection), else None: the connection decides."""

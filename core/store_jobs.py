@@ -14,7 +14,13 @@ from uuid import UUID
 import psycopg
 from psycopg.types.json import Jsonb
 
-from bgjobs.core.connections import ConnectionSource, lend, own_cursor, prepare_flag
+from bgjobs.core.connections import (
+    ConnectionSource,
+    kept_cursor,
+    lend,
+    own_cursor,
+    prepare_flag,
+)
 from bgjobs.core.errors import BgjobsError, Conflict, NotFound
 from bgjobs.core.jobs import JOB_COLUMNS, Job, Workflow
 from bgjobs.core.queries import q
@@ -78,8 +84,9 @@ class JobStore:
             for _ in range(2):
                 # Binary results: the lenient text loaders (core/rows.py) are Python, and
                 # created_at is now(), which every reader can hold.
-                row = own_cursor(c).execute(q("insert_job"), args, prepare=prepare_flag(c),
-                                            binary=True).fetchone()
+                cur = kept_cursor(c) if conn is None else own_cursor(c)
+                row = cur.execute(q("insert_job"), args, prepare=prepare_flag(c),
+                                  binary=True).fetchone()
                 if row is not None:
                     return Inserted(_pending_job(new, *row), True)
                 with own_cursor(c, dict_rows) as cur:

@@ -209,6 +209,23 @@ def test_an_unknown_user_is_invalid_input(store, conn):
     assert count_jobs(conn) == 0
 
 
+def test_a_refused_enqueue_leaves_its_connection_fit_for_the_next(counted: Store, db_url):
+    # One connection, and the cursor bgjobs keeps on it for the insert, across a refusal; the
+    # same on a caller's connection (the refusal ends its transaction: it rolls back).
+    first = bgjobs.enqueue("noop", {"echo": 1}, store=counted)
+    with pytest.raises(bgjobs.InvalidInput, match="no such user"):
+        bgjobs.enqueue("noop", user_id=424242, store=counted)
+    second = bgjobs.enqueue("noop", {"echo": 2}, store=counted)
+    assert [counted.get_job(j.id) for j in (first, second)] == [first, second]
+    with psycopg.connect(db_url) as app:
+        with pytest.raises(bgjobs.InvalidInput, match="no such user"):
+            bgjobs.enqueue("noop", user_id=424242, conn=app, store=counted)
+        app.rollback()
+        third = bgjobs.enqueue("noop", {"echo": 3}, conn=app, store=counted)
+        app.commit()
+    assert counted.get_job(third.id) == third
+
+
 def test_without_a_store_the_process_pool_is_used(db_url, monkeypatch):
     monkeypatch.setattr(enqueue_mod, "_default", PoolHolder(enqueue_mod._opener()))
     monkeypatch.setenv("DATABASE_URL", db_url)
