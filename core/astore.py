@@ -66,10 +66,10 @@ class AsyncStore:
         args = insert_job_args(new)
         clash: dict[str, Any] | None = None
         async with self.connection(conn) as c:
+            insert = kept_acursor(c) if conn is None else own_acursor(c)  # see JobStore
             for _ in range(2):  # a clash committed after the first statement began: see JobStore
-                cur = kept_acursor(c) if conn is None else own_acursor(c)  # see JobStore
-                row = await (await cur.execute(q("insert_job"), args, prepare=_prepare(c),
-                                               binary=True)).fetchone()
+                row = await (await insert.execute(q("insert_job"), args, prepare=_prepare(c),
+                                                  binary=True)).fetchone()
                 if row is not None:
                     return Inserted(_pending_job(new, *row), True)
                 async with own_acursor(c, dict_rows) as cur:

@@ -79,14 +79,14 @@ class JobStore:
         args = insert_job_args(new)
         clash: dict[str, Any] | None = None
         with self.connection(conn) as c:
+            insert = kept_cursor(c) if conn is None else own_cursor(c)
             # A clashing row committed after a statement began is invisible to it, so after
             # an empty answer from both, one more try (a new snapshot) sees it.
             for _ in range(2):
                 # Binary results: the lenient text loaders (core/rows.py) are Python, and
                 # created_at is now(), which every reader can hold.
-                cur = kept_cursor(c) if conn is None else own_cursor(c)
-                row = cur.execute(q("insert_job"), args, prepare=prepare_flag(c),
-                                  binary=True).fetchone()
+                row = insert.execute(q("insert_job"), args, prepare=prepare_flag(c),
+                                     binary=True).fetchone()
                 if row is not None:
                     return Inserted(_pending_job(new, *row), True)
                 with own_cursor(c, dict_rows) as cur:
