@@ -39,9 +39,13 @@ PREPARE_THRESHOLD = 5
 #: that is starting or full.
 _OUTAGE_STATES = frozenset({"57P01", "57P02", "57P03", "53300"})
 #: What PgBouncer answers, as a plain ERROR 08P01, when it has no server to run a query on
-#: (Postgres restarting or gone): the session works again once Postgres is back.
+#: (Postgres restarting or gone): the session works again once Postgres is back. "invalid
+#: server parameter": the server connection died while PgBouncer set the client's parameters
+#: on it (seen when Postgres shut down under a pool: "varcache_apply failed: FATAL:
+#: terminating connection due to administrator command").
 _POOLER_NO_SERVER = ("server login has been failing", "query_wait_timeout",
-                     "server conn crashed", "cannot connect to server")
+                     "server conn crashed", "cannot connect to server",
+                     "invalid server parameter")
 
 
 def is_outage(exc: BaseException) -> bool:
@@ -62,7 +66,8 @@ def is_outage(exc: BaseException) -> bool:
     if exc.diag.severity_nonlocalized in ("FATAL", "PANIC"):
         return True
     if state == "08P01":
-        return any(words in (exc.diag.message_primary or "") for words in _POOLER_NO_SERVER)
+        message = exc.diag.message_primary or str(exc)
+        return any(words in message for words in _POOLER_NO_SERVER)
     return state.startswith("08") or state in _OUTAGE_STATES
 
 
@@ -172,7 +177,8 @@ class Breaker:
             self.reason = reason
             if self.down_since is None:
                 self.down_since = time.monotonic()
-                log.warning("%s: Postgres is unreachable (%s); answering 503 until it is back",
+                log.warning("%s: Postgres is unreachable (%s); calls fail with "
+                            "DatabaseUnavailable (the services answer 503) until it is back",
                             self.name, reason)
         self._start_probe()
 

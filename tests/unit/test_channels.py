@@ -81,6 +81,11 @@ def test_the_no_session_line_names_the_setting_and_never_the_password():
     (psycopg.errors.InvalidSqlStatementName('prepared statement "_pg3_0" does not exist'),
      False),
     (ValueError("not a database error"), False),
+    # PgBouncer's own ERRORs (08P01) when it has no server: an outage; others are not.
+    *[(psycopg.errors.ProtocolViolation(message), True) for message in (
+        "server login has been failing, try again later (server_login_retry)",
+        "query_wait_timeout", "server conn crashed?", "pgbouncer cannot connect to server",
+        "invalid server parameter")],
 ])
 def test_only_a_database_out_of_reach_is_an_outage(error: BaseException, outage: bool):
     assert is_outage(error) is outage
