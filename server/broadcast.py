@@ -32,6 +32,7 @@ from bgjobs.core.errors import DatabaseUnavailable, NoSession, first_line
 from bgjobs.core.jobs import FINISHED, Job
 from bgjobs.core.queries import q
 from bgjobs.server.events_db import EventsDb
+from bgjobs.server.fanout import Lane
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -94,7 +95,7 @@ class Subscription:
     """One stream's mailbox: the latest unsent state of each job it watches, never a backlog."""
 
     __slots__ = ("job_ids", "user_id", "workflow_id", "credential", "_latest", "_seen",
-                 "waiter", "_poked", "closed", "wire")
+                 "waiter", "_poked", "closed", "wire", "lane")
 
     def __init__(self, job_ids: frozenset[UUID], user_id: int | None,
                  credential: Credential | None = None, workflow_id: UUID | None = None) -> None:
@@ -116,6 +117,9 @@ class Subscription:
         #: The stream's path to its socket past ASGI `send`, once its response is under way
         #: (server/fanout.py): news is then written in the fan-out's batch, not by its task.
         self.wire: Wire | None = None
+        #: Its job's lane while it is in step with it (server/fanout.py): states then go to
+        #: the lane, not to this mailbox.
+        self.lane: Lane | None = None
 
     @property
     def pending(self) -> int:
@@ -139,11 +143,15 @@ class Subscription:
 
     def seen(self) -> dict[UUID, int]:
         """The highest version sent or waiting, per job (a copy)."""
+        if self.lane is not None:
+            self._seen[self.lane.key] = self.lane.version
         return {UUID(int=key): version for key, version in self._seen.items()}
 
     def close(self) -> None:
         """No more news: ``next`` returns what waits, then an empty list."""
         self.closed = True
+        if self.lane is not None:
+            self.lane.leave(self)  # pyright: ignore[reportArgumentType] (see _wake)
         self._wake()
 
     def _wake(self) -> None:
@@ -159,6 +167,8 @@ class Subscription:
 
     def wake_task(self) -> None:
         """Hand what waits to the stream's own task (the fan-out could not write it)."""
+        if self.lane is not None:
+            self.lane.leave(self)  # pyright: ignore[reportArgumentType] (see _wake)
         if self.parked:
             self.waiter.set_result(None)  # type: ignore[union-attr]
 
@@ -181,6 +191,8 @@ class Subscription:
 
     def revoke(self) -> None:
         """Its credential ended: nothing more is sent, not even what waits."""
+        if self.lane is not None:
+            self.lane.leave(self)  # pyright: ignore[reportArgumentType] (see _wake)
         self._latest.clear()
         self.close()
 
@@ -196,6 +208,8 @@ class Subscription:
                 await self.waiter
             finally:
                 self.waiter = None
+                if self.lane is not None:  # its task runs: the lane must not write meanwhile
+                    self.lane.leave(self)  # pyright: ignore[reportArgumentType] (see _wake)
         return self.take()
 
 
@@ -235,6 +249,7 @@ class Broadcaster:
         self._by_owner: dict[int, set[Subscription]] = {}  # by the user of their credential
         self._subs: set[Subscription] = set()
         self._firehoses: set[Firehose] = set()
+        self._lanes: dict[UUID, Lane] = {}  # by job (server/fanout.py)
         # The latest known row of each job someone watches: progress-only notifications are
         # applied to it instead of re-reading the row.
         self._rows: dict[UUID, Job] = {}
@@ -269,7 +284,18 @@ class Broadcaster:
         self._firehoses.add(sub)
         return sub
 
+    def lane(self, job_id: UUID, fanout: Fanout) -> Lane:
+        """The lane of ``job_id``'s streams (server/fanout.py); one per watched job."""
+        lane = self._lanes.get(job_id)
+        if lane is None:
+            known = self._rows.get(job_id)
+            lane = self._lanes[job_id] = Lane(job_id.int, fanout,
+                                              known.version if known is not None else 0)
+        return lane
+
     def unsubscribe(self, sub: Subscription) -> None:
+        if sub.lane is not None:
+            sub.lane.leave(sub)  # pyright: ignore[reportArgumentType] (see _wake)
         self._subs.discard(sub)
         if isinstance(sub, Firehose):
             self._firehoses.discard(sub)
@@ -277,6 +303,8 @@ class Broadcaster:
             _discard(self._by_owner, sub.credential.user_id, sub)
         for job_id in sub.job_ids:
             _discard(self._by_job, job_id, sub)
+            if job_id not in self._by_job:
+                self._lanes.pop(job_id, None)
         candidates = set(sub.job_ids)
         if sub.user_id is not None:
             _discard(self._by_user, sub.user_id, sub)
@@ -320,6 +348,8 @@ class Broadcaster:
             "notifications": self.notifications,
             "reconnects": self.reconnects,
             "all_jobs_streams": len(self._firehoses),
+            # Job streams in step with their job's lane (server/fanout.py): the fast path.
+            "streams_in_lanes": sum(len(lane.members) for lane in self._lanes.values()),
             "all_jobs_dropped": sum(f.dropped for f in self._firehoses),
         }
 
@@ -335,7 +365,14 @@ class Broadcaster:
             self._rows[job.id] = job
         else:
             self._rows.pop(job.id, None)  # finished and watched only through its owner
-        offer_each(self._by_job.get(job.id, ()), job, reset)
+        lane = self._lanes.get(job.id)
+        subs = self._by_job.get(job.id, ())
+        if lane is not None:
+            lane.offer(job, reset)
+            if len(lane.members) < len(subs):
+                offer_each(subs, job, reset)
+        else:
+            offer_each(subs, job, reset)
         if job.user_id is not None:
             offer_each(self._by_user.get(job.user_id, ()), job, reset)
 
@@ -523,6 +560,8 @@ def offer_each(subs: Iterable[Subscription], job: State, reset: bool = False) ->
     workflow_id = getattr(job, "workflow_id", None)
     fanouts: set[Fanout] = set()
     for sub in subs:
+        if sub.lane is not None:
+            continue  # in step with its job's lane, which took the state
         seen = sub._seen
         if not reset and version <= seen.get(key, 0):
             continue

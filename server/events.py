@@ -36,7 +36,7 @@ from bgjobs.server.auth import SESSION_COOKIE
 from bgjobs.server.broadcast import Broadcaster, Credential, State, Subscription
 from bgjobs.server.errors import ApiError
 from bgjobs.server.events_db import EventsDb, make_pool
-from bgjobs.server.fanout import Fanout
+from bgjobs.server.fanout import Fanout, Lane
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,8 @@ class SubscriptionStream(Response):
                (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
 
     def __init__(self, request: Request, sub: Subscription, content: AsyncIterator[bytes],
-                 ends_on_final: bool = False, direct: bool = True) -> None:
+                 ends_on_final: bool = False, direct: bool = True,
+                 lane: Lane | None = None) -> None:
         self.status_code = 200
         self.raw_headers = list(self.HEADERS)  # no content-length: the body has no end yet
         self.background = None
@@ -68,10 +69,12 @@ class SubscriptionStream(Response):
         self.sub, self.content, self.ends_on_final = sub, content, ends_on_final
         # False: every state goes through this task (the workflow stream adds its summaries).
         self.direct = direct
+        self.lane = lane  # a one-job stream's (server/fanout.py)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         watcher = asyncio.create_task(self._watch(receive))
-        wire = self.fanout.wire(scope, self.ends_on_final) if self.direct else None
+        wire = (self.fanout.wire(scope, self.ends_on_final, self.lane) if self.direct
+                else None)
         try:
             await send({"type": "http.response.start", "status": self.status_code,
                         "headers": self.raw_headers})
@@ -123,7 +126,8 @@ async def job_events(request: Request) -> Response:
         broadcaster.unsubscribe(sub)
         return Response(status_code=204)
     return SubscriptionStream(request, sub, _job_stream(sub, job if fresh else None),
-                              ends_on_final=True)
+                              ends_on_final=True,
+                              lane=broadcaster.lane(job_id, state(request).fanout))
 
 
 async def _job_stream(sub: Subscription, first: Job | None) -> AsyncIterator[bytes]:

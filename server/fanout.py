@@ -44,13 +44,87 @@ def chunk(data: bytes) -> bytes:
 class Wire:
     """A stream's path to its socket, past ``send``: the transport and the fan-out's batch."""
 
-    __slots__ = ("transport", "fanout", "ends_on_final")
+    __slots__ = ("transport", "fanout", "ends_on_final", "lane")
 
     def __init__(self, transport: asyncio.WriteTransport, fanout: Fanout,
-                 ends_on_final: bool) -> None:
+                 ends_on_final: bool, lane: Lane | None = None) -> None:
         self.transport = transport
         self.fanout = fanout
         self.ends_on_final = ends_on_final  # a one-job stream ends with the job's final state
+        self.lane = lane  # a one-job stream's lane (its job's), which it joins once in step
+
+
+class Lane:
+    """The streams of one job that are in step: each has been sent the job's latest state and
+    its task waits. A new state is written to all of them in one plain loop, the floor's
+    (bench/floor.py), with no mailbox or version touched per stream.
+
+    A stream joins after the batch writes it the state the lane last took (``Fanout._write``)
+    and leaves when its task is woken (``Subscription.close``, ``wake_task``, ``next``), when
+    its socket backs up (handed back to its task with the state it missed) or breaks, and
+    after the final state. While a stream is in the lane, the lane holds its mailbox's truth:
+    ``version`` is what the stream has been sent, or will be at the next batch (``state``).
+    """
+
+    __slots__ = ("key", "fanout", "members", "version", "state")
+
+    def __init__(self, key: int, fanout: Fanout, version: int = 0) -> None:
+        self.key = key  # the job id's integer, as Subscription keys its mailbox
+        self.fanout = fanout
+        self.members: dict[Subscription, asyncio.WriteTransport] = {}
+        self.version = version  # the newest version taken
+        self.state: State | None = None  # that state, while it waits for the batch
+
+    def offer(self, job: State, reset: bool = False) -> None:
+        """Take ``job`` if it is newer (or ``reset``): the members get it in the next batch."""
+        if job.version <= self.version and not reset:
+            return
+        self.version = job.version
+        if self.members:
+            self.state = job
+            self.fanout.due[self] = None
+            self.fanout.schedule()
+
+    def join(self, sub: Subscription, transport: asyncio.WriteTransport) -> None:
+        self.members[sub] = transport
+        sub.lane = self  # pyright: ignore[reportAttributeAccessIssue] (see Subscription._wake)
+
+    def leave(self, sub: Subscription) -> None:
+        """``sub`` goes back to its mailbox, holding what the lane has not sent it yet."""
+        del self.members[sub]
+        sub.lane = None
+        sub._seen[self.key] = self.version
+        if self.state is not None:
+            sub._latest[self.key] = self.state
+
+    def write(self) -> int:
+        """Write the waiting state to every member; how many writes."""
+        job, self.state = self.state, None
+        if job is None:
+            return 0
+        data = self.fanout._frame(job)
+        backed: list[Subscription] = []
+        broken: list[Subscription] = []
+        for sub, transport in self.members.items():
+            if transport.get_write_buffer_size() > HIGH_WATER:
+                backed.append(sub)
+                continue
+            try:
+                transport.write(data)
+            except (OSError, RuntimeError):
+                broken.append(sub)
+        writes = len(self.members) - len(backed) - len(broken)
+        for sub in backed:  # a slow reader: its task sends this state once the socket drains
+            self.leave(sub)
+            sub._latest[self.key] = job
+            sub.wake_task()
+        for sub in broken:
+            sub.close()  # it leaves; its task ends the stream
+        self.fanout.handed_back += len(backed)
+        if job.status in FINISHED:
+            for sub in list(self.members):
+                sub.close()  # its task ends the response after what it sent
+        return writes
 
 
 class Fanout:
@@ -62,20 +136,23 @@ class Fanout:
         self._loop = asyncio.get_running_loop()
         #: The streams with news whose tasks wait, written at the next flush (``schedule``).
         self.queued: dict[Subscription, None] = {}
+        #: The lanes with a state to write at the next flush.
+        self.due: dict[Lane, None] = {}
         self._scheduled = False
         self._last: State | None = None  # the last state framed, and its bytes: most
         self._last_chunk = b""           # rounds send one state to every stream
         self.rounds = self.writes = self.handed_back = 0
         self.cpu = 0.0  # CPU time spent in the batches (the writes, mostly the kernel's)
 
-    def wire(self, scope: MutableMapping[str, Any], ends_on_final: bool) -> Wire | None:
+    def wire(self, scope: MutableMapping[str, Any], ends_on_final: bool,
+             lane: Lane | None = None) -> Wire | None:
         """A wire for this request's stream, if the server lent its transport (else None:
         the stream uses ``send`` only). The body must be chunked: HTTP/1.1 and no HEAD."""
         transport = scope.get("extensions", {}).get(EXTENSION)
         if (transport is None or scope.get("http_version") != "1.1"
                 or scope.get("method") == "HEAD"):
             return None
-        return Wire(transport, self, ends_on_final)
+        return Wire(transport, self, ends_on_final, lane if ends_on_final else None)
 
     def ready(self, sub: Subscription) -> None:
         """``sub`` has news and its task waits: write it in this round's batch."""
@@ -100,6 +177,11 @@ class Fanout:
     def _flush(self) -> None:
         began = time.thread_time()
         try:
+            self._scheduled = False
+            if self.due:
+                due, self.due = self.due, {}
+                for lane in due:
+                    self.writes += lane.write()
             self._write(self.queued)
         finally:
             self.cpu += time.thread_time() - began
@@ -143,7 +225,11 @@ class Fanout:
                 sub.close()  # the connection broke: the stream's task ends it
                 continue
             writes += 1
-            if wire.ends_on_final and job is not None and job.status in FINISHED:
+            if job is None:
+                continue
+            if wire.ends_on_final and job.status in FINISHED:
                 sub.close()  # its task ends the response after what it sent
+            elif (lane := wire.lane) is not None and job.version == lane.version and not latest:
+                lane.join(sub, transport)  # in step: the lane writes its next states
         self._last, self._last_chunk = last, last_chunk
         self.writes += writes

@@ -47,7 +47,8 @@ async def wired(ends_on_final: bool = True) -> AsyncIterator[
     task = asyncio.create_task(stream())
     await asyncio.sleep(0)
     scope = {"http_version": "1.1", "method": "GET", "extensions": {EXTENSION: transport}}
-    sub.wire = fanout.wire(scope, ends_on_final)
+    # As job_events does: a one-job stream's wire carries its job's lane.
+    sub.wire = fanout.wire(scope, ends_on_final, broadcaster.lane(JOB, fanout))
     try:
         yield broadcaster, fanout, sub, transport, reader, handed
     finally:
@@ -82,6 +83,7 @@ def test_a_burst_is_one_write_of_the_latest_state_framed_as_a_chunk_and_the_fina
                     await asyncio.sleep(0.01)
             # Nothing went through the stream's task: it only learns that the stream ended.
             assert handed == [] and fanout.writes == 2
+            assert sub.lane is None  # the final state was the lane's: it closed the stream
 
     asyncio.run(scenario())
 
@@ -141,20 +143,8 @@ def test_a_closed_connection_is_handed_back_and_a_failing_write_ends_the_stream(
                     await asyncio.sleep(0.01)
             assert fanout.handed_back == 1 and fanout.writes == 0
 
-        class Broken:
-            """A transport whose socket fails on write (none of asyncio's raise: uvloop can)."""
-
-            def is_closing(self) -> bool:
-                return False
-
-            def get_write_buffer_size(self) -> int:
-                return 0
-
-            def write(self, data: bytes) -> None:
-                raise ConnectionResetError("reset by peer")
-
         async with wired() as (broadcaster, fanout, sub, _, _r, handed):
-            sub.wire = Wire(Broken(), fanout, True)  # type: ignore[arg-type]
+            sub.wire = Wire(_Broken(), fanout, True)  # type: ignore[arg-type]
             broadcaster.publish(_state(2))  # type: ignore[arg-type]
             async with asyncio.timeout(10):
                 while sub.parked or not sub.closed:
@@ -162,6 +152,108 @@ def test_a_closed_connection_is_handed_back_and_a_failing_write_ends_the_stream(
             assert fanout.writes == 0
 
     asyncio.run(scenario())
+
+
+async def _read(reader: asyncio.StreamReader, *states: State) -> None:
+    expected = b"".join(chunk(encoded(s)) for s in states)
+    async with asyncio.timeout(10):
+        assert await reader.readexactly(len(expected)) == expected
+
+
+def test_a_stream_in_step_joins_its_jobs_lane_which_writes_later_states_past_its_mailbox(
+) -> None:
+    async def scenario() -> None:
+        async with wired() as (broadcaster, fanout, sub, _, reader, handed):
+            lane = broadcaster.lane(JOB, fanout)
+            assert sub.lane is None
+            broadcaster.publish(_state(2))  # type: ignore[arg-type]
+            await _read(reader, _state(2))  # by the batch, from its mailbox; then it joins
+            assert sub.lane is lane and list(lane.members) == [sub]
+            for version in (3, 4):  # a burst: one write of the latest
+                broadcaster.publish(_state(version))  # type: ignore[arg-type]
+            assert sub.pending == 0 and lane.state is not None  # the lane holds it
+            await _read(reader, _state(4))
+            assert sub.seen() == {JOB: 4} and sub.lane is lane
+            # A version already sent is not sent again; a reset one (the row went back) is.
+            lane.offer(_state(4))
+            broadcaster.publish(_state(2), reset=True)  # type: ignore[arg-type]
+            await _read(reader, _state(2))
+            assert fanout.writes == 3 and handed == [] and sub.parked
+            broadcaster.unsubscribe(sub)  # the last stream of the job: its lane goes
+            assert sub.lane is None and broadcaster.lane(JOB, fanout) is not lane
+
+    asyncio.run(scenario())
+
+
+def test_a_backed_up_socket_leaves_the_lane_for_its_task_with_the_latest_state_only() -> None:
+    async def scenario() -> None:
+        async with wired() as (broadcaster, fanout, sub, transport, reader, handed):
+            broadcaster.publish(_state(2))  # type: ignore[arg-type]
+            await _read(reader, _state(2))
+            assert sub.lane is not None
+            transport.write(b"x" * (32 << 20))  # the client stops reading
+            for version in (3, 4):
+                broadcaster.publish(_state(version))  # type: ignore[arg-type]
+            async with asyncio.timeout(10):
+                while not handed:
+                    await asyncio.sleep(0.01)
+            assert [[j.version for j in jobs] for jobs in handed] == [[4]]
+            assert sub.lane is None and fanout.handed_back == 1 and fanout.writes == 1
+            assert sub.seen() == {JOB: 4}
+
+    asyncio.run(scenario())
+
+
+def test_a_stream_closed_in_the_lane_gets_what_the_lane_held_and_a_revoked_one_nothing(
+) -> None:
+    async def scenario() -> None:
+        for revoked in (False, True):
+            async with wired() as (broadcaster, fanout, sub, _, reader, handed):
+                broadcaster.publish(_state(2))  # type: ignore[arg-type]
+                await _read(reader, _state(2))
+                broadcaster.publish(_state(3))  # type: ignore[arg-type]
+                # Before the batch runs, the client leaves (or its token is revoked).
+                sub.revoke() if revoked else sub.close()
+                async with asyncio.timeout(10):
+                    while sub.parked or sub.waiter is not None:
+                        await asyncio.sleep(0.01)
+                await asyncio.sleep(0.05)
+                assert sub.lane is None and fanout.writes == 1
+                # Closed: its task takes the state the lane held, then ends; revoked: nothing.
+                assert [[j.version for j in jobs] for jobs in handed] == (
+                    [] if revoked else [[3]])
+
+    asyncio.run(scenario())
+
+
+def test_a_failing_write_in_the_lane_ends_the_stream() -> None:
+    async def scenario() -> None:
+        async with wired() as (broadcaster, fanout, sub, _, reader, handed):
+            broadcaster.publish(_state(2))  # type: ignore[arg-type]
+            await _read(reader, _state(2))
+            lane = sub.lane
+            assert lane is not None
+            lane.members[sub] = _Broken()  # type: ignore[assignment]
+            broadcaster.publish(_state(3))  # type: ignore[arg-type]
+            async with asyncio.timeout(10):
+                while sub.parked or not sub.closed:
+                    await asyncio.sleep(0.01)
+            assert sub.lane is None and not lane.members and fanout.writes == 1
+
+    asyncio.run(scenario())
+
+
+class _Broken:
+    """A transport whose socket fails on write (none of asyncio's raise: uvloop can)."""
+
+    def is_closing(self) -> bool:
+        return False
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def write(self, data: bytes) -> None:
+        raise ConnectionResetError("reset by peer")
 
 
 def test_no_wire_without_the_servers_transport_nor_for_heads_or_http_1_0() -> None:
