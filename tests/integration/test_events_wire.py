@@ -11,7 +11,7 @@ from typing import Any
 
 from bgjobs.server.broadcast import Broadcaster, State, Subscription
 from bgjobs.server.events import PING, encoded
-from bgjobs.server.fanout import EXTENSION, HIGH_WATER, Fanout, Wire, chunk
+from bgjobs.server.fanout import EXTENSION, HIGH_WATER, Fanout, Lane, Wire, chunk
 from tests.integration.test_events_broadcast import _job
 
 JOB = uuid.uuid4()
@@ -160,6 +160,15 @@ async def _read(reader: asyncio.StreamReader, *states: State) -> None:
         assert await reader.readexactly(len(expected)) == expected
 
 
+async def _in_lane(broadcaster: Broadcaster, sub: Subscription,
+                   reader: asyncio.StreamReader) -> Lane:
+    """Version 2 written by the batch, after which the stream is in its job's lane."""
+    broadcaster.publish(_state(2))  # type: ignore[arg-type]
+    await _read(reader, _state(2))
+    assert sub.lane is not None
+    return sub.lane
+
+
 def test_a_stream_in_step_joins_its_jobs_lane_which_writes_later_states_past_its_mailbox(
 ) -> None:
     async def scenario() -> None:
@@ -188,9 +197,7 @@ def test_a_stream_in_step_joins_its_jobs_lane_which_writes_later_states_past_its
 def test_a_backed_up_socket_leaves_the_lane_for_its_task_with_the_latest_state_only() -> None:
     async def scenario() -> None:
         async with wired() as (broadcaster, fanout, sub, transport, reader, handed):
-            broadcaster.publish(_state(2))  # type: ignore[arg-type]
-            await _read(reader, _state(2))
-            assert sub.lane is not None
+            await _in_lane(broadcaster, sub, reader)
             transport.write(b"x" * (32 << 20))  # the client stops reading
             for version in (3, 4):
                 broadcaster.publish(_state(version))  # type: ignore[arg-type]
@@ -209,8 +216,7 @@ def test_a_stream_closed_in_the_lane_gets_what_the_lane_held_and_a_revoked_one_n
     async def scenario() -> None:
         for revoked in (False, True):
             async with wired() as (broadcaster, fanout, sub, _, reader, handed):
-                broadcaster.publish(_state(2))  # type: ignore[arg-type]
-                await _read(reader, _state(2))
+                await _in_lane(broadcaster, sub, reader)
                 broadcaster.publish(_state(3))  # type: ignore[arg-type]
                 # Before the batch runs, the client leaves (or its token is revoked).
                 sub.revoke() if revoked else sub.close()
@@ -229,10 +235,7 @@ def test_a_stream_closed_in_the_lane_gets_what_the_lane_held_and_a_revoked_one_n
 def test_a_failing_write_in_the_lane_ends_the_stream() -> None:
     async def scenario() -> None:
         async with wired() as (broadcaster, fanout, sub, _, reader, handed):
-            broadcaster.publish(_state(2))  # type: ignore[arg-type]
-            await _read(reader, _state(2))
-            lane = sub.lane
-            assert lane is not None
+            lane = await _in_lane(broadcaster, sub, reader)
             lane.members[sub] = _Broken()  # type: ignore[assignment]
             broadcaster.publish(_state(3))  # type: ignore[arg-type]
             async with asyncio.timeout(10):
