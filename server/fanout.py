@@ -85,10 +85,12 @@ class Lane:
         if job.version <= self.version and not reset:
             return
         self.version = job.version
-        if self.members:
-            self.state = job
-            self.fanout.due[self] = None
-            self.fanout.schedule()
+        if not self.members:
+            self.state = None  # any that left took the state before it with them
+            return
+        self.state = job
+        self.fanout.due[self] = None
+        self.fanout.schedule()
 
     def join(self, sub: Subscription, transport: asyncio.WriteTransport) -> None:
         self.members[sub] = transport
