@@ -369,9 +369,7 @@ class Broadcaster:
         subs = self._by_job.get(job.id, ())
         if lane is not None:
             lane.offer(job, reset)
-            if len(lane.members) < len(subs):
-                offer_each(subs, job, reset)
-        else:
+        if lane is None or len(lane.members) < len(subs):  # some are outside the lane
             offer_each(subs, job, reset)
         if job.user_id is not None:
             offer_each(self._by_user.get(job.user_id, ()), job, reset)

@@ -106,7 +106,7 @@ class Lane:
 
     def write(self) -> int:
         """Write the waiting state to every member; how many writes."""
-        job, self.state = self.state, None
+        job = self.state
         if job is None:
             return 0
         data = self.fanout._frame(job)
@@ -121,10 +121,9 @@ class Lane:
             except (OSError, RuntimeError):
                 broken.append(sub)
         writes = len(self.members) - len(backed) - len(broken)
-        for sub in backed:  # a slow reader: its task sends this state once the socket drains
-            self.leave(sub)
-            sub._latest[self.key] = job
-            sub.wake_task()
+        for sub in backed:  # a slow reader leaves with this state: its task sends it once the
+            sub.wake_task()  # socket drains
+        self.state = None
         for sub in broken:
             sub.close()  # it leaves; its task ends the stream
         self.fanout.handed_back += len(backed)
@@ -194,12 +193,10 @@ class Fanout:
             self.cpu += time.thread_time() - began
 
     def _write(self, ready: dict[Subscription, None]) -> None:
-        # Inlined where a call per stream showed in profiles: the mailbox is taken here as
-        # Subscription.take does, and the last state's frame is kept at hand.
+        # The mailbox is taken inline, as Subscription.take does (a call per stream showed in
+        # profiles); most job streams are written by their lane after this first write.
         self.queued = {}
-        self._scheduled = False
         self.rounds += 1
-        last, last_chunk = self._last, self._last_chunk
         writes = 0
         for sub in ready:
             wire, waiter = sub.wire, sub.waiter
@@ -218,14 +215,12 @@ class Fanout:
                 data, job = self._ping, None
             elif len(latest) == 1:
                 job = latest.popitem()[1]
-                if job is not last:
-                    last, last_chunk = job, chunk(self._encode(job))
-                data = last_chunk
+                data = self._frame(job)
             else:
                 jobs = list(latest.values())
                 latest.clear()
                 data = b"".join([self._frame(j) for j in jobs])
-                last, last_chunk, job = self._last, self._last_chunk, jobs[-1]
+                job = jobs[-1]
             try:
                 transport.write(data)
             except (OSError, RuntimeError):
@@ -238,5 +233,4 @@ class Fanout:
                 sub.close()  # its task ends the response after what it sent
             elif (lane := wire.lane) is not None and job.version == lane.version and not latest:
                 lane.join(sub, transport)  # in step: the lane writes its next states
-        self._last, self._last_chunk = last, last_chunk
         self.writes += writes
